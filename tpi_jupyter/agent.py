@@ -1,0 +1,299 @@
+"""The agent that runs on every machine of a task.
+
+It pulls `data/` into a fresh work directory, runs the script with the task's environment,
+streams the log to `reports/<rank>/<boot>/log`, pushes what changed in the work directory back
+to `data/` while the script runs and once more at exit, enforces the absolute deadline and
+writes `reports/<rank>/status.json` last. Then the machine may release itself.
+
+`python -m tpi_jupyter.agent --remote URL --rank N --boot B --machine-dir DIR`
+
+No IPython or Jupyter imports here: this runs on bare machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from . import layout
+from .sync import atomic_write_bytes, download, filesystem, is_local, local_manifest, upload
+
+# Variables a machine's own environment contributes to the script; nothing else leaks in.
+BASE_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
+KILL_GRACE = 5.0
+
+
+class Remote:
+    """The task's remote (bucket prefix or directory) as the agent writes to it."""
+
+    def __init__(self, url: str):
+        self.fs, self.root = filesystem(url)
+
+    def key(self, key: str) -> str:
+        return layout.join(self.root, key)
+
+    def read_text(self, key: str) -> str:
+        return self.fs.cat_file(self.key(key)).decode("utf-8")  # type: ignore[no-any-return]
+
+    def write(self, key: str, data: bytes) -> None:
+        if is_local(self.fs):
+            atomic_write_bytes(self.key(key), data)
+        else:
+            self.fs.pipe_file(self.key(key), data)  # one put: atomic on object stores
+
+    def append(self, key: str, data: bytes, whole: bytes) -> None:
+        """Local files grow by appending; object stores get the whole log in one put."""
+        if is_local(self.fs):
+            path = self.key(key)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "ab") as handle:
+                handle.write(data)
+        else:
+            self.fs.pipe_file(self.key(key), whole)
+
+
+class LogStream:
+    """Collects output lines, stamps them, and flushes them to the remote in chunks."""
+
+    def __init__(self, remote: Remote, key: str, local_copy: Path, interval: float):
+        self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
+        self._pending: list[bytes] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tpi-log", daemon=True)
+        local_copy.parent.mkdir(parents=True, exist_ok=True)
+        local_copy.write_bytes(b"")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def line(self, text: str) -> None:
+        stamped = f"{layout.timestamp()} {text.rstrip(chr(10))}\n".encode("utf-8", "replace")
+        with self._lock:
+            self._pending.append(stamped)
+
+    def flush(self) -> None:
+        with self._lock:
+            chunk, self._pending = b"".join(self._pending), []
+            if not chunk:
+                return
+            with open(self.local_copy, "ab") as handle:
+                handle.write(chunk)
+            whole = b"" if is_local(self.remote.fs) else self.local_copy.read_bytes()
+            self.remote.append(self.key, chunk, whole)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.flush()
+            except Exception as error:  # a flaky remote must not kill the task; retry next tick
+                print(f"tpi-agent: log flush failed: {error}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.flush()
+
+
+class Heartbeat:
+    def __init__(self, remote: Remote, key: str, interval: float):
+        self.remote, self.key, self.interval = remote, key, interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="tpi-heartbeat", daemon=True)
+
+    def start(self) -> None:
+        self.beat()
+        self._thread.start()
+
+    def beat(self) -> None:
+        self.remote.write(self.key, layout.timestamp().encode())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.beat()
+            except Exception as error:
+                print(f"tpi-agent: heartbeat failed: {error}", file=sys.stderr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def script_environment(task: dict[str, Any], values: dict[str, str], rank: int) -> dict[str, str]:
+    env = {name: os.environ[name] for name in BASE_ENVIRONMENT if name in os.environ}
+    python_bin = os.path.dirname(sys.executable)
+    env["PATH"] = python_bin + os.pathsep + env.get("PATH", os.defpath)
+    env.update(values)
+    env.update(
+        TPI_TASK="true",
+        TPI_TASK_ID=task["id"],
+        TPI_REGION=task["spec"]["region"],
+        TPI_MACHINE=task["spec"]["machine"],
+        TPI_RANK=str(rank),
+        TPI_WORLD_SIZE=str(task["spec"]["parallelism"]),
+    )
+    return env
+
+
+class Agent:
+    def __init__(self, remote_url: str, rank: int, boot: int, machine_dir: str):
+        self.remote = Remote(remote_url)
+        self.rank, self.boot = rank, boot
+        self.machine_dir = Path(machine_dir)
+        self.work = self.machine_dir / "work"
+        self.private = self.machine_dir / "agent"
+        self.stopping = threading.Event()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    # -- steps
+
+    def prepare(self) -> None:
+        # A respawned machine is a fresh machine: nothing survives but what was synced.
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.private.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.private, 0o700)
+        self.task = json.loads(self.remote.read_text(layout.TASK_JSON))
+        self.exclude = list(self.task["spec"].get("exclude", []))
+        script = self.private / "script"
+        script.write_text(self.remote.read_text(layout.SCRIPT))
+        os.chmod(script, 0o700)
+        self.script = script
+        try:
+            self.values: dict[str, str] = json.loads(self.remote.read_text(layout.ENV))
+        except FileNotFoundError:
+            self.values = {}
+
+    def pull(self) -> None:
+        download(self.remote.fs, self.remote.key(layout.DATA), self.work, exclude=self.exclude)
+        self.manifest = local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
+
+    def push(self) -> None:
+        upload(
+            self.work,
+            self.remote.fs,
+            self.remote.key(layout.DATA),
+            exclude=self.exclude,
+            manifest=self.manifest,
+        )
+
+    def run(self) -> dict[str, Any]:
+        timing = self.task.get("timing", {})
+        deadline = float(self.task["deadline"])
+        self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
+                             float(timing.get("log_interval", 0.5)))  # fmt: skip
+        heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
+                              float(timing.get("heartbeat_interval", 5)))  # fmt: skip
+        heartbeat.start()
+        self.log.start()
+        try:
+            if time.time() >= deadline:
+                self.log.line("[tpi] the task's deadline has passed: not starting")
+                return {"result": "timeout", "code": None}
+            self.pull()
+            if self.boot > 0:
+                self.log.line(f"[tpi] machine respawned (boot {self.boot}): resuming from synced data")
+            return self._run_script(deadline, float(timing.get("sync_interval", 10)))
+        finally:
+            self.log.close()
+            heartbeat.close()
+
+    def _run_script(self, deadline: float, sync_interval: float) -> dict[str, Any]:
+        shebang = self.script.read_bytes().startswith(b"#!")
+        command = [str(self.script)] if shebang else ["/bin/bash", str(self.script)]
+        env = script_environment(self.task, self.values, self.rank)
+        self.process = subprocess.Popen(
+            command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+        atomic_write_bytes(self.machine_dir / "script.pid", str(self.process.pid).encode())
+        reader = threading.Thread(target=self._read_output, name="tpi-output", daemon=True)
+        reader.start()
+        result = "success"
+        next_sync = time.time() + sync_interval
+        while self.process.poll() is None:
+            now = time.time()
+            if now >= deadline:
+                self.log.line("[tpi] timeout: the task's deadline passed; stopping the script")
+                self._kill_script()
+                result = "timeout"
+                break
+            if self.stopping.is_set():
+                self.log.line("[tpi] stop requested; stopping the script")
+                self._kill_script()
+                result = "stopped"
+                break
+            if now >= next_sync:
+                self._push_quietly()
+                next_sync = time.time() + sync_interval
+            time.sleep(min(0.2, max(0.01, deadline - now)))
+        code = self.process.wait()
+        reader.join(timeout=10)
+        if code < 0:
+            code = 128 - code  # shell convention for a signal
+        if result == "success" and code != 0:
+            result = "failure"
+        self.push()  # the last sync completes before the machine releases itself
+        if result == "stopped":
+            return {"result": "failure", "code": code, "reason": "stopped"}
+        return {"result": result, "code": code}
+
+    def _push_quietly(self) -> None:
+        try:
+            self.push()
+        except Exception as error:  # try again at the next interval; the final push is strict
+            self.log.line(f"[tpi] sync back failed, will retry: {error}")
+
+    def _read_output(self) -> None:
+        assert self.process is not None and self.process.stdout is not None
+        for raw in iter(self.process.stdout.readline, b""):
+            self.log.line(raw.decode("utf-8", "replace"))
+
+    def _kill_script(self) -> None:
+        assert self.process is not None
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(self.process.pid, sig)
+            except ProcessLookupError:
+                return
+            try:
+                self.process.wait(timeout=KILL_GRACE)
+                return
+            except subprocess.TimeoutExpired:
+                continue
+
+    def report(self, outcome: dict[str, Any]) -> None:
+        outcome.update(rank=self.rank, boot=self.boot, finished=layout.timestamp())
+        self.remote.write(layout.status(self.rank), json.dumps(outcome).encode())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tpi_jupyter.agent")
+    parser.add_argument("--remote", required=True)
+    parser.add_argument("--rank", type=int, required=True)
+    parser.add_argument("--boot", type=int, required=True)
+    parser.add_argument("--machine-dir", required=True)
+    args = parser.parse_args(argv)
+    agent = Agent(args.remote, args.rank, args.boot, args.machine_dir)
+    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    agent.prepare()
+    try:
+        outcome = agent.run()
+    except Exception as error:
+        outcome = {"result": "failure", "code": None, "reason": f"agent error: {error}"}
+    agent.report(outcome)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

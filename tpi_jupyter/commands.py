@@ -1,0 +1,230 @@
+"""The verbs shared by `%tpi` / `%%tpi` and the `tpi` command: one grammar, one behaviour."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+from .spec import SpecError, TaskSpec, parse_assignments
+from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+
+Printer = Callable[[str], None]
+
+
+class UsageFailure(Exception):
+    """Bad command words; the message is one line."""
+
+
+class TaskFailed(Exception):
+    """A task waited on ended failed or timed out; the message carries the log tail."""
+
+    def __init__(self, task: Task, status: str, tail: str):
+        self.task, self.status, self.tail = task, status, tail
+        super().__init__(f"task {task.name} ended {status}")
+
+    def lines(self) -> list[str]:
+        ranks = [r for r in self.task.read().ranks if r.state in ("failed", "timeout")]
+        detail = "; ".join(
+            f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "") + (f" ({r.reason})" if r.reason else "")
+            for r in ranks
+        )  # fmt: skip
+        return [f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}",
+                "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]  # fmt: skip
+
+    def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
+        return self.lines()
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageFailure(f"{message}; usage: {self.format_usage().strip().removeprefix('usage: ')}")
+
+
+VERBS = ("run", "list", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt")
+
+
+def _launch_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("assignments", nargs="*", metavar="key=value")
+    parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
+    parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
+
+
+def cell_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="%%tpi", add_help=False)
+    _launch_options(parser)
+    parser.add_argument("-o", dest="bind", metavar="NAME", help="bind the task handle to NAME")
+    return parser
+
+
+def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, add_help=prog == "tpi")
+    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}", parser_class=_Parser)
+    verbs.required = True
+    verbs.add_parser("run", help="launch a task: tpi run key=value ... --script FILE [--wait] [--dry-run]")
+    verbs.add_parser("list", help="every task in the registry")
+    for verb, text in (("status", "status, ranks and events"), ("events", "the task's events"),
+                       ("stop", "stop the machines (they sync back first)"),
+                       ("pull", "download output into the workdir"),
+                       ("destroy", "download output, then remove every resource"),
+                       ("attach", "show the task again (after a kernel restart)")):  # fmt: skip
+        verbs.add_parser(verb, help=text).add_argument("task", metavar="NAME")
+    logs = verbs.add_parser("logs", help="the task's logs")
+    logs.add_argument("task", metavar="NAME")
+    logs.add_argument("--follow", "-f", action="store_true", help="stream until the task ends")
+    logs.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its UTC time")
+    preempt = verbs.add_parser("preempt", help="interrupt a rank's machine as a spot reclaim would")
+    preempt.add_argument("task", metavar="NAME")
+    preempt.add_argument("--rank", type=int, default=0)
+    return parser
+
+
+def run_parser(prog: str = "tpi run") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog)
+    _launch_options(parser)
+    parser.add_argument("--script", required=True, metavar="FILE", help="the script to run ('-' for stdin)")
+    return parser
+
+
+def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
+    """Verbs and their options; `run` takes key=value words and flags in any order."""
+    if words and words[0] == "run":
+        args = run_parser(f"{prog} run").parse_intermixed_args(list(words[1:]))
+        args.verb = "run"
+        return args
+    return verb_parser(prog).parse_args(list(words))
+
+
+def split(line: str) -> list[str]:
+    try:
+        return shlex.split(line)
+    except ValueError as error:
+        raise UsageFailure(f"malformed line: {error} in {line!r}") from None
+
+
+def parse_cell_line(line: str) -> argparse.Namespace:
+    return cell_parser().parse_intermixed_args(split(line))
+
+
+def build_spec(assignments: Sequence[str], defaults: Mapping[str, Any], cwd: str | None = None) -> TaskSpec:
+    raw = dict(defaults)
+    raw.update(parse_assignments(assignments))
+    return TaskSpec.from_args(raw, cwd=cwd or os.getcwd())
+
+
+@dataclass
+class Launched:
+    task: Task | None
+    plan: Plan | None
+
+
+def run_task(
+    assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
+    out: Printer, tail_lines: int = 20, cwd: str | None = None,
+) -> Launched:  # fmt: skip
+    spec = build_spec(assignments, defaults, cwd)
+    result = launch(spec, script, dry_run=dry_run)
+    if isinstance(result, Plan):
+        out(str(result))
+        return Launched(None, result)
+    if wait:
+        out(result.summary())
+        width = int(result.spec["parallelism"])
+        status = result.wait(on_line=lambda rank, _stamp, text: out(format_line(rank, text, width)))
+        if status != "succeeded":
+            raise TaskFailed(result, status, result.tail_text(tail_lines))
+    return Launched(result, None)
+
+
+def list_text() -> str:
+    tasks = Task.all()
+    if not tasks:
+        return "no tasks"
+    rows = [("NAME", "ID", "CLOUD", "MACHINE", "STATUS", "AGE")]
+    for task in tasks:
+        try:
+            status = task.status
+        except Exception as error:  # one unreadable task must not hide the others
+            status = f"unknown ({error.__class__.__name__})"
+        age = _duration(time.time() - float(task.record["created"]))
+        spec = task.spec
+        rows.append(
+            (task.name, task.id, spec["cloud"], f"{spec['machine']}x{spec['parallelism']}", status, age)
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+def status_text(task: Task) -> str:
+    snapshot = task.read()
+    lines = [task.summary(), "ranks:"]
+    for rank in snapshot.ranks:
+        code = "" if rank.code is None else f" code {rank.code}"
+        reason = f" ({rank.reason})" if rank.reason else ""
+        lines.append(f"  {rank.rank}: {rank.state}, {rank.boots} boot(s){code}{reason}")
+    return "\n".join(lines)
+
+
+def events_text(task: Task) -> str:
+    lines = []
+    for event in task.events():
+        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
+        rank = "" if event.get("rank") is None else f" rank {event['rank']}"
+        detail = f": {event['detail']}" if event.get("detail") else ""
+        lines.append(f"{stamp} {event['kind']}{rank}{detail}")
+    return "\n".join(lines) or "no events"
+
+
+def run_verb(args: argparse.Namespace, out: Printer) -> Task | None:
+    """Carry out a verb other than `run`; returns the task for `attach`."""
+    if args.verb == "list":
+        out(list_text())
+        return None
+    task = Task.find(args.task)
+    if args.verb == "status":
+        out(status_text(task))
+    elif args.verb == "events":
+        out(events_text(task))
+    elif args.verb == "logs":
+        width = int(task.spec["parallelism"])
+        lines = task.follow() if args.follow else iter(LogTail(task).poll())
+        for rank, stamp, text in lines:
+            out(format_line(rank, f"{stamp} {text}" if args.timestamps else text, width))
+    elif args.verb == "stop":
+        task.stop()
+        out(f"task {task.name}: stopped ({task.status})")
+    elif args.verb == "pull":
+        files = task.pull()
+        out(
+            f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
+        )
+    elif args.verb == "destroy":
+        files = task.destroy()
+        out(
+            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
+        )
+    elif args.verb == "preempt":
+        task.preempt(args.rank)
+        out(f"task {task.name}: rank {args.rank} preempted; the group respawns it")
+    elif args.verb == "attach":
+        return task
+    return None
+
+
+ERRORS = (SpecError, TaskError, UsageFailure)
+__all__ = ["ERRORS", "FINAL", "TaskFailed", "UsageFailure", "run_task", "run_verb"]

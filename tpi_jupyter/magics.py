@@ -1,0 +1,66 @@
+"""`%%tpi` and `%tpi`: parse the line, dispatch to `commands`, show errors as one line."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, magics_class
+from traitlets import Dict, Int, Unicode
+
+from . import commands
+
+HELP = """%%tpi key=value ... [--wait] [-o NAME] [--dry-run]   (cell body: the script)
+%tpi list | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
+     | destroy NAME | attach NAME | preempt NAME [--rank N]"""
+
+
+@magics_class
+class TpiMagics(Magics):
+    default_cloud = Unicode("local", help="cloud used when a %%tpi cell names none").tag(config=True)
+    defaults = Dict(
+        help="default arguments for every %%tpi cell, e.g. {'spot': '0', 'region': 'eu-west'}"
+    ).tag(config=True)
+    log_tail_lines = Int(20, help="log lines shown when a waited-on task fails").tag(config=True)
+
+    @line_cell_magic
+    def tpi(self, line: str, cell: str | None = None) -> Any:
+        try:
+            return self._cell(line, cell) if cell is not None else self._line(line)
+        except commands.ERRORS as error:
+            raise UsageError(str(error)) from None
+
+    def _cell(self, line: str, cell: str) -> Any:
+        args = commands.parse_cell_line(line)
+        defaults = {"cloud": self.default_cloud, **self.defaults}
+        launched = commands.run_task(
+            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
+            out=print, tail_lines=self.log_tail_lines,
+        )  # fmt: skip
+        handle = launched.task or launched.plan
+        if args.bind:
+            self.shell.user_ns[args.bind] = handle  # type: ignore[union-attr]
+        return launched.task if launched.task is not None and not args.wait else None
+
+    def _line(self, line: str) -> Any:
+        words = commands.split(line)
+        if not words or words[0] in ("help", "-h", "--help"):
+            print(HELP)
+            return None
+        if words[0] == "run":
+            raise commands.UsageFailure(
+                "run: use the cell magic %%tpi key=value ... with the script as its body"
+            )
+        args = commands.parse_words(words, "%tpi")
+        return commands.run_verb(args, print)
+
+
+def register(ipython: Any) -> None:
+    magics = TpiMagics(shell=ipython, parent=ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)  # so that %config TpiMagics.* reaches it
+
+
+def unregister(ipython: Any) -> None:
+    ipython.configurables[:] = [c for c in ipython.configurables if not isinstance(c, TpiMagics)]

@@ -1,0 +1,529 @@
+"""TaskSpec: parse and validate every argument of `iterative_task`; catalogues; identifier."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import hashlib
+import os
+import random
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+CLOUDS = ("local", "aws", "gcp", "az", "k8s")
+GENERIC_MACHINES = (
+    "s", "m", "l", "xl",
+    "m+t4", "m+k80", "l+k80", "xl+k80", "m+v100", "l+v100", "xl+v100",
+)  # fmt: skip
+GENERIC_REGIONS = ("us-west", "us-east", "eu-north", "eu-west")
+GENERIC_IMAGES = ("ubuntu", "nvidia")
+
+# Generic machine types per cloud. K80 machines (p2, NC v1, nvidia-tesla-k80) are retired
+# everywhere: `*+k80` maps to the nearest current T4 machine with at least the same CPU and RAM.
+MACHINES: dict[str, dict[str, str]] = {
+    "aws": {
+        "s": "t3.micro", "m": "m5.2xlarge", "l": "m5.8xlarge", "xl": "m5.16xlarge",
+        "m+t4": "g4dn.xlarge", "m+k80": "g4dn.4xlarge", "l+k80": "g4dn.12xlarge",
+        "xl+k80": "g4dn.metal", "m+v100": "p3.2xlarge", "l+v100": "p3.8xlarge",
+        "xl+v100": "p3.16xlarge",
+    },
+    "gcp": {
+        "s": "e2-small", "m": "e2-custom-8-32768", "l": "e2-custom-32-131072",
+        "xl": "n2-custom-64-262144",
+        "m+t4": "n1-standard-4+nvidia-tesla-t4*1",
+        "m+k80": "n1-highmem-8+nvidia-tesla-t4*1",
+        "l+k80": "n1-highmem-16+nvidia-tesla-t4*2",
+        "xl+k80": "n1-highmem-32+nvidia-tesla-t4*4",
+        "m+v100": "n1-highmem-8+nvidia-tesla-v100*1",
+        "l+v100": "n1-highmem-16+nvidia-tesla-v100*2",
+        "xl+v100": "n1-highmem-32+nvidia-tesla-v100*4",
+    },
+    "az": {
+        "s": "Standard_B1s", "m": "Standard_F8s_v2", "l": "Standard_F32s_v2",
+        "xl": "Standard_F64s_v2", "m+t4": "Standard_NC4as_T4_v3",
+        "m+k80": "Standard_NC8as_T4_v3", "l+k80": "Standard_NC64as_T4_v3",
+        "xl+k80": "Standard_NC64as_T4_v3", "m+v100": "Standard_NC6s_v3",
+        "l+v100": "Standard_NC12s_v3", "xl+v100": "Standard_NC24s_v3",
+    },
+    "k8s": {
+        "s": "1-1000", "m": "8-16000", "l": "32-64000", "xl": "64-128000",
+        "m+t4": "4-16000+nvidia-tesla-t4*1", "m+k80": "4-53000+nvidia-tesla-t4*1",
+        "l+k80": "12-112000+nvidia-tesla-t4*2", "xl+k80": "24-212000+nvidia-tesla-t4*4",
+        "m+v100": "4-61000+nvidia-tesla-v100*1", "l+v100": "12-224000+nvidia-tesla-v100*2",
+        "xl+v100": "24-448000+nvidia-tesla-v100*4",
+    },
+    "local": {m: m for m in GENERIC_MACHINES},
+}  # fmt: skip
+
+REGIONS: dict[str, dict[str, str]] = {
+    "aws": {"us-west": "us-west-1", "us-east": "us-east-1", "eu-north": "eu-north-1",
+            "eu-west": "eu-west-1"},
+    "gcp": {"us-west": "us-west1-b", "us-east": "us-east1-c", "eu-north": "europe-north1-a",
+            "eu-west": "europe-west1-d"},
+    "az": {"us-west": "westus2", "us-east": "eastus", "eu-north": "northeurope",
+           "eu-west": "westeurope"},
+    # Kubernetes regions are node selectors; a generic region selects any node.
+    "k8s": {r: "" for r in GENERIC_REGIONS},
+    "local": {r: r for r in GENERIC_REGIONS},
+}  # fmt: skip
+
+IMAGES: dict[str, dict[str, str]] = {
+    "aws": {
+        "ubuntu": "ubuntu@099720109477:x86_64:*ubuntu/images/hvm-ssd*/ubuntu-*-24.04-amd64-server-*",
+        "nvidia": "ubuntu@898082745236:x86_64:Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04)*",
+    },
+    "gcp": {
+        "ubuntu": "ubuntu@ubuntu-os-cloud/ubuntu-2404-lts-amd64",
+        "nvidia": "ubuntu@deeplearning-platform-release/common-cu124-ubuntu-2204-py310",
+    },
+    "az": {
+        "ubuntu": "ubuntu@Canonical:ubuntu-24_04-lts:server:latest",
+        "nvidia": "ubuntu@microsoft-dsvm:ubuntu-hpc:2204:latest",
+    },
+    "k8s": {"ubuntu": "ubuntu:24.04", "nvidia": "nvidia/cuda:12.4.1-runtime-ubuntu22.04"},
+    "local": {"ubuntu": "ubuntu", "nvidia": "nvidia"},
+}
+
+# Native value syntax per cloud, with the example shown in error messages.
+_ACCEL = r"(\+[a-z0-9][a-z0-9-]*\*[1-9]\d*)?"
+NATIVE_MACHINE: dict[str, tuple[str, str]] = {
+    "aws": (r"[a-z][a-z0-9-]*\.[a-z0-9-]+", "an EC2 instance type such as g4dn.xlarge"),
+    "gcp": (r"[a-z][a-z0-9-]*" + _ACCEL, "a machine type such as n2-custom-8-32768[+nvidia-tesla-t4*1]"),
+    "az": (r"(Standard|Basic)_[A-Za-z0-9_-]+", "a VM size such as Standard_F8s_v2"),
+    "k8s": (r"\d+(\.\d+)?-\d+" + _ACCEL, "{cpu}-{memory}[+{accelerator}*{count}] such as 64-256000+nvidia-tesla-t4*1"),
+}  # fmt: skip
+NATIVE_REGION: dict[str, tuple[str, str]] = {
+    "aws": (r"[a-z]{2}(-gov)?-[a-z]+-\d", "an AWS region such as us-east-1"),
+    "gcp": (r"[a-z]+-[a-z]+\d+-[a-z]", "a GCP zone such as us-east1-a"),
+    "az": (r"[a-z][a-z0-9]+", "an Azure region such as eastus"),
+    "k8s": (r"[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*(,[A-Za-z0-9./_-]+=[A-Za-z0-9._-]*)*",
+            "node labels key=value[,key=value...]"),
+}  # fmt: skip
+NATIVE_IMAGE: dict[str, tuple[str, str]] = {
+    "aws": (r"[a-z_][a-z0-9_-]*@[0-9*]+:[a-z0-9_*]+:.+", "{user}@{owner}:{architecture}:{name}"),
+    "gcp": (r"[a-z_][a-z0-9_-]*@[a-z0-9-]+/[a-z0-9-]+", "{user}@{project}/{family}"),
+    "az": (r"[a-z_][a-z0-9_-]*@[^:@\s]+:[^:@\s]+:[^:@\s]+:[^:@\s]+",
+           "{user}@{publisher}:{offer}:{sku}:{version}"),
+    "k8s": (r"[a-z0-9]+([._/:@-][A-Za-z0-9_.-]+)*", "a container image such as ubuntu:24.04"),
+}  # fmt: skip
+NATIVE_PERMISSION_SET: dict[str, tuple[str, str]] = {
+    "aws": (r"arn:aws[a-z-]*:iam::?\d{12}:instance-profile/[\w+=,.@/-]+",
+            "an instance profile ARN arn:aws:iam::123456789012:instance-profile/NAME"),
+    "gcp": (r"[a-z0-9][a-z0-9._-]*@[a-z0-9][a-z0-9._-]*\.gserviceaccount\.com(,scopes=[\w,.:/-]+)?",
+            "a service account email[,scopes=...]"),
+    "az": (r"/subscriptions/[^,\s]+/userAssignedIdentities/[^,\s]+(,/subscriptions/[^,\s]+/userAssignedIdentities/[^,\s]+)*",
+           "comma-separated user-assigned identity resource ids"),
+    "k8s": (r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", "a service account name in the namespace"),
+}  # fmt: skip
+NATIVE_CONTAINER: dict[str, tuple[str, str]] = {
+    "local": (r"\S.*", "a local directory or an fsspec URL"),
+    "aws": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", "an S3 bucket name[/prefix]"),
+    "gcp": (r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/\S*)?", "a GCS bucket name[/prefix]"),
+    "az": (r"[a-z0-9]{3,24}/[a-z0-9](-?[a-z0-9])+(/\S*)?", "{storage account}/{container}[/prefix]"),
+    "k8s": (r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", "a PersistentVolumeClaim name"),
+}  # fmt: skip
+
+ARGUMENTS = (
+    "cloud", "machine", "image", "region", "disk_size", "spot", "parallelism", "timeout",
+    "environment", "tags", "name", "permission_set", "workdir", "output", "exclude", "container",
+)  # fmt: skip
+LIST_ARGUMENTS = ("exclude",)
+MAP_ARGUMENTS = ("environment", "tags")
+DEFAULT_TIMEOUT = 86400
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_GLOB = re.compile(r"[A-Za-z0-9_*?]+")
+# Set by the product on every machine; a user cannot override them.
+RESERVED_ENV = ("TPI_TASK", "TPI_TASK_ID", "TPI_REGION", "TPI_MACHINE", "TPI_RANK", "TPI_WORLD_SIZE")
+
+
+class SpecError(ValueError):
+    """A bad argument. Its message is one line naming the key and what is accepted."""
+
+
+def _one_of(values: Iterable[str]) -> str:
+    return ", ".join(values)
+
+
+def _did_you_mean(word: str, choices: Iterable[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+# ---------------------------------------------------------------- identifier
+
+
+def _base36_hash(text: str) -> str:
+    number = int.from_bytes(hashlib.sha256(text.encode("utf-8")).digest(), "big")
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    out = []
+    while number:
+        number, rest = divmod(number, 36)
+        out.append(digits[rest])
+    return "".join(reversed(out))[:8]
+
+
+def normalize_name(name: str) -> str:
+    text = re.sub(r"[^a-z0-9]+", "-", name.lower())[:28]
+    return text.removeprefix("-").removesuffix("-")
+
+
+_ID = re.compile(r"tpi-([a-z0-9-]*)-([0-9a-z]{8})-([0-9a-z]{8})")
+
+
+def is_task_id(text: str) -> bool:
+    match = _ID.fullmatch(text)
+    return bool(match) and _base36_hash(match[1] + match[2]) == match[3]  # type: ignore[index]
+
+
+def task_id(name: str) -> str:
+    """`tpi-{n}-{salt}-{check}` as the reference defines it; a valid id is kept."""
+    if is_task_id(name):
+        return name
+    normalized = normalize_name(name)
+    salt = _base36_hash(name)
+    return f"tpi-{normalized}-{salt}-{_base36_hash(normalized + salt)}"
+
+
+def short_id(identifier: str) -> str:
+    """`{salt}{check}`, for clouds that limit name length."""
+    parts = identifier.rsplit("-", 2)
+    return parts[-2] + parts[-1]
+
+
+_ADJECTIVES = [
+    "amber",
+    "brisk",
+    "calm",
+    "deft",
+    "eager",
+    "fair",
+    "gentle",
+    "hardy",
+    "keen",
+    "lucid",
+    "merry",
+    "nimble",
+    "proud",
+    "quiet",
+    "rapid",
+    "sunny",
+    "tidy",
+    "vivid",
+    "witty",
+    "zesty",
+]
+_NOUNS = [
+    "badger",
+    "crane",
+    "dingo",
+    "egret",
+    "falcon",
+    "gecko",
+    "heron",
+    "ibex",
+    "jackal",
+    "koala",
+    "lemur",
+    "marten",
+    "newt",
+    "otter",
+    "puffin",
+    "quail",
+    "raven",
+    "stoat",
+    "tapir",
+    "walrus",
+]
+
+
+def random_name() -> str:
+    rng = random.SystemRandom()
+    return f"{rng.choice(_ADJECTIVES)}-{rng.choice(_NOUNS)}-{rng.randrange(100, 1000)}"
+
+
+# ---------------------------------------------------------------- parsing key=value tokens
+
+
+def parse_assignments(tokens: Iterable[str]) -> dict[str, Any]:
+    """Turn `key=value` tokens into raw arguments.
+
+    Lists (`exclude`) are comma-separated and the key may repeat; maps (`environment`,
+    `tags`) take one `NAME=value` per occurrence of the key, so values may hold commas.
+    """
+    raw: dict[str, Any] = {}
+    for token in tokens:
+        key, sep, value = token.partition("=")
+        if not sep or not key:
+            raise SpecError(f"malformed argument {token!r}: expected key=value")
+        if key not in ARGUMENTS:
+            raise SpecError(
+                f"unknown argument {key!r}{_did_you_mean(key, ARGUMENTS)}; accepted: {_one_of(ARGUMENTS)}"
+            )
+        if key in LIST_ARGUMENTS:
+            # Empty parts are kept so that validation rejects them instead of dropping them.
+            raw.setdefault(key, []).extend(part.strip() for part in value.split(","))
+        elif key in MAP_ARGUMENTS:
+            entry, eq, entry_value = value.partition("=")
+            if not entry:
+                raise SpecError(f"{key}: expected {key}=NAME=value, got {token!r}")
+            if not eq and key == "tags":
+                raise SpecError(f"tags: expected tags=KEY=value, got {token!r}")
+            mapping = raw.setdefault(key, {})
+            if entry in mapping:
+                raise SpecError(f"{key}: {entry!r} is given twice; accepted: each name once")
+            mapping[entry] = entry_value
+        else:
+            if key in raw:
+                raise SpecError(f"{key}: given twice; accepted: {key}= at most once")
+            raw[key] = value
+    return raw
+
+
+# ---------------------------------------------------------------- the spec
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    cloud: str = "local"
+    machine: str = "m"
+    image: str = "ubuntu"
+    region: str = "us-west"
+    disk_size: int = -1
+    spot: float = -1.0
+    parallelism: int = 1
+    timeout: int = DEFAULT_TIMEOUT
+    environment: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    name: str = ""
+    permission_set: str = ""
+    workdir: str = ""
+    output: str = ""
+    exclude: tuple[str, ...] = ()
+    container: str = ""
+
+    @classmethod
+    def from_args(cls, raw: Mapping[str, Any], *, cwd: str | os.PathLike[str] | None = None) -> TaskSpec:
+        """Validate raw arguments (strings, lists, maps); relative workdirs resolve against cwd."""
+        unknown = [key for key in raw if key not in ARGUMENTS]
+        if unknown:
+            raise SpecError(f"unknown argument {unknown[0]!r}; accepted: {_one_of(ARGUMENTS)}")
+        cloud = _choice("cloud", str(raw.get("cloud", "local")), CLOUDS)
+        spec = cls(
+            cloud=cloud,
+            machine=_catalogued("machine", str(raw.get("machine", "m")), cloud, MACHINES, NATIVE_MACHINE),
+            image=_catalogued("image", str(raw.get("image", "ubuntu")), cloud, IMAGES, NATIVE_IMAGE),
+            region=_catalogued("region", str(raw.get("region", "us-west")), cloud, REGIONS, NATIVE_REGION),
+            disk_size=_integer("disk_size", raw.get("disk_size", -1), minimum=-1, forbid_zero=True,
+                               accepted="-1 (automatic) or a size in GB >= 1"),
+            spot=_spot(raw.get("spot", -1)),
+            parallelism=_integer("parallelism", raw.get("parallelism", 1), minimum=1,
+                                 accepted="a whole number >= 1"),
+            timeout=_integer("timeout", raw.get("timeout", DEFAULT_TIMEOUT), minimum=1,
+                             accepted="a whole number of seconds >= 1"),
+            environment=_environment(raw.get("environment", {})),
+            tags=_tags(raw.get("tags", {})),
+            name=_name(str(raw.get("name", ""))),
+            permission_set=_native_only("permission_set", str(raw.get("permission_set", "")), cloud,
+                                        NATIVE_PERMISSION_SET),
+            container=_native_only("container", str(raw.get("container", "")), cloud, NATIVE_CONTAINER),
+            exclude=_exclude(raw.get("exclude", ())),
+        )  # fmt: skip
+        workdir, output = _storage(str(raw.get("workdir", "")), str(raw.get("output", "")), cwd)
+        return replace(spec, workdir=workdir, output=output)
+
+    def with_name(self, name: str) -> TaskSpec:
+        return replace(self, name=name)
+
+    @property
+    def id(self) -> str:
+        if not self.name:
+            raise ValueError("a spec without a name has no id; use with_name(random_name())")
+        return task_id(self.name)
+
+    @property
+    def native_machine(self) -> str:
+        return MACHINES[self.cloud].get(self.machine, self.machine)
+
+    @property
+    def native_region(self) -> str:
+        return REGIONS[self.cloud].get(self.region, self.region)
+
+    @property
+    def native_image(self) -> str:
+        return IMAGES[self.cloud].get(self.image, self.image)
+
+    def public_dict(self) -> dict[str, Any]:
+        """The spec without secret values: environment keeps only its names."""
+        data = asdict(self)
+        data["environment"] = sorted(self.environment)
+        data["exclude"] = list(self.exclude)
+        return data
+
+
+def _choice(key: str, value: str, accepted: Iterable[str]) -> str:
+    accepted = tuple(accepted)
+    if value not in accepted:
+        raise SpecError(
+            f"{key}: {value!r} is not accepted{_did_you_mean(value, accepted)}; accepted: {_one_of(accepted)}"
+        )
+    return value
+
+
+def _catalogued(
+    key: str, value: str, cloud: str, catalogue: dict[str, dict[str, str]],
+    native: dict[str, tuple[str, str]],
+) -> str:  # fmt: skip
+    if value in catalogue[cloud]:
+        return value
+    generic = _one_of(catalogue[cloud])
+    if cloud in native:
+        pattern, description = native[cloud]
+        if re.fullmatch(pattern, value):
+            return value
+        raise SpecError(
+            f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}, or {description}"
+        )
+    raise SpecError(f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}")
+
+
+def _native_only(key: str, value: str, cloud: str, native: dict[str, tuple[str, str]]) -> str:
+    if not value:
+        return value
+    if cloud not in native:
+        raise SpecError(f"{key}: not supported for cloud={cloud}; accepted: empty")
+    pattern, description = native[cloud]
+    if not re.fullmatch(pattern, value):
+        raise SpecError(f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {description}")
+    return value
+
+
+def _integer(key: str, value: Any, *, minimum: int, accepted: str, forbid_zero: bool = False) -> int:
+    text = str(value).strip()
+    if not re.fullmatch(r"[+-]?\d+", text):
+        raise SpecError(f"{key}: {value!r} is not a whole number; accepted: {accepted}")
+    number = int(text)
+    if number < minimum or (forbid_zero and number == 0):
+        raise SpecError(f"{key}: {number} is out of range; accepted: {accepted}")
+    return number
+
+
+def _spot(value: Any) -> float:
+    accepted = "-1 (on-demand), 0 (spot at automatic price) or a maximum price in USD per hour > 0"
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        raise SpecError(f"spot: {value!r} is not a number; accepted: {accepted}") from None
+    if number != number or number in (float("inf"), float("-inf")) or (number < 0 and number != -1):
+        raise SpecError(f"spot: {value!r} is out of range; accepted: {accepted}")
+    return number
+
+
+def _environment(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError("environment: expected a map; accepted: environment=NAME=value (repeat the key)")
+    result: dict[str, str] = {}
+    for name, entry in value.items():
+        name, entry = str(name), str(entry)
+        if "*" in name or "?" in name:
+            if not ENV_GLOB.fullmatch(name):
+                raise SpecError(
+                    f"environment: {name!r} is not a variable name or glob; accepted: letters, digits, _, * and ?"
+                )
+            if entry:
+                raise SpecError(
+                    f"environment: glob {name!r} must have an empty value to import matching variables; accepted: {name}="
+                )
+        elif not ENV_NAME.fullmatch(name):
+            raise SpecError(
+                f"environment: {name!r} is not a variable name; accepted: letters, digits and _, not starting with a digit"
+            )
+        if name in RESERVED_ENV:
+            raise SpecError(f"environment: {name} is set by tpi-jupyter; accepted: any other name")
+        result[name] = entry
+    return result
+
+
+def _tags(value: Any) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise SpecError("tags: expected a map; accepted: tags=KEY=value (repeat the key)")
+    result = {}
+    for key, entry in value.items():
+        key, entry = str(key), str(entry)
+        if not re.fullmatch(r"[A-Za-z0-9_.:/=+@ -]{1,63}", key) or key.lower().startswith("tpi-"):
+            raise SpecError(
+                f"tags: {key!r} is not a valid tag key; accepted: 1-63 of letters, digits, space and _.:/=+@-, not starting with tpi- in any case"
+            )
+        if len(entry) > 255 or "\n" in entry:
+            raise SpecError(
+                f"tags: the value of {key!r} is too long or multi-line; accepted: one line of at most 255 characters"
+            )
+        result[key] = entry
+    return result
+
+
+def _name(value: str) -> str:
+    if value and not normalize_name(value):
+        raise SpecError(
+            f"name: {value!r} has no letter or digit; accepted: a name with at least one of a-z, 0-9"
+        )
+    return value
+
+
+def _exclude(value: Any) -> tuple[str, ...]:
+    items = [value] if isinstance(value, str) else list(value)
+    for item in items:
+        if not isinstance(item, str) or not item.strip():
+            raise SpecError(
+                "exclude: empty pattern; accepted: gitignore patterns or TPI '+ rule'/'- rule' lines"
+            )
+        if "\n" in item:
+            raise SpecError(f"exclude: {item!r} spans lines; accepted: one pattern per entry")
+    return tuple(items)
+
+
+def _storage(workdir: str, output: str, cwd: str | os.PathLike[str] | None) -> tuple[str, str]:
+    if not workdir:
+        if output:
+            raise SpecError(
+                "output: needs a workdir (output is relative to workdir); accepted: set workdir=DIR"
+            )
+        return "", ""
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    path = (base / os.path.expanduser(workdir)).resolve()
+    if not path.is_dir():
+        raise SpecError(
+            f"workdir: {workdir!r} is not an existing directory; accepted: a directory relative to {base}"
+        )
+    if output:
+        pure = PurePosixPath(output.replace(os.sep, "/"))
+        if pure.is_absolute() or ".." in pure.parts:
+            raise SpecError(
+                f"output: {output!r} is outside the workdir; accepted: a path inside workdir, such as results"
+            )
+        output = str(pure)
+    return str(path), output
+
+
+def resolve_environment(requested: Mapping[str, str], local: Mapping[str, str]) -> dict[str, str]:
+    """Values for the machines: `NAME=` imports the local value, a glob imports every match.
+
+    Explicit entries win over globs; a variable that is not set locally is left out.
+    """
+    values: dict[str, str] = {}
+    for pattern in (name for name in requested if "*" in name or "?" in name):
+        values.update(
+            (name, value)
+            for name, value in local.items()
+            if fnmatch.fnmatchcase(name, pattern) and name not in RESERVED_ENV
+        )
+    for name, value in requested.items():
+        if "*" in name or "?" in name:
+            continue
+        if value:
+            values[name] = value
+        elif name in local:
+            values[name] = local[name]
+    return values

@@ -1,0 +1,68 @@
+"""The local registry: one JSON file per task, written atomically; listing and lookup."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .spec import task_id
+from .sync import atomic_write_bytes
+
+
+def home() -> Path:
+    """Where tpi-jupyter keeps its files (`TPI_JUPYTER_HOME` overrides the user data dir)."""
+    override = os.environ.get("TPI_JUPYTER_HOME")
+    path = Path(override) if override else Path(platformdirs.user_data_dir("tpi-jupyter", appauthor=False))
+    return path
+
+
+def tasks_dir() -> Path:
+    return home() / "tasks"
+
+
+def _path(task_id: str) -> Path:
+    return tasks_dir() / f"{task_id}.json"
+
+
+def save(record: dict[str, Any]) -> None:
+    # The registry holds no environment values: the spec keeps only variable names.
+    assert not isinstance(record.get("spec", {}).get("environment"), dict), "environment values in registry"
+    tasks_dir().mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(_path(record["id"]), json.dumps(record, indent=1, sort_keys=True).encode(), mode=0o600)
+
+
+def load(task_id: str) -> dict[str, Any] | None:
+    try:
+        return json.loads(_path(task_id).read_text())  # type: ignore[no-any-return]
+    except FileNotFoundError:
+        return None
+
+
+def delete(task_id: str) -> None:
+    _path(task_id).unlink(missing_ok=True)
+
+
+def records() -> list[dict[str, Any]]:
+    """Every task, oldest first; an unreadable file is skipped, not fatal."""
+    found = []
+    for path in sorted(tasks_dir().glob("tpi-*.json")) if tasks_dir().is_dir() else []:
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    return sorted(found, key=lambda record: record.get("created", 0))
+
+
+def find(name_or_id: str) -> dict[str, Any] | None:
+    """A task by id, by name, or by the id its name gives (newest first on a name clash)."""
+    if not name_or_id:
+        return None
+    record = load(name_or_id) or load(task_id(name_or_id))
+    if record:
+        return record
+    matches = [r for r in records() if r.get("name") == name_or_id]
+    return matches[-1] if matches else None
