@@ -42,7 +42,8 @@ class TaskFailed(Exception):
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise UsageFailure(f"{message}; usage: {self.format_usage().strip().removeprefix('usage: ')}")
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        raise UsageFailure(f"{message}; usage: {usage}")
 
 
 VERBS = ("run", "list", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt")
@@ -103,7 +104,7 @@ def split(line: str) -> list[str]:
     try:
         return shlex.split(line)
     except ValueError as error:
-        raise UsageFailure(f"malformed line: {error} in {line!r}") from None
+        raise UsageFailure(f"malformed line: {error} in {line!r}; accepted: key=value words, quoted with ' or \"") from None
 
 
 def parse_cell_line(line: str) -> argparse.Namespace:
