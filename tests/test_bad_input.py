@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from IPython.core.error import UsageError
 from IPython import get_ipython
+from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 from tpi_jupyter import cli
@@ -84,7 +84,9 @@ def shell(tpi_home: Path, workdir: Path):  # type: ignore[no-untyped-def]
 def check_message(message: str, word: str) -> None:
     assert "\n" not in message.strip(), message
     assert word in message, message
-    assert any(hint in message for hint in ("accepted", "expected", "usage", "known tasks", "choose from")), message
+    assert any(hint in message for hint in ("accepted", "expected", "usage", "known tasks", "choose from")), (
+        message
+    )
     assert "Traceback" not in message
 
 
@@ -117,7 +119,9 @@ def test_run_is_not_a_line_verb(shell) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(("line", "word"), BAD_CELLS)
-def test_bad_cli_run(tpi_home: Path, workdir: Path, capsys: pytest.CaptureFixture[str], line: str, word: str) -> None:
+def test_bad_cli_run(
+    tpi_home: Path, workdir: Path, capsys: pytest.CaptureFixture[str], line: str, word: str
+) -> None:
     script = workdir.parent / "script.sh"
     script.write_text(SCRIPT)
     try:

@@ -53,21 +53,25 @@ def boot_logs(task: Task, rank: int) -> dict[int, list[str]]:
 
 
 def tpi_cli(*words: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tpi_jupyter.cli", *words], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "tpi_jupyter.cli", *words], capture_output=True, text=True, timeout=120
+    )
 
 
 @pytest.mark.slow
 def test_epoch_example_survives_two_preemptions(tpi_home: Path, workdir: Path) -> None:
-    task = start(["workdir=.", "output=results", "spot=0", "parallelism=2", "timeout=600", "name=demo"], EPOCH_SCRIPT)
+    task = start(
+        ["workdir=.", "output=results", "spot=0", "parallelism=2", "timeout=600", "name=demo"], EPOCH_SCRIPT
+    )
     assert task.id == "tpi-demo-127r2e4m-5wdi47l1"
 
     # Preempt rank 0, then rank 1, each once progress has been synced back to the remote.
     for rank, after_epoch in ((0, 4), (1, 9)):
-        wait_for(lambda: synced_epoch(task) >= after_epoch, timeout=60)
-        wait_for(lambda: task.read().ranks[rank].state == "running", timeout=30)
+        wait_for(lambda epoch=after_epoch: synced_epoch(task) >= epoch, timeout=60)
+        wait_for(lambda rank=rank: task.read().ranks[rank].state == "running", timeout=30)
         result = tpi_cli("preempt", "demo", "--rank", str(rank))  # the documented command
         assert result.returncode == 0, result.stderr
-        wait_for(lambda: len(boot_logs(task, rank)) == 2, timeout=30)
+        wait_for(lambda rank=rank: len(boot_logs(task, rank)) == 2, timeout=30)
 
     assert task.wait(timeout=120) == "succeeded"
     snapshot = task.read()
@@ -102,7 +106,11 @@ echo "$TPI_RANK" > "results/rank-$TPI_RANK.txt"
         assert boot_logs(task, rank)[0][:3] == [f"rank {rank} of 3 line {i}" for i in (1, 2, 3)]
     assert [line.count("line") for line in task.logs()] == [3, 3, 3]
     task.destroy()
-    assert sorted(p.name for p in (workdir / "results").iterdir()) == ["rank-0.txt", "rank-1.txt", "rank-2.txt"]
+    assert sorted(p.name for p in (workdir / "results").iterdir()) == [
+        "rank-0.txt",
+        "rank-1.txt",
+        "rank-2.txt",
+    ]
 
 
 def test_failing_script_ends_failed_with_its_code(tpi_home: Path, workdir: Path) -> None:
@@ -167,7 +175,9 @@ done
 
 
 def test_stop_syncs_back_and_reports(tpi_home: Path, workdir: Path) -> None:
-    script = "#!/bin/bash\nmkdir -p results\nfor i in $(seq 1 100); do echo $i > results/n.txt; sleep 0.2; done\n"
+    script = (
+        "#!/bin/bash\nmkdir -p results\nfor i in $(seq 1 100); do echo $i > results/n.txt; sleep 0.2; done\n"
+    )
     task = start(["name=stopme", "workdir=.", "output=results"], script)
     wait_for(lambda: task.read().status == "running", timeout=30)
     time.sleep(1)

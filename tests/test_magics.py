@@ -61,7 +61,7 @@ def test_wait_streams_the_log_into_the_cell(shell, capsys) -> None:  # type: ign
 
 def test_config_sets_default_cloud_and_defaults(shell, tpi_home: Path) -> None:  # type: ignore[no-untyped-def]
     shell.run_line_magic("config", 'TpiMagics.default_cloud = "k8s"')
-    with pytest.raises(UsageError, match="machine.*cloud=k8s"):
+    with pytest.raises(UsageError, match=r"machine.*cloud=k8s"):
         shell.run_cell_magic("tpi", "machine=m5.large", "echo")  # valid on aws, not on k8s
     shell.run_line_magic("config", 'TpiMagics.default_cloud = "local"')
     shell.run_line_magic("config", "TpiMagics.defaults = {'parallelism': '2', 'region': 'eu-west'}")
@@ -76,7 +76,9 @@ def test_config_sets_default_cloud_and_defaults(shell, tpi_home: Path) -> None: 
 def test_line_verbs(shell, tpi_home: Path, workdir: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     shell.run_line_magic("tpi", "")
     assert "%tpi list" in capsys.readouterr().out
-    task = shell.run_cell_magic("tpi", "name=verbs workdir=. output=out spot=0", "mkdir -p out; echo v > out/v.txt; sleep 30")
+    task = shell.run_cell_magic(
+        "tpi", "name=verbs workdir=. output=out spot=0", "mkdir -p out; echo v > out/v.txt; sleep 30"
+    )
     shell.run_line_magic("tpi", "list")
     assert "verbs" in capsys.readouterr().out
     attached = shell.run_line_magic("tpi", "attach verbs")

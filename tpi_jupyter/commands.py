@@ -104,7 +104,9 @@ def split(line: str) -> list[str]:
     try:
         return shlex.split(line)
     except ValueError as error:
-        raise UsageFailure(f"malformed line: {error} in {line!r}; accepted: key=value words, quoted with ' or \"") from None
+        raise UsageFailure(
+            f"malformed line: {error} in {line!r}; accepted: key=value words, quoted with ' or \""
+        ) from None
 
 
 def parse_cell_line(line: str) -> argparse.Namespace:

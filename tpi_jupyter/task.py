@@ -287,7 +287,9 @@ class Task:
     def preempt(self, rank: int = 0) -> None:
         """Interrupt a rank as a spot reclaim would; only spot tasks (spot >= 0) are preemptible."""
         if float(self.spec["spot"]) < 0:
-            raise TaskError(f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0")
+            raise TaskError(
+                f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0"
+            )
         if not 0 <= rank < int(self.spec["parallelism"]):
             raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
         try:
