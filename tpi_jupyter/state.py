@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +38,28 @@ def save(record: dict[str, Any]) -> None:
     atomic_write_bytes(_path(record["id"]), json.dumps(record, indent=1, sort_keys=True).encode(), mode=0o600)
 
 
+@contextlib.contextmanager
+def _locked(task_id: str) -> Iterator[None]:
+    tasks_dir().mkdir(parents=True, exist_ok=True)
+    with open(tasks_dir() / f".{task_id}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def update(task_id: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any] | None:
+    """Apply change to the stored record under a lock; a deleted task stays deleted (None)."""
+    with _locked(task_id):
+        record = load(task_id)
+        if record is None:
+            return None
+        change(record)
+        save(record)
+        return record
+
+
 def load(task_id: str) -> dict[str, Any] | None:
     try:
         return json.loads(_path(task_id).read_text())  # type: ignore[no-any-return]
@@ -43,7 +68,9 @@ def load(task_id: str) -> dict[str, Any] | None:
 
 
 def delete(task_id: str) -> None:
-    _path(task_id).unlink(missing_ok=True)
+    with _locked(task_id):
+        _path(task_id).unlink(missing_ok=True)
+    (tasks_dir() / f".{task_id}.lock").unlink(missing_ok=True)
 
 
 def records() -> list[dict[str, Any]]:

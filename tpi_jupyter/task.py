@@ -202,8 +202,7 @@ class Task:
         if snapshot.status != self.record.get("status"):
             self.record["status"] = snapshot.status
             with contextlib.suppress(OSError):
-                if state.load(self.id) is not None:
-                    state.save(self.record)
+                state.update(self.id, lambda record: record.update(status=snapshot.status))
         return snapshot
 
     def _collapse(self, ranks: list[RankState], group: GroupState) -> str:
@@ -281,7 +280,6 @@ class Task:
         if self.destroyed:
             return
         self.backend.stop(self.record)
-        self.record["stopped"] = time.time()
         self._event("stopped")
 
     def preempt(self, rank: int = 0) -> None:
