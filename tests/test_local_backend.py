@@ -153,22 +153,26 @@ done
     for rank in (0, 1):
         seen = dict(line.split("=", 1) for line in boot_logs(task, rank)[0] if "=" in line)
         assert seen == {
-            "LITERAL": "literal value, with comma", "IMPORTED_TOKEN": "imported-secret-1",
-            "GLOB_ONE": "glob-secret-1", "GLOB_TWO": "glob-secret-2", "MISSING_VAR": "<unset>",
+            # values imported from the notebook's environment are masked in the log at the source
+            "LITERAL": "literal value, with comma", "IMPORTED_TOKEN": "***",
+            "GLOB_ONE": "***", "GLOB_TWO": "***", "MISSING_VAR": "<unset>",
             "NOT_LISTED": "<unset>", "TPI_TASK": "true", "TPI_TASK_ID": task.id, "TPI_REGION": "eu-west",
             "TPI_MACHINE": "m+t4", "TPI_RANK": str(rank), "TPI_WORLD_SIZE": "2",
         }  # fmt: skip
 
     env_file = remote_path(task, layout.ENV)
     assert stat.S_IMODE(env_file.stat().st_mode) == 0o600
-    secrets = [b"literal value", b"imported-secret-1", b"glob-secret-1", b"glob-secret-2", b"unlisted-secret"]
-    # Nowhere but the private env file and the logs the script itself printed.
-    for path in [*tpi_home.rglob("*")]:
-        if not path.is_file() or path == env_file or path.name == "log" or path.parent.name == "agent":
+    secrets = [b"imported-secret-1", b"glob-secret-1", b"glob-secret-2", b"unlisted-secret"]
+    # Nowhere but the private env file: not in logs, registry, task.json, events or agent files.
+    for path in tpi_home.rglob("*"):
+        if not path.is_file() or path == env_file:
             continue
         content = path.read_bytes()
         leaked = [secret for secret in secrets if secret in content]
         assert not leaked, f"{leaked} found in {path}"
+        if path.name.endswith(".json") or path.name == "events.jsonl":
+            assert b"literal value" not in content, path
+    assert b"imported-secret-1" in env_file.read_bytes()  # the scan above looked at real files
     record = json.loads((tpi_home / "tasks" / f"{task.id}.json").read_text())
     assert record["spec"]["environment"] == ["GLOB_*", "IMPORTED_TOKEN", "LITERAL", "MISSING_VAR"]
     assert stat.S_IMODE((tpi_home / "tasks" / f"{task.id}.json").stat().st_mode) == 0o600

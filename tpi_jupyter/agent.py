@@ -30,6 +30,7 @@ from .sync import atomic_write_bytes, download, filesystem, is_local, local_mani
 # Variables a machine's own environment contributes to the script; nothing else leaks in.
 BASE_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 KILL_GRACE = 5.0
+MASK_MIN = 4  # shorter imported values are not masked: "1" would blank every digit
 
 
 class Remote:
@@ -64,8 +65,16 @@ class Remote:
 class LogStream:
     """Collects output lines, stamps them, and flushes them to the remote in chunks."""
 
-    def __init__(self, remote: Remote, key: str, local_copy: Path, interval: float):
+    def __init__(
+        self,
+        remote: Remote,
+        key: str,
+        local_copy: Path,
+        interval: float,
+        secrets: tuple[str, ...] | list[str] = (),
+    ):
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
+        self.secrets = sorted(set(secrets), key=len, reverse=True)
         self._pending: list[bytes] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -77,6 +86,8 @@ class LogStream:
         self._thread.start()
 
     def line(self, text: str) -> None:
+        for secret in self.secrets:
+            text = text.replace(secret, "***")
         stamped = f"{layout.timestamp()} {text.rstrip(chr(10))}\n".encode("utf-8", "replace")
         with self._lock:
             self._pending.append(stamped)
@@ -190,8 +201,13 @@ class Agent:
     def run(self) -> dict[str, Any]:
         timing = self.task.get("timing", {})
         deadline = float(self.task["deadline"])
+        secrets = [
+            self.values[name]
+            for name in self.task.get("masked", [])
+            if len(self.values.get(name, "")) >= MASK_MIN
+        ]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             float(timing.get("log_interval", 0.5)))  # fmt: skip
+                             float(timing.get("log_interval", 0.5)), secrets)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
                               float(timing.get("heartbeat_interval", 5)))  # fmt: skip
         heartbeat.start()

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from .spec import SpecError, TaskSpec, parse_assignments
+from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
 
 Printer = Callable[[str], None]
@@ -46,7 +47,7 @@ class _Parser(argparse.ArgumentParser):
         raise UsageFailure(f"{message}; usage: {usage}")
 
 
-VERBS = ("run", "list", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt")
+VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt")
 
 
 def _launch_options(parser: argparse.ArgumentParser) -> None:
@@ -68,6 +69,7 @@ def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
     verbs.required = True
     verbs.add_parser("run", help="launch a task: tpi run key=value ... --script FILE [--wait] [--dry-run]")
     verbs.add_parser("list", help="every task in the registry")
+    verbs.add_parser("panel", help="every task with live status (a widget in notebooks)")
     for verb, text in (("status", "status, ranks and events"), ("events", "the task's events"),
                        ("stop", "stop the machines (they sync back first)"),
                        ("pull", "download output into the workdir"),
@@ -127,10 +129,10 @@ class Launched:
 
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
-    out: Printer, tail_lines: int = 20, cwd: str | None = None,
+    out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
-    result = launch(spec, script, dry_run=dry_run)
+    result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
         out(str(result))
         return Launched(None, result)
@@ -195,7 +197,7 @@ def events_text(task: Task) -> str:
 
 def run_verb(args: argparse.Namespace, out: Printer) -> Task | None:
     """Carry out a verb other than `run`; returns the task for `attach`."""
-    if args.verb == "list":
+    if args.verb in ("list", "panel"):
         out(list_text())
         return None
     task = Task.find(args.task)

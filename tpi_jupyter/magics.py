@@ -9,9 +9,11 @@ from IPython.core.magic import Magics, line_cell_magic, magics_class
 from traitlets import Dict, Int, Unicode
 
 from . import commands
+from .task import format_line
+from .textview import text_report, widgets_enabled
 
 HELP = """%%tpi key=value ... [--wait] [-o NAME] [--dry-run]   (cell body: the script)
-%tpi list | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
+%tpi list | panel | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
      | destroy NAME | attach NAME | preempt NAME [--rank N]"""
 
 
@@ -22,6 +24,9 @@ class TpiMagics(Magics):
         help="default arguments for every %%tpi cell, e.g. {'spot': '0', 'region': 'eu-west'}"
     ).tag(config=True)
     log_tail_lines = Int(20, help="log lines shown when a waited-on task fails").tag(config=True)
+    widget_log_lines = Int(200, help="log lines a task widget keeps (older ones are dropped)").tag(
+        config=True
+    )
 
     @line_cell_magic
     def tpi(self, line: str, cell: str | None = None) -> Any:
@@ -33,13 +38,22 @@ class TpiMagics(Magics):
     def _cell(self, line: str, cell: str) -> Any:
         args = commands.parse_cell_line(line)
         defaults = {"cloud": self.default_cloud, **self.defaults}
+        view = None
+        if not args.wait and not args.dry_run and widgets_enabled():
+            from .widgets import TaskWidget
+
+            view = TaskWidget(title="launching", tail_lines=self.widget_log_lines)
         launched = commands.run_task(
             args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
-            out=print, tail_lines=self.log_tail_lines,
+            out=print, tail_lines=self.log_tail_lines, progress=view.upload_progress if view else None,
         )  # fmt: skip
         handle = launched.task or launched.plan
         if args.bind:
             self.shell.user_ns[args.bind] = handle  # type: ignore[union-attr]
+        if view is not None and launched.task is not None:
+            view.attach(launched.task)
+            view.show()
+            return None
         return launched.task if launched.task is not None and not args.wait else None
 
     def _line(self, line: str) -> Any:
@@ -52,7 +66,24 @@ class TpiMagics(Magics):
                 "run: use the cell magic %%tpi key=value ... with the script as its body"
             )
         args = commands.parse_words(words, "%tpi")
-        return commands.run_verb(args, print)
+        if args.verb == "panel" and widgets_enabled():
+            from .widgets import TaskPanel
+
+            return TaskPanel()
+        task = commands.run_verb(args, print)
+        if task is None:
+            return None
+        if widgets_enabled():
+            from .widgets import TaskWidget
+
+            return TaskWidget(task, tail_lines=self.widget_log_lines)
+        snapshot = task.read()
+        from .task import LogTail
+
+        width = int(task.spec["parallelism"])
+        lines = [format_line(rank, text, width) for rank, _, text in LogTail(task).poll(snapshot.log_sizes)]
+        print(text_report(task, snapshot, lines[-self.log_tail_lines :]))
+        return None
 
 
 def register(ipython: Any) -> None:

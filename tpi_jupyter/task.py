@@ -40,6 +40,7 @@ class RankState:
     boots: int = 0
     code: int | None = None
     reason: str = ""
+    finished: float | None = None  # when the rank reported, epoch seconds
 
 
 @dataclass
@@ -190,8 +191,11 @@ class Task:
             count = len(boots.get(rank, ()))
             if rank in statuses:
                 outcome = statuses[rank]
+                finished = None
+                with contextlib.suppress(KeyError, ValueError):
+                    finished = layout.parse_timestamp(outcome["finished"])
                 ranks.append(RankState(rank, RESULT_STATE.get(outcome.get("result", ""), "failed"), count,
-                                       outcome.get("code"), outcome.get("reason", "")))  # fmt: skip
+                                       outcome.get("code"), outcome.get("reason", ""), finished))  # fmt: skip
             elif rank in alive:
                 ranks.append(RankState(rank, "running" if count else "provisioning", count))
             elif group.exists:
@@ -227,8 +231,12 @@ class Task:
     def status(self) -> str:
         return self.read().status
 
-    def events(self) -> list[dict[str, Any]]:
-        group = [] if self.destroyed else self.backend.read(self.record).events
+    def events(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
+        """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
+        if snapshot is not None:
+            group = snapshot.group.events if snapshot.group else []
+        else:
+            group = [] if self.destroyed else self.backend.read(self.record).events
         return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
 
     def logs(self) -> list[str]:
@@ -322,6 +330,9 @@ class Task:
         state.delete(self.id)
         self.destroyed = True
         self.record["status"] = "destroyed"
+        self.record.setdefault("events", []).append(
+            {"time": time.time(), "kind": "destroyed", "rank": None, "detail": ""}
+        )
         return fetched
 
     # -- display
@@ -384,6 +395,8 @@ def launch(
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
         "timing": TIMING.get(spec.cloud, TIMING["default"]),
+        # imported from the local environment (likely credentials): masked in logs by the agent
+        "masked": sorted(name for name in values if not spec.environment.get(name)),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
     if dry_run:
@@ -413,7 +426,7 @@ def _write_remote(
 ) -> None:
     fs, root = filesystem(record["remote"])
     fs.makedirs(layout.join(root, ".tpi"), exist_ok=True)
-    public = {key: record[key] for key in ("id", "name", "spec", "created", "deadline", "timing")}
+    public = {key: record[key] for key in ("id", "name", "spec", "created", "deadline", "timing", "masked")}
     fs.pipe_file(layout.join(root, layout.TASK_JSON), json.dumps(public).encode())
     fs.pipe_file(layout.join(root, layout.SCRIPT), script.encode())
     env_path = layout.join(root, layout.ENV)

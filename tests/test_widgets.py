@@ -1,0 +1,174 @@
+"""TaskWidget, its poller and TaskPanel against real local tasks (no kernel: see test_widget_kernel)."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from IPython import get_ipython
+from IPython.testing.globalipapp import start_ipython
+
+from tpi_jupyter.commands import build_spec
+from tpi_jupyter.task import Task, launch
+from tpi_jupyter.widgets import TaskPanel, TaskWidget
+
+from .conftest import wait_for
+
+
+def start(words: list[str], script: str) -> Task:
+    task = launch(build_spec(words, {"cloud": "local"}), script)
+    assert isinstance(task, Task)
+    return task
+
+
+def all_state(widget: Any) -> str:
+    """The serialised state of a widget and every widget inside it, as the frontend receives it."""
+    states = []
+
+    def walk(item: Any) -> None:
+        states.append(item.get_state())
+        for child in getattr(item, "children", ()):
+            walk(child)
+
+    walk(widget)
+    return json.dumps(states, default=str)
+
+
+def test_log_tail_is_bounded_incremental_and_polling_stops(tpi_home: Path, workdir: Path) -> None:
+    task = start(["name=bounded", "parallelism=2"], "for i in $(seq 1 40); do echo line-$i; sleep 0.02; done")
+    reads: list[tuple[str, int, int]] = []
+    fs, _ = task.remote
+    original = fs.cat_file
+
+    def recording_cat_file(path: str, start: int | None = None, end: int | None = None, **kw: Any) -> bytes:
+        if path.endswith("/log"):
+            reads.append((path, start or 0, end or -1))
+        return original(path, start=start, end=end, **kw)  # type: ignore[no-any-return]
+
+    fs.cat_file = recording_cat_file
+    view = TaskWidget(task, tail_lines=5)
+    try:
+        wait_for(lambda: not view.poller.thread.is_alive(), timeout=60)  # type: ignore[union-attr]
+        assert view._snapshot is not None and view._snapshot.status == "succeeded"
+        assert len(view.lines) == 5
+        assert view.lines[-1].endswith("] line-40")
+        assert "line-40" in view.log_view.value and "line-1\n" not in view.log_view.value
+        # every log byte was read once: each read starts where the previous one of that file ended
+        by_file: dict[str, list[tuple[int, int]]] = {}
+        for path, begin, end in reads:
+            by_file.setdefault(path, []).append((begin, end))
+        assert len(by_file) == 2
+        for ranges in by_file.values():
+            assert ranges[0][0] == 0
+            assert all(ranges[i][0] == ranges[i - 1][1] for i in range(1, len(ranges)))
+        assert "succeeded" in view.header_view.value
+        assert "machine-released" in view.events_view.value
+    finally:
+        fs.cat_file = original
+        view.close()
+        task.destroy()
+
+
+def test_polling_backs_off_while_nothing_changes(tpi_home: Path, workdir: Path) -> None:
+    task = start(["name=quiet"], "echo one; sleep 30")
+    view = TaskWidget(task)
+    try:
+        wait_for(lambda: "one" in view.log_view.value, timeout=30)
+        before = view.poller.polls  # type: ignore[union-attr]
+        time.sleep(6)
+        polls = view.poller.polls - before  # type: ignore[union-attr]
+        # at the fastest rate (0.2 s) that would be 30 polls; backing off it is a handful
+        assert 1 <= polls <= 12, polls
+        assert "running" in view.header_view.value
+    finally:
+        view.close()
+        task.destroy()
+
+
+def test_buttons_stop_pull_destroy_with_confirmation_and_visible_errors(
+    tpi_home: Path, workdir: Path
+) -> None:
+    script = "mkdir -p out; echo result > out/r.txt; sleep 60"
+    task = start(["name=buttons", "workdir=.", "output=out"], script)
+    view = TaskWidget(task)
+    try:
+        wait_for(lambda: (Path(task.record["remote"]) / "data/out/r.txt").exists(), timeout=30)
+        view.pull_button.click()
+        wait_for(lambda: (workdir / "out" / "r.txt").exists(), timeout=30)
+        view.stop_button.click()
+        wait_for(lambda: "failed" in view.header_view.value, timeout=60)
+        wait_for(lambda: "stopped" in view.events_view.value, timeout=10)
+        view.destroy_button.click()
+        assert view.confirm.layout.display == "flex"  # asks first
+        view.confirm_no.click()
+        assert view.confirm.layout.display == "none"
+        assert Task.find("buttons")  # still there
+        view.destroy_button.click()
+        view.confirm_yes.click()
+        wait_for(lambda: "destroyed" in view.header_view.value, timeout=60)
+        assert view.destroy_button.disabled
+        # an error in a button callback stays in the widget
+        view.pull_button.disabled = False
+        view.pull_button.click()
+        wait_for(lambda: "destroyed; nothing to pull" in view.error_view.value, timeout=10)
+        time.sleep(0.5)
+        assert "nothing to pull" in view.error_view.value
+    finally:
+        view.close()
+
+
+def test_no_environment_value_in_widget_state_or_text(
+    tpi_home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("API_TOKEN", "tok-very-secret-42")
+    task = start(["name=secret", "environment=API_TOKEN="], 'echo "token is $API_TOKEN"')
+    view = TaskWidget(task)
+    try:
+        wait_for(lambda: not view.poller.thread.is_alive(), timeout=60)  # type: ignore[union-attr]
+        assert "token is ***" in view.log_view.value
+        state = all_state(view)
+        assert "token is ***" in state  # the walk reached the log view
+        assert "tok-very-secret-42" not in state
+        assert "tok-very-secret-42" not in view._repr_mimebundle_()["text/plain"]
+    finally:
+        view.close()
+        task.destroy()
+
+
+def test_panel_lists_every_task_and_opens_one(tpi_home: Path, workdir: Path) -> None:
+    first = start(["name=panel-a"], "echo a")
+    second = start(["name=panel-b"], "echo b; sleep 30")
+    panel = TaskPanel(interval=0.2)
+    try:
+        wait_for(lambda: len(panel.select.options) == 2, timeout=10)
+        wait_for(lambda: any("succeeded" in label for label, _ in panel.select.options), timeout=30)
+        panel.select.value = second.id
+        (opened,) = panel.detail.children
+        assert isinstance(opened, TaskWidget) and opened.task.id == second.id  # type: ignore[union-attr]
+        wait_for(lambda: "running" in opened.header_view.value, timeout=30)
+    finally:
+        panel.close()
+        first.destroy()
+        second.destroy()
+
+
+def test_text_mode_prints_the_same_information(
+    tpi_home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TPI_JUPYTER_NONINTERACTIVE", "1")
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "tpi_jupyter")
+    task = shell.run_cell_magic("tpi", "name=texty parallelism=2", "echo text-line")
+    assert isinstance(task, Task)  # a handle, not a widget
+    assert task.wait(timeout=60) == "succeeded"
+    shell.run_line_magic("tpi", "attach texty")
+    out = capsys.readouterr().out
+    for expected in ("texty", task.id, "[succeeded]", "rank 0: succeeded", "rank 1: succeeded",
+                     "machine-started", "--- log ---", "[0] text-line", "[1] text-line"):  # fmt: skip
+        assert expected in out, expected
+    assert shell.run_line_magic("tpi", "panel") is None
+    assert "texty" in capsys.readouterr().out
+    task.destroy()

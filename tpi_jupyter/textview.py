@@ -1,0 +1,63 @@
+"""The task as plain text, for terminals, nbconvert and nbval, and whether widgets can show."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from .task import FINAL, Snapshot, Task
+
+
+def widgets_enabled() -> bool:
+    """Widgets need a kernel (not terminal IPython); TPI_JUPYTER_NONINTERACTIVE=1 forces text."""
+    if os.environ.get("TPI_JUPYTER_NONINTERACTIVE") == "1":
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
+
+
+def elapsed_text(task: Task, snapshot: Snapshot) -> str:
+    finished = [rank.finished for rank in snapshot.ranks if rank.finished]
+    end = max(finished) if snapshot.status in FINAL and finished else time.time()
+    seconds = max(0, int(end - float(task.record["created"])))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def cost_text(task: Task) -> str:
+    # Only the local backend has a known price yet (nothing); clouds get theirs with a catalogue.
+    return "$0.00 (local)" if task.record.get("cloud") == "local" else "n/a"
+
+
+def pricing_text(spot: float) -> str:
+    return "on-demand" if spot < 0 else ("spot" if spot == 0 else f"spot <= ${spot}/h")
+
+
+def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
+    """Everything the widget shows, as plain text (terminals, nbconvert, nbval)."""
+    spec = task.spec
+    lines = [
+        f"{task.name}  {task.id}  [{snapshot.status}]",
+        f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing_text(float(spec['spot']))}"
+        f" · elapsed {elapsed_text(task, snapshot)} · cost {cost_text(task)}",
+    ]
+    for rank in snapshot.ranks:
+        code = "-" if rank.code is None else str(rank.code)
+        lines.append(f"  rank {rank.rank}: {rank.state}, boots {rank.boots}, exit code {code}")
+    for event in task.events(snapshot):
+        lines.append(f"  {clock(event['time'])} {event_text(event)}")
+    if log_lines:
+        lines += ["--- log ---", *log_lines]
+    return "\n".join(lines)
+
+
+def clock(seconds: float) -> str:
+    return time.strftime("%H:%M:%S", time.localtime(seconds))
+
+
+def event_text(event: dict[str, Any]) -> str:
+    rank = "" if event.get("rank") is None else f" rank {event['rank']}"
+    detail = f": {event['detail']}" if event.get("detail") else ""
+    return f"{event['kind']}{rank}{detail}"
