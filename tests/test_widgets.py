@@ -172,3 +172,28 @@ def test_text_mode_prints_the_same_information(
     assert shell.run_line_magic("tpi", "panel") is None
     assert "texty" in capsys.readouterr().out
     task.destroy()
+
+
+def test_progress_bar_follows_upload_and_pull(tpi_home: Path, workdir: Path) -> None:
+    for index in range(12):
+        (workdir / f"file-{index}.bin").write_bytes(b"z" * 1000)
+    view = TaskWidget(title="progress")
+    labels: list[str] = []
+    view.progress_label.observe(lambda change: labels.append(change["new"]), names="value")
+    task = launch(build_spec(["name=progress", "workdir=.", "output=out"], {"cloud": "local"}),
+                  "mkdir -p out; cp file-*.bin out/", progress=view.upload_progress)  # fmt: skip
+    assert isinstance(task, Task)
+    assert labels[0] == "uploading 0/12 files, 0 B of 11.7 KiB"
+    assert labels[-1] == "uploading 12/12 files, 11.7 KiB of 11.7 KiB"
+    assert view.progress.layout.display == "none"  # hidden once done
+    assert view.progress_bar.value == view.progress_bar.max == 12000
+    view.attach(task)
+    try:
+        wait_for(lambda: "succeeded" in view.header_view.value, timeout=60)
+        labels.clear()
+        view.pull_button.click()
+        wait_for(lambda: labels and labels[-1].startswith("pulling 12/12"), timeout=30)
+        assert labels[0].startswith("pulling 0/12")
+    finally:
+        view.close()
+        task.destroy()

@@ -64,7 +64,7 @@ class Plan:
         return "\n".join(self.lines)
 
 
-def _human_bytes(count: int) -> str:
+def human_bytes(count: int) -> str:
     size = float(count)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if size < 1024 or unit == "GiB":
@@ -314,7 +314,7 @@ class Task:
         fs, root = self.remote
         result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
                           exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
-        self._event("pulled", f"{len(result.files)} files, {_human_bytes(result.bytes)}")
+        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -460,7 +460,7 @@ def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend) -> Plan:
     lines = [
         f"dry run: nothing was created. Task {spec.name} ({spec.id}) would create:",
         *(f"  - {line}" for line in backend.plan(record)),
-        f"  - upload: {files} files, {_human_bytes(size)} from {spec.workdir}" if spec.workdir
+        f"  - upload: {files} files, {human_bytes(size)} from {spec.workdir}" if spec.workdir
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),

@@ -17,7 +17,7 @@ from typing import Any
 import ipywidgets as w
 
 from .sync import Progress
-from .task import FINAL, LogTail, Snapshot, Task, format_line
+from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes
 from .textview import clock, cost_text, elapsed_text, event_text, pricing_text, text_report
 
 BADGE_COLOURS = {
@@ -154,7 +154,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         self.progress_bar.value = progress.bytes_done
         self.progress_label.value = (
             f"{verb} {progress.files_done}/{progress.files_total} files, "
-            f"{progress.bytes_done / 1e6:.1f}/{progress.bytes_total / 1e6:.1f} MB"
+            f"{human_bytes(progress.bytes_done)} of {human_bytes(progress.bytes_total)}"
         )
 
     # -- rendering
