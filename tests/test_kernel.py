@@ -7,115 +7,17 @@ fixture's teardown kills whatever a failing test left running.
 from __future__ import annotations
 
 import os
-import queue
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from jupyter_client.manager import KernelManager
 
 from tpi_jupyter import state
 
-ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-TRACEBACK = "Traceback (most recent call last)"
-
-
-@dataclass
-class Result:
-    """What one execute request produced: its reply and every output message, in order."""
-
-    reply: dict[str, Any]
-    outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return self.reply.get("status") == "ok"
-
-    @property
-    def text(self) -> str:
-        """Everything a user would see in the cell, ANSI colours removed."""
-        parts = []
-        for kind, content in self.outputs:
-            if kind == "stream":
-                parts.append(content["text"])
-            elif kind in ("display_data", "execute_result"):
-                parts.append(content["data"].get("text/plain", "") + "\n")
-            elif kind == "error":
-                parts.append("\n".join(content["traceback"]) + "\n")
-        return ANSI.sub("", "".join(parts))
-
-    @property
-    def error_text(self) -> str:
-        """The error as the reply and the error outputs carry it."""
-        parts = [
-            f"{self.reply.get('ename', '')}: {self.reply.get('evalue', '')}",
-            *self.reply.get("traceback", []),
-        ]
-        for kind, content in self.outputs:
-            if kind == "error":
-                parts.extend(content["traceback"])
-        return ANSI.sub("", "\n".join(parts))
-
-
-class Kernel:
-    """A real ipykernel from this venv, driven through jupyter_client."""
-
-    def __init__(self, env: dict[str, str], cwd: Path):
-        self.manager = KernelManager(kernel_name="python3")
-        self.manager.start_kernel(env=env, cwd=str(cwd))
-        self.client = self.manager.client()
-        self.client.start_channels()
-        self.client.wait_for_ready(timeout=90)
-
-    def execute(self, code: str, timeout: float = 120) -> Result:
-        """Run code; collect its outputs until the kernel is idle again, then its reply."""
-        msg_id = self.client.execute(code, store_history=False)
-        result = Result(reply={})
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(
-                    f"no idle status within {timeout} s for {code!r}; so far: {result.text!r}"
-                )
-            try:
-                message = self.client.get_iopub_msg(timeout=remaining)
-            except queue.Empty:
-                continue
-            if message["parent_header"].get("msg_id") != msg_id:
-                continue  # output of an earlier request, or of the kernel before a restart
-            kind, content = message["msg_type"], message["content"]
-            if kind == "status" and content["execution_state"] == "idle":
-                break
-            if kind in ("stream", "display_data", "execute_result", "error"):
-                result.outputs.append((kind, content))
-        while True:
-            reply = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 5))
-            if reply["parent_header"].get("msg_id") == msg_id:
-                result.reply = reply["content"]
-                return result
-
-    def ok(self, code: str, timeout: float = 120) -> Result:
-        result = self.execute(code, timeout)
-        assert result.ok, f"{code!r} failed:\n{result.text}"
-        return result
-
-    def pid(self) -> int:
-        return int(self.ok("import os; os.getpid()").text.strip())
-
-    def restart(self) -> None:
-        self.manager.restart_kernel(now=True)  # kills the kernel process, starts a fresh one
-        self.client.wait_for_ready(timeout=90)
-
-    def shutdown(self) -> None:
-        try:
-            self.client.stop_channels()
-        finally:
-            self.manager.shutdown_kernel(now=True)
+from .conftest import wait_for
+from .kernels import TRACEBACK, Kernel
 
 
 @pytest.fixture
@@ -131,17 +33,6 @@ def kernel(tpi_home: Path, workdir: Path) -> Iterator[Kernel]:
 
 def registry_files(home: Path) -> list[Path]:
     return sorted((home / "tasks").glob("*.json")) if (home / "tasks").is_dir() else []
-
-
-def poll_until(predicate: Any, timeout: float, interval: float = 0.5) -> Any:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout} s; last value: {value!r}")
 
 
 @pytest.mark.slow
@@ -175,7 +66,7 @@ def test_task_keeps_running_across_a_kernel_restart(kernel: Kernel, tpi_home: Pa
         assert not re.search(r"\b(failed|timeout|lost)\b", text), text
         return text if re.search(r"\bsucceeded\b", text) else None
 
-    status = poll_until(succeeded, timeout=60)
+    status = wait_for(succeeded, timeout=60, interval=0.5)
     assert re.search(r"\bcode 0\b", status), status
 
     logs = kernel.ok("%tpi logs k1").text
