@@ -97,6 +97,8 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         self.ranks_view = w.HTML()
         self.log_view = w.HTML(self._log_html())
         self.events_view = w.HTML()
+        # an Accordion keeps its open state across updates (a <details> in HTML would close)
+        self.events_box = w.Accordion(children=[self.events_view], titles=("events",), selected_index=None)
         self.error_view = w.HTML()
         self.stop_button = w.Button(description="Stop", icon="stop", tooltip="stop the machines")
         self.pull_button = w.Button(description="Pull results", icon="download", tooltip="download output")
@@ -112,7 +114,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         self.confirm_no.on_click(lambda _: self._hide_confirm())
         self.confirm_yes.on_click(lambda _: self._confirmed_destroy())
         buttons = w.HBox([self.stop_button, self.pull_button, self.destroy_button])
-        super().__init__([self.header_view, self.progress, self.ranks_view, self.log_view, self.events_view, self.error_view, buttons,
+        super().__init__([self.header_view, self.progress, self.ranks_view, self.log_view, self.events_box, self.error_view, buttons,
                           self.confirm])  # fmt: skip
         self._set_buttons(enabled=False)
         if task is not None:
@@ -171,7 +173,8 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
             self.header_view.value = re.sub(r"background:#[0-9a-f]+;(.*?)>\w+</span>",
                                             rf"background:{BADGE_COLOURS['destroyed']};\1>destroyed</span>",
                                             self.header_view.value, count=1)  # fmt: skip
-        self.ranks_view.value = self._ranks_html(snapshot)
+        if snapshot.status != "destroyed":  # a destroyed task has no ranks left to show
+            self.ranks_view.value = self._ranks_html(snapshot)
         if lines:
             self.log_view.value = self._log_html()
         self.events_view.value = self._events_html(snapshot)
@@ -195,26 +198,30 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
 
     @staticmethod
     def _ranks_html(snapshot: Snapshot) -> str:
+        cell = "<td style='padding:0 0.8em 0 0'>{}</td>"
         rows = "".join(
-            f"<tr><td>{r.rank}</td><td>{r.state}</td><td>{r.boots}</td><td>{'' if r.code is None else r.code}</td></tr>"
+            "<tr>" + "".join(cell.format(value) for value in (
+                r.rank, r.state + (f" ({html.escape(r.reason)})" if r.reason else ""), r.boots,
+                "" if r.code is None else r.code)) + "</tr>"
             for r in snapshot.ranks
-        )
-        return ("<table class='tpi-ranks'><tr><th>rank</th><th>state</th><th>boots</th><th>exit code</th></tr>"
-                f"{rows}</table>")  # fmt: skip
+        )  # fmt: skip
+        head = "".join(f"<th style='padding:0 0.8em 0 0;text-align:left'>{name}</th>"
+                       for name in ("rank", "state", "boots", "exit code"))  # fmt: skip
+        return f"<table class='tpi-ranks' style='border-collapse:collapse'><tr>{head}</tr>{rows}</table>"
 
     def _log_html(self) -> str:
         text = html.escape("\n".join(self.lines)) or "(no log yet)"
         # column-reverse keeps the view scrolled to the newest line without custom JS
         return ("<div class='tpi-log' style='display:flex;flex-direction:column-reverse;max-height:18em;"
                 "overflow:auto;border:1px solid var(--jp-border-color2,#ccc);padding:0 0.4em'>"
-                f"<pre style='margin:0'>{text}</pre></div>")  # fmt: skip
+                f"<pre style='margin:0;flex:none'>{text}</pre></div>")  # fmt: skip
 
     def _events_html(self, snapshot: Snapshot) -> str:
         assert self.task is not None
         items = "".join(
             f"<li>{clock(e['time'])} {html.escape(event_text(e))}</li>" for e in self.task.events(snapshot)
         )
-        return f"<details><summary>events</summary><ul class='tpi-events'>{items}</ul></details>"
+        return f"<ul class='tpi-events' style='margin:0'>{items}</ul>"
 
     def _show_error(self, error: Exception) -> None:
         self.error_view.value = (
@@ -285,6 +292,7 @@ class TaskPanel(w.VBox):  # type: ignore[misc]
         self.title = w.HTML("<b>tpi tasks</b>")
         self.detail = w.VBox()
         self.interval = interval
+        self._refreshing = False
         self._stop = threading.Event()
         self.select.observe(self._open, names="value")
         super().__init__([self.title, self.select, self.detail])
@@ -302,7 +310,15 @@ class TaskPanel(w.VBox):  # type: ignore[misc]
             label = f"{task.name} · {task.spec['cloud']} · {task.spec['machine']}x{task.spec['parallelism']} · {status}"
             options.append((label, task.id))
         if options != list(self.select.options):
-            self.select.options = options
+            # Replacing options fires selection events (None, then the old value): not a user's pick.
+            self._refreshing = True
+            try:
+                selected = self.select.value
+                self.select.options = options
+                if selected in {task_id for _, task_id in options}:
+                    self.select.value = selected
+            finally:
+                self._refreshing = False
         self.title.value = f"<b>tpi tasks</b> ({len(options)})"
 
     def _loop(self) -> None:
@@ -317,6 +333,8 @@ class TaskPanel(w.VBox):  # type: ignore[misc]
             interval = self.interval if list(self.select.options) != before else min(interval * 1.5, 30)
 
     def _open(self, change: dict[str, Any]) -> None:
+        if self._refreshing:
+            return
         for child in self.detail.children:
             child.close()
         if change["new"]:
