@@ -74,12 +74,15 @@ def human_bytes(count: int) -> str:
 
 
 class LogTail:
-    """Reads only the new bytes of every rank's logs since the last call."""
+    """Reads only the new bytes of every rank's logs since the last call.
 
-    def __init__(self, task: Task):
+    Offsets move past complete lines only, so they alone are the cursor (the REST API hands
+    them to the browser and back).
+    """
+
+    def __init__(self, task: Task, offsets: Mapping[str, int] | None = None):
         self.task = task
-        self.offsets: dict[str, int] = {}
-        self._partial: dict[str, bytes] = {}
+        self.offsets: dict[str, int] = dict(offsets or {})
 
     def poll(self, sizes: Mapping[str, int] | None = None) -> list[tuple[int, str, str]]:
         """New (rank, timestamp, text) lines, merged across ranks in time order."""
@@ -95,13 +98,12 @@ class LogTail:
                 chunk = fs.cat_file(layout.join(root, key), start=offset, end=size)
             except FileNotFoundError:
                 continue
-            self.offsets[key] = offset + len(chunk)
-            data = self._partial.pop(key, b"") + chunk
-            complete, _, rest = data.rpartition(b"\n")
-            if rest:
-                self._partial[key] = rest
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            if not complete:
+                continue  # a line still being written: read it whole next time
+            self.offsets[key] = offset + len(complete)
             rank = int(key.split("/")[1])
-            for raw in complete.split(b"\n") if complete or data.endswith(b"\n") else []:
+            for raw in complete[:-1].split(b"\n"):
                 stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
                 lines.append((rank, stamp, text))
         lines.sort(key=lambda line: line[1])
