@@ -383,7 +383,12 @@ def launch(
         raise SpecError("script: empty; accepted: the cell body (or --script FILE) with the commands to run")
     if not spec.name:
         spec = spec.with_name(random_name())
-    backend = get_backend(spec.cloud)  # an unknown cloud fails before anything exists
+    try:
+        backend: Backend | None = get_backend(spec.cloud)  # a missing backend fails before anything exists
+    except SpecError:
+        if not dry_run:
+            raise
+        backend = None  # a dry run still shows what the spec asks for
     existing = state.load(spec.id)
     if existing is not None and not dry_run:
         raise TaskError(
@@ -403,6 +408,7 @@ def launch(
     }  # fmt: skip
     if dry_run:
         return _plan(spec, record, backend)
+    assert backend is not None
     state.save(record)
     try:
         backend.create(record)
@@ -453,7 +459,18 @@ def _rollback(backend: Backend, record: dict[str, Any]) -> None:
     state.delete(record["id"])
 
 
-def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend) -> Plan:
+def _generic_plan(spec: TaskSpec) -> list[str]:
+    pricing = {-1.0: "on-demand", 0.0: "spot at the automatic price"}.get(
+        spec.spot, f"spot at most ${spec.spot}/h"
+    )
+    where = spec.native_region or "any node"
+    return [
+        f"machines: {spec.parallelism} x {spec.native_machine}, image {spec.native_image}, in {where}, {pricing}",
+        f"! cloud={spec.cloud} has no backend in this version: launching it is refused",
+    ]
+
+
+def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Plan:
     files = size = 0
     warnings: list[str] = []
     if spec.workdir:
@@ -461,7 +478,7 @@ def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend) -> Plan:
         files, size = len(found), sum(item.size for item in found.values())
     lines = [
         f"dry run: nothing was created. Task {spec.name} ({spec.id}) would create:",
-        *(f"  - {line}" for line in backend.plan(record)),
+        *(f"  - {line}" for line in (backend.plan(record) if backend else _generic_plan(spec))),
         f"  - upload: {files} files, {human_bytes(size)} from {spec.workdir}" if spec.workdir
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
