@@ -21,6 +21,7 @@ class Result:
 
     reply: dict[str, Any]
     outputs: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    comms: list[dict[str, Any]] = field(default_factory=list)  # widget comm_open / comm_msg contents
 
     @property
     def ok(self) -> bool:
@@ -84,6 +85,8 @@ class Kernel:
                 break
             if kind in ("stream", "display_data", "execute_result", "error"):
                 result.outputs.append((kind, content))
+            elif kind in ("comm_open", "comm_msg"):
+                result.comms.append(content)
         while True:
             reply = self.client.get_shell_msg(timeout=max(deadline - time.monotonic(), 5))
             if reply["parent_header"].get("msg_id") == msg_id:
