@@ -6,6 +6,7 @@ to `data/` while the script runs and once more at exit, enforces the absolute de
 writes `reports/<rank>/status.json` last. Then the machine may release itself.
 
 `python -m tpi_jupyter.agent --remote URL --rank N --boot B --machine-dir DIR`
+`python -m tpi_jupyter.agent --remote URL --rank auto --release aws --machine-dir DIR` (scaling groups)
 
 No IPython or Jupyter imports here: this runs on bare machines.
 """
@@ -188,6 +189,7 @@ class Agent:
     def pull(self) -> None:
         download(self.remote.fs, self.remote.key(layout.DATA), self.work, exclude=self.exclude)
         self.manifest = local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
+        self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
         upload(
@@ -293,14 +295,70 @@ class Agent:
         self.remote.write(layout.status(self.rank), json.dumps(outcome).encode())
 
 
+# ---------------------------------------------------------------- scaling-group machines
+# `--rank auto` and `--release CLOUD`: machines of a cloud scaling group do not know their rank
+# and release themselves. Hooks per cloud, "module" with identity() and release(machine_id),
+# imported only on machines that ask for them.
+MACHINE_HOOKS = {"aws": "tpi_jupyter.backends.aws_machine"}
+
+
+def _hooks(cloud: str) -> Any:
+    import importlib
+
+    if cloud not in MACHINE_HOOKS:
+        raise SystemExit(f"tpi-agent: --release {cloud!r}: accepted: {', '.join(sorted(MACHINE_HOOKS))}")
+    return importlib.import_module(MACHINE_HOOKS[cloud])
+
+
+def machine_id(cloud: str) -> str:
+    """This machine's id: TPI_INSTANCE_ID, else the cloud's, else host and process."""
+    if os.environ.get("TPI_INSTANCE_ID"):
+        return os.environ["TPI_INSTANCE_ID"]
+    if cloud:
+        return str(_hooks(cloud).identity())
+    import socket
+
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def claim(remote_url: str, owner: str) -> tuple[int, int] | None:
+    """Claim a free rank and its next boot (see ranks.py); None when nothing is left to do."""
+    from .ranks import STALE_HEARTBEATS, claim_rank
+
+    remote = Remote(remote_url)
+    task = json.loads(remote.read_text(layout.TASK_JSON))
+    interval = float(task.get("timing", {}).get("heartbeat_interval", 5))
+    found = claim_rank(remote.fs, remote.root, int(task["spec"]["parallelism"]), owner,
+                       STALE_HEARTBEATS * interval + 1, give_up_at=float(task["deadline"]) + 60)  # fmt: skip
+    return None if found is None else (found.rank, found.boot)
+
+
+def release(cloud: str, owner: str) -> None:
+    if cloud:
+        _hooks(cloud).release(owner)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tpi_jupyter.agent")
     parser.add_argument("--remote", required=True)
-    parser.add_argument("--rank", type=int, required=True)
-    parser.add_argument("--boot", type=int, required=True)
+    parser.add_argument("--rank", required=True, help="a rank number, or auto: claim the lowest free rank")
+    parser.add_argument("--boot", type=int, help="the boot number (required with a rank number)")
     parser.add_argument("--machine-dir", required=True)
+    parser.add_argument("--release", default="", metavar="CLOUD",
+                        help="after reporting, release this machine from its group (aws)")  # fmt: skip
     args = parser.parse_args(argv)
-    agent = Agent(args.remote, args.rank, args.boot, args.machine_dir)
+    owner = machine_id(args.release) if args.rank == "auto" or args.release else ""
+    if args.rank == "auto":
+        claimed = claim(args.remote, owner)
+        if claimed is None:  # every rank has reported: this machine has nothing to do
+            release(args.release, owner)
+            return 0
+        rank, boot = claimed
+    elif args.rank.isdigit() and args.boot is not None:
+        rank, boot = int(args.rank), args.boot
+    else:
+        parser.error("--rank takes a number (with --boot) or auto")
+    agent = Agent(args.remote, rank, boot, args.machine_dir)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
     agent.prepare()
     try:
@@ -308,6 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         outcome = {"result": "failure", "code": None, "reason": f"agent error: {error}"}
     agent.report(outcome)
+    release(args.release, owner)  # only after the status is written; only this machine
     return 0
 
 

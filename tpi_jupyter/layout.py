@@ -8,6 +8,8 @@
 <remote>/reports/<rank>/<boot>/log        "<RFC3339 UTC> <line>" lines, appended in chunks
 <remote>/reports/<rank>/<boot>/heartbeat  rewritten every few seconds while alive
 <remote>/reports/<rank>/status.json       {"result": success|failure|timeout, "code": N, ...}
+<remote>/.tpi/sync/data/<writer>.json     per-writer sync metadata: modes, mtimes, empty dirs
+                                          (writers: "client", "rank<r>-boot<b>"; see sync.py)
 ```
 Keys are relative; every rank writes only below its own `reports/<rank>/`.
 """

