@@ -101,7 +101,7 @@ def output_files(task: Task, root_dir: str) -> dict[str, Any]:
     if pulled and local_base.is_dir():
         source = "workdir"
         for path in sorted(local_base.rglob("*")):
-            if path.is_file():
+            if path.is_file() and ".ipynb_checkpoints" not in path.parts:  # JupyterLab's, not results
                 files.append({"path": path.relative_to(workdir).as_posix(), "size": path.stat().st_size})
     else:
         source = "remote"
