@@ -360,10 +360,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rank takes a number (with --boot) or auto")
     agent = Agent(args.remote, rank, boot, args.machine_dir)
     signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
-    agent.prepare()
     try:
+        agent.prepare()
         outcome = agent.run()
-    except Exception as error:
+    except Exception as error:  # a status even then: a machine without one would be respawned forever
         outcome = {"result": "failure", "code": None, "reason": f"agent error: {error}"}
     agent.report(outcome)
     release(args.release, owner)  # only after the status is written; only this machine

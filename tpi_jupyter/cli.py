@@ -20,7 +20,7 @@ def main(argv: list[str] | None = None) -> int:
             if launched.task is not None and not args.wait:
                 print(launched.task.summary())
             return 0
-        commands.run_verb(args, print)
+        commands.run_verb(args, print, confirm=_confirm)
         if args.verb == "attach":
             print(commands.status_text(Task.find(args.task)))
         return 0
@@ -32,6 +32,13 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+
+
+def _confirm(question: str) -> bool:
+    """Ask on a terminal; never when input is not interactive."""
+    if not sys.stdin.isatty():
+        return False
+    return input(question).strip().lower() in ("y", "yes")
 
 
 def _read_script(path: str) -> str:

@@ -47,7 +47,8 @@ class _Parser(argparse.ArgumentParser):
         raise UsageFailure(f"{message}; usage: {usage}")
 
 
-VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt")
+VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt",
+         "sweep")  # fmt: skip
 
 
 def _launch_options(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +84,12 @@ def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
     preempt = verbs.add_parser("preempt", help="interrupt a rank's machine as a spot reclaim would")
     preempt.add_argument("task", metavar="NAME")
     preempt.add_argument("--rank", type=int, default=0)
+    sweep = verbs.add_parser(
+        "sweep", help="list resources tagged tpi-task whose task is gone; delete with --yes"
+    )
+    sweep.add_argument("cloud", metavar="CLOUD")
+    sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
+    sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
     return parser
 
 
@@ -195,10 +202,41 @@ def events_text(task: Task) -> str:
     return "\n".join(lines) or "no events"
 
 
-def run_verb(args: argparse.Namespace, out: Printer) -> Task | None:
+def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
+          confirm: Callable[[str], bool] | None = None) -> None:  # fmt: skip
+    """List resources tagged tpi-task whose task is not in the registry; delete on --yes or "y"."""
+    from . import state
+    from .backends.base import get_backend
+
+    backend = get_backend(cloud)
+    finder = getattr(backend, "sweep", None)
+    if finder is None:
+        raise UsageFailure(
+            f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
+        )
+    options = {"region": region} if region else {}
+    found = finder({record["id"] for record in state.records()}, False, **options)
+    if not found:
+        out(f"sweep {cloud}: no resources of gone tasks")
+        return
+    for line in found:
+        out(line)
+    if not yes and not (confirm and confirm(f"delete the resources of {len(found)} gone task(s)? [y/N] ")):
+        out(f"nothing deleted; to delete: tpi sweep {cloud} --yes")
+        return
+    for line in finder({record["id"] for record in state.records()}, True, **options):
+        out(line)
+
+
+def run_verb(
+    args: argparse.Namespace, out: Printer, confirm: Callable[[str], bool] | None = None
+) -> Task | None:
     """Carry out a verb other than `run`; returns the task for `attach`."""
     if args.verb in ("list", "panel"):
         out(list_text())
+        return None
+    if args.verb == "sweep":
+        sweep(args.cloud, args.yes, args.region, out, confirm)
         return None
     task = Task.find(args.task)
     if args.verb == "status":

@@ -60,6 +60,7 @@ from typing import Any, NamedTuple
 import fsspec
 import pathspec
 from fsspec.implementations.local import LocalFileSystem
+from fsspec.utils import get_protocol
 
 from . import sync_meta
 from .sync_engines import WORKERS, Engine, Transfer, is_temp_name, select_engine
@@ -284,6 +285,9 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and root path for a remote URL (a plain path means the local disk)."""
+    if get_protocol(url) not in ("file", "local", "memory"):
+        # Machines write keys the client polls for: a cached parent listing would hide them.
+        options.setdefault("use_listings_cache", False)
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path.rstrip("/")
 
