@@ -229,7 +229,10 @@ def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
 
 
 def run_verb(
-    args: argparse.Namespace, out: Printer, confirm: Callable[[str], bool] | None = None
+    args: argparse.Namespace,
+    out: Printer,
+    confirm: Callable[[str], bool] | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Task | None:
     """Carry out a verb other than `run`; returns the task for `attach`."""
     if args.verb in ("list", "panel"):
@@ -252,12 +255,12 @@ def run_verb(
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
     elif args.verb == "pull":
-        files = task.pull()
+        files = task.pull(progress)
         out(
             f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
         )
     elif args.verb == "destroy":
-        files = task.destroy()
+        files = task.destroy(progress)
         out(
             f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
         )
