@@ -1,6 +1,6 @@
 """moto server fixtures for the AWS backend tests (EC2, Auto Scaling, S3, IAM, STS).
 
-One ThreadedMotoServer per session, reset after every test. moto has no current Ubuntu or NVIDIA
+One ThreadedMotoServer per session, reset before and after every test. moto has no current Ubuntu or NVIDIA
 images: `MOTO_AMIS_PATH` seeds them, and must be set before moto's EC2 models are imported,
 which is why this module sets it when it is imported (at collection, before any server starts).
 
@@ -85,10 +85,15 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setitem(
         task_module.TIMING, "aws", {"log_interval": 0.25, "heartbeat_interval": 1, "sync_interval": 1}
     )
+    _reset(moto_endpoint)  # the server is shared with other test files (the syncer's buckets)
     _clear_s3fs()
     yield moto_endpoint
     _clear_s3fs()
-    request = urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")
+    _reset(moto_endpoint)
+
+
+def _reset(endpoint: str) -> None:
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")
     urllib.request.urlopen(request, timeout=30).read()
 
 
