@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from .spec import SpecError, TaskSpec, parse_assignments
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+from .textview import clock, event_text
 
 Printer = Callable[[str], None]
 
@@ -193,12 +194,7 @@ def status_text(task: Task) -> str:
 
 
 def events_text(task: Task) -> str:
-    lines = []
-    for event in task.events():
-        stamp = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-        rank = "" if event.get("rank") is None else f" rank {event['rank']}"
-        detail = f": {event['detail']}" if event.get("detail") else ""
-        lines.append(f"{stamp} {event['kind']}{rank}{detail}")
+    lines = [f"{clock(event['time'])} {event_text(event)}" for event in task.events()]
     return "\n".join(lines) or "no events"
 
 

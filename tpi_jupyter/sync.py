@@ -172,6 +172,15 @@ def scan_local(
     empty_dirs: list[str] = []
     warnings = warnings if warnings is not None else []
 
+    def add_file(entry: os.DirEntry[str], relpath: str) -> None:
+        if is_temp_name(entry.name) or excluder.excluded(relpath):
+            return
+        try:
+            info = entry.stat()  # follows a symlink; a plain file's stat is the same
+        except FileNotFoundError:
+            return  # removed while we looked
+        files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
+
     def walk(directory: str, prefix: str) -> None:
         try:
             entries = list(os.scandir(directory))
@@ -183,13 +192,7 @@ def scan_local(
         for entry in entries:
             relpath = prefix + entry.name
             if entry.is_file(follow_symlinks=False):  # the common case first
-                if is_temp_name(entry.name) or excluder.excluded(relpath):
-                    continue
-                try:
-                    info = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue  # removed while we looked
-                files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
+                add_file(entry, relpath)
                 continue
             if entry.is_symlink():
                 target = os.path.realpath(entry.path)
@@ -202,12 +205,8 @@ def scan_local(
             if entry.is_dir():
                 if not excluder.excluded(relpath, is_dir=True):
                     walk(entry.path, relpath + "/")
-            elif entry.is_file() and not is_temp_name(entry.name) and not excluder.excluded(relpath):
-                try:
-                    info = entry.stat()
-                except FileNotFoundError:
-                    continue  # removed while we looked
-                files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
+            elif entry.is_file():  # a symlink to a file inside root
+                add_file(entry, relpath)
 
     walk(root, "")
     return files, empty_dirs

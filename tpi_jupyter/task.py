@@ -339,14 +339,16 @@ class Task:
 
     # -- display
 
+    def elapsed(self, snapshot: Snapshot) -> float:
+        """Seconds since creation; a final task stops the clock when its last rank reported."""
+        finished = [rank.finished for rank in snapshot.ranks if rank.finished]
+        end = max(finished) if snapshot.status in FINAL and finished else time.time()
+        return max(0.0, end - float(self.record["created"]))
+
     def summary(self) -> str:
         spec = self.spec
         snapshot = self.read()
-        pricing = (
-            "on-demand"
-            if float(spec["spot"]) < 0
-            else ("spot" if float(spec["spot"]) == 0 else f"spot <= ${spec['spot']}/h")
-        )
+        pricing = pricing_text(float(spec["spot"]))
         lines = [
             f"Task {self.name}  {self.id}",
             f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}",
@@ -361,6 +363,10 @@ class Task:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
+
+
+def pricing_text(spot: float) -> str:
+    return "on-demand" if spot < 0 else ("spot" if spot == 0 else f"spot <= ${spot}/h")
 
 
 def format_line(rank: int, text: str, world_size: int) -> str:
@@ -460,9 +466,7 @@ def _rollback(backend: Backend, record: dict[str, Any]) -> None:
 
 
 def _generic_plan(spec: TaskSpec) -> list[str]:
-    pricing = {-1.0: "on-demand", 0.0: "spot at the automatic price"}.get(
-        spec.spot, f"spot at most ${spec.spot}/h"
-    )
+    pricing = pricing_text(spec.spot)
     where = spec.native_region or "any node"
     return [
         f"machines: {spec.parallelism} x {spec.native_machine}, image {spec.native_image}, in {where}, {pricing}",

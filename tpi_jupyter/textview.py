@@ -6,7 +6,7 @@ import os
 import time
 from typing import Any
 
-from .task import FINAL, Snapshot, Task
+from .task import Snapshot, Task, pricing_text
 
 
 def widgets_enabled() -> bool:
@@ -20,19 +20,13 @@ def widgets_enabled() -> bool:
 
 
 def elapsed_text(task: Task, snapshot: Snapshot) -> str:
-    finished = [rank.finished for rank in snapshot.ranks if rank.finished]
-    end = max(finished) if snapshot.status in FINAL and finished else time.time()
-    seconds = max(0, int(end - float(task.record["created"])))
+    seconds = int(task.elapsed(snapshot))
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def cost_text(task: Task) -> str:
     # Only the local backend has a known price yet (nothing); clouds get theirs with a catalogue.
     return "$0.00 (local)" if task.record.get("cloud") == "local" else "n/a"
-
-
-def pricing_text(spot: float) -> str:
-    return "on-demand" if spot < 0 else ("spot" if spot == 0 else f"spot <= ${spot}/h")
 
 
 def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:

@@ -17,8 +17,8 @@ from typing import Any
 import ipywidgets as w
 
 from .sync import Progress
-from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes
-from .textview import clock, cost_text, elapsed_text, event_text, pricing_text, text_report
+from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes, pricing_text
+from .textview import clock, cost_text, elapsed_text, event_text, text_report
 
 BADGE_COLOURS = {
     "queued": "#6c757d", "provisioning": "#0d6efd", "running": "#0d6efd", "preempted": "#fd7e14",

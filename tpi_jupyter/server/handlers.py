@@ -13,7 +13,6 @@ import asyncio
 import base64
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,12 +30,10 @@ TASK = r"(?P<task_id>[^/]+)"
 
 def task_summary(task: Task, snapshot: Snapshot) -> dict[str, Any]:
     spec = task.spec
-    finished = [rank.finished for rank in snapshot.ranks if rank.finished]
-    end = max(finished) if snapshot.status in FINAL and finished else time.time()
     return {
         "id": task.id, "name": task.name, "cloud": spec["cloud"], "machine": spec["machine"],
         "parallelism": spec["parallelism"], "spot": spec["spot"], "status": snapshot.status,
-        "created": task.record["created"], "elapsed": max(0.0, end - float(task.record["created"])),
+        "created": task.record["created"], "elapsed": task.elapsed(snapshot),
         "workdir": task.record.get("workdir", ""), "output": spec.get("output", ""),
     }  # fmt: skip
 
