@@ -445,7 +445,7 @@ PERMISSION_SETS = [
 CONTAINERS = [
     ("local", "/tmp/tpi-remote"),
     ("local", "file:///tmp/tpi remote"),
-    ("local", "memory://bucket/prefix"),
+    ("local", "s3://bucket/prefix"),  # memory:// is refused for local: issue 11 item 17
     ("aws", "my-bucket"),
     ("aws", "my.bucket/some/prefix"),
     ("gcp", "my_bucket"),
