@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import argparse
+import json
+import keyword
 import os
 import shlex
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, NoReturn
 
-from .spec import SpecError, TaskSpec, parse_assignments
+from . import __version__
+from .spec import ARGUMENT_TABLE, SpecError, TaskSpec, check_name, parse_assignments
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
 from .textview import clock, event_text
@@ -25,8 +29,8 @@ class UsageFailure(Exception):
 class TaskFailed(Exception):
     """A task waited on ended failed or timed out; the message carries the log tail."""
 
-    def __init__(self, task: Task, status: str, tail: str):
-        self.task, self.status, self.tail = task, status, tail
+    def __init__(self, task: Task, status: str, tail: str | None):
+        self.task, self.status, self.tail = task, status, tail  # tail None: the log was just shown
         super().__init__(f"task {task.name} ended {status}")
 
     def lines(self) -> list[str]:
@@ -35,11 +39,27 @@ class TaskFailed(Exception):
             f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "") + (f" ({r.reason})" if r.reason else "")
             for r in ranks
         )  # fmt: skip
-        return [f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}",
-                "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]  # fmt: skip
+        head = f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}"
+        if self.tail is None:
+            return [head]
+        return [head, "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]
 
     def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
         return self.lines()
+
+
+class WaitInterrupted(Exception):
+    """Ctrl-C (or the kernel's interrupt) while waiting: the task itself goes on running."""
+
+    def __init__(self, task: Task, prog: str):
+        self.task = task
+        super().__init__(
+            f"interrupted: task {task.name} ({task.id}) is still running; "
+            f"stop it with {prog} stop {task.name}, or remove it with {prog} destroy {task.name}"
+        )
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
 
 
 class _Parser(argparse.ArgumentParser):
@@ -53,41 +73,70 @@ VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "de
 
 
 def _launch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("assignments", nargs="*", metavar="key=value")
+    parser.add_argument("assignments", nargs="*", metavar="key=value", help="the arguments below")
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
 
 
+def arguments_help(width: int = 100) -> str:
+    """Every key=value argument with its default and what is accepted, from spec's one table."""
+    lines = ["arguments (key=value; environment, tags and exclude may repeat):"]
+    for argument in ARGUMENT_TABLE:
+        lines.append(f"  {argument.name:<15} default: {argument.shown}")
+        lines.extend(textwrap.wrap(f"accepted: {argument.accepted}", width, initial_indent=" " * 18,
+                                   subsequent_indent=" " * 28))  # fmt: skip
+    return "\n".join(lines)
+
+
+def _parser(prog: str, description: str = "", epilog: str = "", add_help: bool = True) -> _Parser:
+    return _Parser(prog=prog, description=description, epilog=epilog, add_help=add_help,
+                   formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+
+
 def cell_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="%%tpi", add_help=False)
+    parser = _parser("%%tpi", "Launch the cell body as a task's script.", arguments_help())
     _launch_options(parser)
-    parser.add_argument("-o", dest="bind", metavar="NAME", help="bind the task handle to NAME")
+    parser.add_argument("-o", dest="bind", metavar="NAME", help="bind the task handle (or plan) to NAME")
     return parser
 
 
+VERB_HELP = {
+    "list": "every task in the registry",
+    "panel": "every task with live status (a widget in notebooks)",
+    "status": "status, ranks and events",
+    "logs": "the task's logs",
+    "events": "the task's events",
+    "stop": "stop the machines (they sync back first)",
+    "pull": "download output into the workdir",
+    "destroy": "download output, then remove every resource; a task already gone is fine",
+    "attach": "show the task again (after a kernel restart)",
+    "preempt": "interrupt a rank's machine as a spot reclaim would",
+    "sweep": "list resources tagged tpi-task whose task is gone; delete with --yes",
+}
+
+
 def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, add_help=prog == "tpi")
+    parser = _parser(prog)
+    if prog == "tpi":
+        parser.add_argument("--version", action="version", version=f"tpi-jupyter {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}", parser_class=_Parser)
     verbs.required = True
-    verbs.add_parser("run", help="launch a task: tpi run key=value ... --script FILE [--wait] [--dry-run]")
-    verbs.add_parser("list", help="every task in the registry")
-    verbs.add_parser("panel", help="every task with live status (a widget in notebooks)")
-    for verb, text in (("status", "status, ranks and events"), ("events", "the task's events"),
-                       ("stop", "stop the machines (they sync back first)"),
-                       ("pull", "download output into the workdir"),
-                       ("destroy", "download output, then remove every resource"),
-                       ("attach", "show the task again (after a kernel restart)")):  # fmt: skip
-        verbs.add_parser(verb, help=text).add_argument("task", metavar="NAME")
-    logs = verbs.add_parser("logs", help="the task's logs")
-    logs.add_argument("task", metavar="NAME")
-    logs.add_argument("--follow", "-f", action="store_true", help="stream until the task ends")
-    logs.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its UTC time")
-    preempt = verbs.add_parser("preempt", help="interrupt a rank's machine as a spot reclaim would")
-    preempt.add_argument("task", metavar="NAME")
-    preempt.add_argument("--rank", type=int, default=0)
-    sweep = verbs.add_parser(
-        "sweep", help="list resources tagged tpi-task whose task is gone; delete with --yes"
+    verbs.add_parser("run", help="launch a task: run key=value ... --script FILE [--wait] [--dry-run]")
+    for verb in VERBS[1:]:
+        sub = verbs.add_parser(verb, help=VERB_HELP[verb], description=VERB_HELP[verb])
+        if verb in ("list", "status"):
+            sub.add_argument("--json", action="store_true", help="print JSON instead of text")
+        if verb == "destroy":
+            sub.add_argument("task", metavar="NAME", nargs="+")
+        elif verb not in ("list", "panel", "sweep"):
+            sub.add_argument("task", metavar="NAME")
+    logs = verbs.choices["logs"]
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="stream until the task ends (exit 1 if it failed)"
     )
+    logs.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its UTC time")
+    verbs.choices["preempt"].add_argument("--rank", type=int, default=0)
+    sweep = verbs.choices["sweep"]
     sweep.add_argument("cloud", metavar="CLOUD")
     sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
     sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
@@ -95,10 +144,21 @@ def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
 
 
 def run_parser(prog: str = "tpi run") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog)
+    parser = _parser(prog, "Launch a task running FILE on its machines.", arguments_help())
     _launch_options(parser)
     parser.add_argument("--script", required=True, metavar="FILE", help="the script to run ('-' for stdin)")
     return parser
+
+
+def magic_help() -> str:
+    """`%tpi?` and `%tpi --help`: the usage of every verb, generated from the parsers."""
+    parser = verb_parser("%tpi")
+    verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    usage = [" ".join(cell_parser().format_usage().split()[1:]) + "   (the cell body is the script)"]
+    usage += [
+        " ".join(sub.format_usage().split()[1:]) for verb, sub in verbs.choices.items() if verb != "run"
+    ]
+    return "\n".join([*usage, "", arguments_help()])
 
 
 def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
@@ -110,9 +170,30 @@ def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
     return verb_parser(prog).parse_args(list(words))
 
 
+def strip_comment(line: str) -> str:
+    """Cut a trailing `# comment` as a shell does: only a `#` that starts a word, outside quotes.
+
+    shlex's own comment handling also cuts inside a word (`name=run#2`), which a shell does not.
+    """
+    quote = ""
+    escaped = False
+    for index, char in enumerate(line):
+        if escaped:
+            escaped = False
+        elif char == "\\" and quote != "'":
+            escaped = True
+        elif quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char == "#" and (index == 0 or line[index - 1].isspace()):
+            return line[:index]
+    return line
+
+
 def split(line: str) -> list[str]:
     try:
-        return shlex.split(line)
+        return shlex.split(strip_comment(line))
     except ValueError as error:
         raise UsageFailure(
             f"malformed line: {error} in {line!r}; accepted: key=value words, quoted with ' or \""
@@ -120,7 +201,17 @@ def split(line: str) -> list[str]:
 
 
 def parse_cell_line(line: str) -> argparse.Namespace:
-    return cell_parser().parse_intermixed_args(split(line))
+    args = cell_parser().parse_intermixed_args(split(line))
+    if args.bind is not None and (not args.bind.isidentifier() or keyword.iskeyword(args.bind)):
+        raise UsageFailure(
+            f"-o: {args.bind!r} is not a Python variable name; accepted: an identifier such as task"
+        )
+    return args
+
+
+def find_task(name: str) -> Task:
+    """A task by name or id as the user typed it; a name that could be a path is refused."""
+    return Task.find(check_name(name, key="NAME"))
 
 
 def build_spec(assignments: Sequence[str], defaults: Mapping[str, Any], cwd: str | None = None) -> TaskSpec:
@@ -138,6 +229,7 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
+    prog: str = "tpi",
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
     result = launch(spec, script, dry_run=dry_run, progress=progress)
@@ -145,9 +237,12 @@ def run_task(
         out(str(result))
         return Launched(None, result)
     if wait:
-        out(result.summary())
         width = int(result.spec["parallelism"])
-        status = result.wait(on_line=lambda rank, _stamp, text: out(format_line(rank, text, width)))
+        try:
+            out(result.summary())
+            status = result.wait(on_line=lambda rank, _stamp, text: out(format_line(rank, text, width)))
+        except KeyboardInterrupt:
+            raise WaitInterrupted(result, prog) from None
         if status != "succeeded":
             raise TaskFailed(result, status, result.tail_text(tail_lines))
     return Launched(result, None)
@@ -172,6 +267,26 @@ def list_text() -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def task_json(task: Task, detail: bool = False) -> dict[str, Any]:
+    """A task as `tpi list --json` (and with detail, `tpi status --json`) prints it."""
+    spec = task.spec
+    entry: dict[str, Any] = {
+        "id": task.id, "name": task.name, "cloud": spec["cloud"], "machine": spec["machine"],
+        "parallelism": spec["parallelism"], "spot": spec["spot"], "created": task.record["created"],
+        "workdir": task.record.get("workdir", ""), "output": spec.get("output", ""),
+    }  # fmt: skip
+    try:
+        snapshot = task.read()
+    except Exception as error:  # one unreadable task must not hide the others
+        entry.update(status="unknown", error=f"{error.__class__.__name__}: {error}")
+        return entry
+    entry.update(status=snapshot.status, elapsed=round(task.elapsed(snapshot), 3))
+    if detail:
+        entry["ranks"] = [asdict(rank) for rank in snapshot.ranks]
+        entry["events"] = task.events(snapshot)
+    return entry
 
 
 def _duration(seconds: float) -> str:
@@ -211,7 +326,7 @@ def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
             f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
         )
     options = {"region": region} if region else {}
-    found = finder({record["id"] for record in state.records()}, False, **options)
+    found = finder(state.known_ids(), False, **options)
     if not found:
         out(f"sweep {cloud}: no resources of gone tasks")
         return
@@ -220,7 +335,7 @@ def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
     if not yes and not (confirm and confirm(f"delete the resources of {len(found)} gone task(s)? [y/N] ")):
         out(f"nothing deleted; to delete: tpi sweep {cloud} --yes")
         return
-    for line in finder({record["id"] for record in state.records()}, True, **options):
+    for line in finder(state.known_ids(), True, **options):
         out(line)
 
 
@@ -232,21 +347,22 @@ def run_verb(
 ) -> Task | None:
     """Carry out a verb other than `run`; returns the task for `attach`."""
     if args.verb in ("list", "panel"):
-        out(list_text())
+        as_json = getattr(args, "json", False)
+        out(json.dumps([task_json(task) for task in Task.all()], indent=1) if as_json else list_text())
         return None
     if args.verb == "sweep":
         sweep(args.cloud, args.yes, args.region, out, confirm)
         return None
-    task = Task.find(args.task)
+    if args.verb == "destroy":
+        destroy(args.task, out, progress)
+        return None
+    task = find_task(args.task)
     if args.verb == "status":
-        out(status_text(task))
+        out(json.dumps(task_json(task, detail=True), indent=1) if args.json else status_text(task))
     elif args.verb == "events":
         out(events_text(task))
     elif args.verb == "logs":
-        width = int(task.spec["parallelism"])
-        lines = task.follow() if args.follow else iter(LogTail(task).poll())
-        for rank, stamp, text in lines:
-            out(format_line(rank, f"{stamp} {text}" if args.timestamps else text, width))
+        logs(task, args.follow, args.timestamps, out)
     elif args.verb == "stop":
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
@@ -254,11 +370,6 @@ def run_verb(
         files = task.pull(progress)
         out(
             f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
-        )
-    elif args.verb == "destroy":
-        files = task.destroy(progress)
-        out(
-            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
         )
     elif args.verb == "preempt":
         task.preempt(args.rank)
@@ -268,5 +379,40 @@ def run_verb(
     return None
 
 
+def logs(task: Task, follow: bool, timestamps: bool, out: Printer) -> None:
+    """Print the log; with follow, until the task ends, and fail (TaskFailed) if it did not succeed."""
+    width = int(task.spec["parallelism"])
+    lines = task.follow() if follow else iter(LogTail(task).poll())
+    for rank, stamp, text in lines:
+        out(format_line(rank, f"{stamp} {text}" if timestamps else text, width))
+    if follow:
+        status = task.status
+        if status != "succeeded":
+            raise TaskFailed(task, status, None)
+
+
+def destroy(names: Sequence[str], out: Printer, progress: ProgressCallback | None = None) -> None:
+    """Destroy each task; one already gone is not an error, so destroy can be repeated."""
+    for name in names:
+        check_name(name, key="NAME")
+    failures = []
+    for name in names:
+        try:
+            task = Task.find(name)
+        except TaskError:
+            out(f"task {name}: not in the registry; nothing to destroy (already gone)")
+            continue
+        try:
+            files = task.destroy(progress)
+        except TaskError as error:
+            failures.append(str(error))
+            continue
+        out(
+            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
+        )
+    if failures:
+        raise TaskError("; ".join(failures))
+
+
 ERRORS = (SpecError, TaskError, UsageFailure)
-__all__ = ["ERRORS", "FINAL", "TaskFailed", "UsageFailure", "run_task", "run_verb"]
+__all__ = ["ERRORS", "FINAL", "TaskFailed", "UsageFailure", "WaitInterrupted", "run_task", "run_verb"]
