@@ -79,8 +79,11 @@ class ProgressBar:
         if not self.stream.isatty() or not progress.files_total:
             return
         totals = (progress.files_total, progress.bytes_total)
-        if self.finished or totals != (self.shown.files_total, self.shown.bytes_total):
+        restarted = self.finished and progress.files_done < progress.files_total  # the next sync
+        if restarted or totals != (self.shown.files_total, self.shown.bytes_total):
             self.shown, self.drawn_at, self.finished = Progress(0, totals[0], 0, totals[1]), -math.inf, False
+        if self.finished:
+            return  # the last frame is drawn once
         self.shown.files_done = max(self.shown.files_done, progress.files_done)
         self.shown.bytes_done = max(self.shown.bytes_done, progress.bytes_done)
         done = self.shown.files_done >= self.shown.files_total
