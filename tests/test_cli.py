@@ -199,3 +199,36 @@ def test_ctrl_c_while_waiting_leaves_the_task_running(tpi_home: Path, workdir: P
     ]
     assert wait_for(lambda: task.status == "running", timeout=30)
     assert cli.main(["destroy", "patient"]) == 0
+
+
+def test_a_registry_file_missing_fields_is_skipped_with_a_warning(
+    tpi_home: Path, workdir: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cli.main(["run", "name=fine", "--wait", "--script", write_script(workdir, "echo ok\n")]) == 0
+    broken = tpi_home / "tasks" / "tpi-broken-00000000-00000000.json"
+    broken.write_text(json.dumps({"id": broken.stem, "name": "broken"}))  # no cloud, spec, created
+    (tpi_home / "tasks" / "tpi-garbled-00000000-00000000.json").write_text("{not json")
+    capsys.readouterr()
+    assert cli.main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "fine" in listed and "succeeded" in listed and "broken" not in listed
+    warnings = [record.getMessage() for record in caplog.records if record.levelname == "WARNING"]
+    assert any(broken.name in text and "missing or invalid cloud, spec, created" in text for text in warnings)
+    assert any("tpi-garbled" in text and "unreadable" in text for text in warnings)
+    assert cli.main(["list", "--json"]) == 0
+    assert [task["name"] for task in json.loads(capsys.readouterr().out)] == ["fine"]
+    assert cli.main(["destroy", "fine"]) == 0
+    broken.unlink()
+    (tpi_home / "tasks" / "tpi-garbled-00000000-00000000.json").unlink()
+
+
+def test_a_broken_registry_file_warns_in_a_real_process(tpi_home: Path) -> None:
+    (tpi_home / "tasks").mkdir(parents=True)
+    broken = tpi_home / "tasks" / "tpi-broken-00000000-00000000.json"
+    broken.write_text("{}")
+    result = subprocess.run([*TPI, "list"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == "no tasks\n"
+    assert result.stderr.splitlines() == [
+        f"tpi: skipping registry file {broken}: missing or invalid id, cloud, spec, created, deadline"
+    ]
+    broken.unlink()

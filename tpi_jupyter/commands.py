@@ -232,6 +232,13 @@ def run_task(
     prog: str = "tpi",
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
+    try:
+        script.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate: the machines could not read it
+        raise UsageFailure(
+            f"script: character {script[error.start]!r} at offset {error.start} is not valid text; "
+            "accepted: UTF-8 text"
+        ) from None
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
         out(str(result))
