@@ -111,7 +111,10 @@ def test_run_help_lists_every_argument_from_the_spec_table(capsys: pytest.Captur
     assert exit_.value.code == 0
     text = " ".join(capsys.readouterr().out.split())  # help wraps lines: compare word by word
     for argument in ARGUMENT_TABLE:
-        assert f"{argument.name} default: {argument.shown} accepted: {' '.join(argument.accepted.split())}" in text
+        assert (
+            f"{argument.name} default: {argument.shown} accepted: {' '.join(argument.accepted.split())}"
+            in text
+        )
 
 
 def test_list_and_status_as_json(tpi_home: Path, workdir: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -143,7 +146,9 @@ def test_logs_follow_exits_non_zero_when_the_task_failed(
     assert cli.main(["logs", "bad", "--follow"]) == 1
     captured = capsys.readouterr()
     assert captured.out == "before\n"
-    assert captured.err.splitlines() == [f"TaskFailed: task bad ({Task.find('bad').id}) ended failed: rank 0 failed with code 3"]
+    assert captured.err.splitlines() == [
+        f"TaskFailed: task bad ({Task.find('bad').id}) ended failed: rank 0 failed with code 3"
+    ]
     assert cli.main(["logs", "good", "--follow"]) == 0
     assert capsys.readouterr().out == "fine\n"
     assert cli.main(["logs", "bad"]) == 0  # without --follow it only prints what is there

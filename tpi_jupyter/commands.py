@@ -154,10 +154,9 @@ def magic_help() -> str:
     """`%tpi?` and `%tpi --help`: the usage of every verb, generated from the parsers."""
     parser = verb_parser("%tpi")
     verbs = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    usage = [" ".join(cell_parser().format_usage().split()[1:]) + "   (the cell body is the script)"]
-    usage += [
-        " ".join(sub.format_usage().split()[1:]) for verb, sub in verbs.choices.items() if verb != "run"
-    ]
+    parsers = [cell_parser(), *(sub for verb, sub in verbs.choices.items() if verb != "run")]
+    usage = [" ".join(p.format_usage().replace(" [-h]", "").split()[1:]) for p in parsers]
+    usage[0] += "   (the cell body is the script)"
     return "\n".join([*usage, "", arguments_help()])
 
 
@@ -175,19 +174,21 @@ def strip_comment(line: str) -> str:
 
     shlex's own comment handling also cuts inside a word (`name=run#2`), which a shell does not.
     """
-    quote = ""
-    escaped = False
+    quote, escaped, word_start = "", False, True
     for index, char in enumerate(line):
-        if escaped:
+        if escaped:  # a backslash-escaped character is literal
             escaped = False
-        elif char == "\\" and quote != "'":
-            escaped = True
         elif quote:
             quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char == "#" and (index == 0 or line[index - 1].isspace()):
+            escaped = quote == '"' and char == "\\"
+        elif char == "#" and word_start:
             return line[:index]
+        elif char in "'\"\\":
+            quote, escaped = ("", True) if char == "\\" else (char, False)
+        else:
+            word_start = char.isspace()
+            continue
+        word_start = False
     return line
 
 

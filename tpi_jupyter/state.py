@@ -81,7 +81,13 @@ def delete(task_id: str) -> None:
 
 
 # What every face reads from a record; a file without them is skipped (with a warning).
-REQUIRED: dict[str, type | tuple[type, ...]] = {"id": str, "cloud": str, "spec": dict, "created": (int, float), "deadline": (int, float)}
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "cloud": str,
+    "spec": dict,
+    "created": (int, float),
+    "deadline": (int, float),
+}
 REQUIRED_SPEC = ("cloud", "machine", "parallelism", "spot")
 
 
