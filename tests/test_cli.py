@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tpi_jupyter import __version__, cli
+from tpi_jupyter import __version__, cli, state
 from tpi_jupyter.spec import ARGUMENT_TABLE
 from tpi_jupyter.sync import Progress
 from tpi_jupyter.task import Task
@@ -222,6 +222,7 @@ def test_a_registry_file_missing_fields_is_skipped_with_a_warning(
     assert any("tpi-garbled" in text and "unreadable" in text for text in warnings)
     assert cli.main(["list", "--json"]) == 0
     assert [task["name"] for task in json.loads(capsys.readouterr().out)] == ["fine"]
+    assert broken.stem in state.known_ids()  # a sweep never counts its resources as orphans
     assert cli.main(["destroy", "fine"]) == 0
     broken.unlink()
     (tpi_home / "tasks" / "tpi-garbled-00000000-00000000.json").unlink()

@@ -101,6 +101,8 @@ def _problem(path: Path, record: Any) -> str:
     )
     if missing:
         return f"missing or invalid {', '.join(missing)}"
+    if not _ID_SHAPE.fullmatch(record["id"]):
+        return f"{record['id']!r} is not a task id"
     return "" if record["id"] == path.stem else f"its id {record['id']!r} is not its file name"
 
 
