@@ -73,6 +73,8 @@ BAD_CELLS = [
     ("spot=1_0", "spot"),
     ("spot=\u0661", "spot"),
     ("spot=1e3", "spot"),
+    ("cloud=aws region=us-east-\u0661", "region"),  # native patterns match ASCII digits only
+    ("cloud=k8s machine=\u0668-16000", "machine"),
     ("name=x -o 1abc", "-o"),
     ("name=x -o a.b", "-o"),
     ("name=x -o class", "-o"),
@@ -100,6 +102,8 @@ BAD_LINES = [
     ("frobnicate", "frobnicate"),
     ("logs", "NAME"),
     ("preempt x --rank z", "--rank"),
+    ("preempt x --rank 1_0", "--rank"),
+    ("preempt x --rank \u0661", "--rank"),
 ]
 
 

@@ -222,6 +222,7 @@ def test_a_registry_file_missing_fields_is_skipped_with_a_warning(
     assert any("tpi-garbled" in text and "unreadable" in text for text in warnings)
     assert cli.main(["list", "--json"]) == 0
     assert [task["name"] for task in json.loads(capsys.readouterr().out)] == ["fine"]
+    assert sum(broken.name in record.getMessage() for record in caplog.records) == 1  # warned once
     assert broken.stem in state.known_ids()  # a sweep never counts its resources as orphans
     assert cli.main(["destroy", "fine"]) == 0
     broken.unlink()

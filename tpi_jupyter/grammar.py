@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import keyword
+import re
 import shlex
 import textwrap
 from collections.abc import Sequence
@@ -95,12 +96,18 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
         "--follow", "-f", action="store_true", help="stream until the task ends (exit 1 if it failed)"
     )
     logs.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its UTC time")
-    verbs.choices["preempt"].add_argument("--rank", type=int, default=0)
+    verbs.choices["preempt"].add_argument("--rank", type=_rank, default=0)
     sweep = verbs.choices["sweep"]
     sweep.add_argument("cloud", metavar="CLOUD")
     sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
     sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
     return parser, dict(verbs.choices)
+
+
+def _rank(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):  # int() would also take "1_0" and other scripts' digits
+        raise argparse.ArgumentTypeError(f"{text!r} is not a rank; accepted: 0, 1, ... below parallelism")
+    return int(text)
 
 
 def run_parser(prog: str = "tpi run") -> argparse.ArgumentParser:

@@ -438,7 +438,7 @@ def _catalogued(
     generic = _one_of(catalogue[cloud])
     if cloud in native:
         pattern, description = native[cloud]
-        if re.fullmatch(pattern, value):
+        if re.fullmatch(pattern, value, re.ASCII):
             return value
         raise SpecError(
             f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}, or {description}"
@@ -452,7 +452,7 @@ def _native_only(key: str, value: str, cloud: str, native: dict[str, tuple[str, 
     if cloud not in native:
         raise SpecError(f"{key}: not supported for cloud={cloud}; accepted: empty")
     pattern, description = native[cloud]
-    if not re.fullmatch(pattern, value):
+    if not re.fullmatch(pattern, value, re.ASCII):
         raise SpecError(f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {description}")
     return value
 

@@ -19,6 +19,7 @@ from .sync import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 _ID_SHAPE = re.compile(r"tpi-[a-z0-9-]+")
+_warned: set[tuple[str, str]] = set()
 
 
 def home() -> Path:
@@ -119,7 +120,9 @@ def records() -> list[dict[str, Any]]:
         else:
             problem = _problem(path, record)
         if problem:
-            log.warning("tpi: skipping registry file %s: %s", path, problem)
+            if (str(path), problem) not in _warned:  # once per process: panels list every few seconds
+                _warned.add((str(path), problem))
+                log.warning("tpi: skipping registry file %s: %s", path, problem)
             continue
         found.append(record)
     return sorted(found, key=lambda record: record["created"])
