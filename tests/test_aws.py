@@ -248,6 +248,12 @@ def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
     words[2] = words[2].replace("/opt/tpi/", f"{target}/")
     subprocess.run(words, check=True, timeout=60)
     (wheel,) = target.glob("tpi_jupyter-*.whl")
+    # The lock travels with the wheel and the boot script installs with it (pip -c).
+    lock = dict(line.split("==") for line in (target / "lock.txt").read_text().splitlines())
+    import boto3
+
+    assert lock["boto3"] == boto3.__version__ and "botocore" in lock and "fsspec" in lock
+    assert f"install -q -c /opt/tpi/lock.txt '/opt/tpi/{wheel.name}[aws]'" in boot_script
     return wheel
 
 
@@ -267,6 +273,8 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60)  # fmt: skip
     assert out.stdout.startswith(str(target))
+    (entry_points,) = target.glob("tpi_jupyter-*.dist-info/entry_points.txt")
+    assert "[tpi_jupyter.machines]" in entry_points.read_text()  # the agent finds its hooks this way
 
 
 # ---------------------------------------------------------------- ranks on identical machines
