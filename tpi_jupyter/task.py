@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import layout, state
-from .backends.base import Backend, GroupState, Sweepable, get_backend, pricing_text
+from .backends.base import Backend, GroupState, Sweepable, get_backend
+from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
