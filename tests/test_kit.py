@@ -150,15 +150,15 @@ def test_reads_of_the_cloud_follow_the_declared_poll_interval(tpi_home: Path, wo
     wait_for(lambda: task.read().status == "running", timeout=60)
     slow = Task(task.record, CountingBackend())
     CountingBackend.reads = 0
-    first = slow.read()
+    first = slow.read(fresh=True)
     assert slow.read() is first and slow.status == "running" and CountingBackend.reads == 1
-    assert (
-        task_detail(slow)["poll_interval"] == 3600.0 and CountingBackend.reads == 1
-    )  # the sidebar follows it
-    slow.read(fresh=True)
-    assert CountingBackend.reads == 2
-    slow.stop()  # an action invalidates the cached read: the stop shows at once
-    assert slow.read().status == "failed" and CountingBackend.reads == 3
+    # Every Task object of the task in this process (kernel, widgets, REST handlers) shares the read.
+    other = Task(dict(task.record), CountingBackend())
+    assert other.read() is first and CountingBackend.reads == 1
+    detail = task_detail(other)  # the sidebar learns the cadence it must follow
+    assert detail["poll_interval"] == 3600.0 and CountingBackend.reads == 1
+    slow.stop()  # an action invalidates the shared read: the stop shows at once
+    assert other.read().status == "failed" and CountingBackend.reads == 2
     assert task_detail(task)["poll_interval"] == 0.0  # local: read every time
     task.destroy()
 
