@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from fsspec.utils import get_protocol
+
 from . import layout, state
 from .backends.base import Backend, GroupState, get_backend
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
@@ -20,6 +22,7 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+PLAN_FILES = 50  # upload lines a dry run shows without --files
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
 # How often machines report, per backend: the local backend is fast, clouds pay per request.
@@ -59,9 +62,20 @@ class Plan:
     lines: list[str]
     files: int
     bytes: int
+    uploads: list[tuple[str, int]] = field(default_factory=list)  # (relpath, size) in path order
+
+    def text(self, all_files: bool = False) -> str:
+        """The plan; the upload list is cut at PLAN_FILES lines unless all_files."""
+        shown = self.uploads if all_files else self.uploads[:PLAN_FILES]
+        lines = [*self.lines, *(f"      {relpath}  {human_bytes(size)}" for relpath, size in shown)]
+        if len(shown) < len(self.uploads):
+            lines.append(
+                f"      ... and {len(self.uploads) - len(shown)} more files (--dry-run --files lists all)"
+            )
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        return "\n".join(self.lines)
+        return self.text()
 
 
 def human_bytes(count: int) -> str:
@@ -307,16 +321,32 @@ class Task:
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
-        """Download `output` into the workdir without destroying; returns the files fetched."""
+        """Download `output` (a directory or a file) into the workdir without destroying; returns
+        the files fetched. TaskError when a file cannot be fetched or output is not on the remote."""
+        return self._pull(progress, "pull")
+
+    def _pull(self, progress: ProgressCallback | None, verb: str) -> list[str]:
         if self.destroyed:
             raise TaskError(f"task {self.name}: destroyed; nothing to pull")
         workdir, output = self.record.get("workdir"), self.spec.get("output")
         if not workdir or not output:
             return []
         fs, root = self.remote
-        result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
-                          exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
-        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}")
+        kept = "; nothing was deleted: fix that and destroy again" if verb == "destroy" else ""
+        try:
+            result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
+                              exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
+        except Exception as error:  # SyncError names the file; others are the remote's, one line too
+            raise TaskError(f"{verb} of task {self.name}: {error}{kept}") from None
+        if not result.files and not result.skipped and not result.dirs:
+            if verb == "pull":
+                raise TaskError(
+                    f"pull of task {self.name}: output {output!r} is not on the remote (yet); nothing pulled"
+                )
+            self._event("pulled", f"nothing: output {output} was not on the remote")
+            return []
+        here = f" ({result.skipped} already here)" if result.skipped else ""
+        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}{here}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -327,7 +357,7 @@ class Task:
         if self.destroyed:
             return []
         self.backend.stop(self.record)
-        fetched = self.pull(progress) if self.record.get("remote") else []
+        fetched = self._pull(progress, "destroy") if self.record.get("remote") else []
         self.backend.delete(self.record)
         state.delete(self.id)
         self.destroyed = True
@@ -448,15 +478,28 @@ def _write_remote(
     if is_local(fs):
         os.chmod(env_path, 0o600)
     if record["workdir"]:
-        upload(
+        result = upload(
             record["workdir"],
             fs,
             layout.join(root, layout.DATA),
             exclude=record["spec"]["exclude"],
+            exclude_paths=own_paths(record["spec"], record["remote"]),
             progress=progress,
         )
+        record["events"] += [{"time": time.time(), "kind": "upload-warning", "rank": None, "detail": warning}
+                             for warning in result.warnings]  # fmt: skip
     else:
         fs.makedirs(layout.join(root, layout.DATA), exist_ok=True)
+
+
+def own_paths(spec: Mapping[str, Any], remote: str | None) -> list[str]:
+    """What tpi-jupyter writes on this machine (registry, keys, local remotes): never uploaded,
+    even from a workdir that holds it (a notebook in $HOME with workdir=.)."""
+    paths = [str(state.home())]
+    for place in (spec.get("container"), remote):
+        if place and get_protocol(place) == "file":
+            paths.append(os.path.abspath(place.removeprefix("file://")))
+    return paths
 
 
 def _rollback(backend: Backend, record: dict[str, Any]) -> None:
@@ -477,8 +520,13 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
 def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Plan:
     files = size = 0
     warnings: list[str] = []
+    found: dict[str, Any] = {}
     if spec.workdir:
-        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
+        remote = None
+        with contextlib.suppress(Exception):  # a cloud may need created state to say where
+            remote = backend.remote_url(record) if backend else None
+        exclude_paths = own_paths(record["spec"], remote)
+        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings, exclude_paths)
         files, size = len(found), sum(item.size for item in found.values())
     lines = [
         f"dry run: nothing was created. Task {spec.name} ({spec.id}) would create:",
@@ -488,4 +536,6 @@ def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Pl
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
     ]  # fmt: skip
-    return Plan(spec.id, lines, files, size)
+    if found:
+        lines.append("  - files to upload:")
+    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)])
