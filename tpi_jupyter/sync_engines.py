@@ -313,6 +313,8 @@ class FsspecEngine(Engine):
             entries = self.fs.find(root, detail=True)
         except FileNotFoundError:
             return {}
+        if not isinstance(entries, dict):  # adlfs answers [root] when root is a file
+            return {}
         found: dict[str, tuple[int, float | None]] = {}
         for path, info in entries.items():
             if info.get("type") == "directory":
