@@ -237,11 +237,13 @@ def scan_local(
                 return ""
             if not _inside(target, root):
                 return f"skipped symlink {relpath} -> outside the workdir"
-            if not os.path.exists(target):
+            try:
+                mode = os.stat(target).st_mode
+            except OSError:
                 return f"skipped symlink {relpath}: a loop or a missing target"
-            if os.path.isdir(target):
+            if stat.S_ISDIR(mode):
                 return f"skipped symlink {relpath} -> a directory"
-            return None
+            return None if stat.S_ISREG(mode) else f"skipped symlink {relpath} -> {_special_kind(mode)}"
         if entry.is_dir(follow_symlinks=False):
             return None
         try:
