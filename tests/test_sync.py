@@ -6,8 +6,13 @@ Correctness only: speed is measured by benchmarks/sync_bench.py, never asserted 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -475,6 +480,43 @@ def test_special_files_and_symlink_loops_are_reported(tmp_path: Path) -> None:
     assert set(files) == {"a.txt"}
     assert sorted(warnings) == ["skipped pipe: a FIFO", "skipped symlink loop: a loop or a missing target",
                                 "skipped symlink to-pipe -> a FIFO"]  # fmt: skip
+
+
+UPLOAD_AS_NOBODY = """
+import json, sys
+import fsspec
+from tpi_jupyter.sync import upload
+result = upload(sys.argv[1], fsspec.filesystem("file"), sys.argv[2])
+print(json.dumps([result.files, result.warnings]))
+"""
+
+
+def test_unreadable_files_and_directories_are_skipped(tmp_path: Path) -> None:
+    """Root reads everything, so the upload runs as nobody (setpriv) over a world-readable tree."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the upload as another user")
+    base = Path(tempfile.mkdtemp(prefix="tpi-unreadable-"))
+    try:
+        os.chmod(base, 0o755)
+        write(base, "src/a.txt", "a")
+        write(base, "src/locked.txt", "secret", 0o000)
+        (base / "src/closed").mkdir(mode=0o000)
+        (base / "remote").mkdir(mode=0o777)
+        os.chmod(base / "remote", 0o777)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+             UPLOAD_AS_NOBODY, str(base / "src"), str(base / "remote" / "data")],
+            capture_output=True, text=True, timeout=60, cwd=base,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        files, warnings = json.loads(result.stdout)
+        assert files == ["a.txt"]
+        assert sorted(warnings) == ["skipped closed/: cannot read it (Permission denied)",
+                                    "skipped locked.txt: Permission denied"]  # fmt: skip
+        assert sorted(os.listdir(base / "remote" / "data")) == ["a.txt"]
+    finally:
+        os.chmod(base / "src/closed", 0o755)
+        shutil.rmtree(base)
 
 
 def test_exclude_paths_leave_out_a_directory_and_links_into_it(tmp_path: Path) -> None:
