@@ -81,7 +81,7 @@ from .sync_engines import (
     is_temp_name,
     select_engine,
     temp_path,
-)  # fmt: skip
+)
 
 log = logging.getLogger(__name__)
 
