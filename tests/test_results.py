@@ -134,7 +134,7 @@ def test_output_naming_a_file_is_pulled(tpi_home: Path, workdir: Path) -> None:
     assert not (workdir / "other.txt").exists()
     result = tpi_cli("destroy", "single", cwd=workdir)
     assert result.returncode == 0, result.stderr
-    assert "pulled 0 files, 0 B (1 already here)" in result.stdout
+    assert "pulled 0 file(s), 0 B (1 already here)" in result.stdout
 
 
 def test_pull_of_missing_output_is_an_error_and_destroy_says_nothing_arrived(

@@ -346,7 +346,7 @@ class Task:
             self._event("pulled", f"nothing: output {output} was not on the remote")
             return []
         here = f" ({result.skipped} already here)" if result.skipped else ""
-        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}{here}")
+        self._event("pulled", f"{len(result.files)} file(s), {human_bytes(result.bytes)}{here}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
