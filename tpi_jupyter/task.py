@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fsspec.utils import get_protocol
+
 from . import layout, state
 from .backends.base import Backend, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
@@ -23,6 +25,7 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+PLAN_FILES = 50  # upload lines a dry run shows without --files
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
 
@@ -77,9 +80,20 @@ class Plan:
     lines: list[str]
     files: int
     bytes: int
+    uploads: list[tuple[str, int]] = field(default_factory=list)  # (relpath, size) in path order
+
+    def text(self, all_files: bool = False) -> str:
+        """The plan; the upload list is cut at PLAN_FILES lines unless all_files."""
+        shown = self.uploads if all_files else self.uploads[:PLAN_FILES]
+        lines = [*self.lines, *(f"      {relpath}  {human_bytes(size)}" for relpath, size in shown)]
+        if len(shown) < len(self.uploads):
+            lines.append(
+                f"      ... and {len(self.uploads) - len(shown)} more files (--dry-run --files lists all)"
+            )
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        return "\n".join(self.lines)
+        return self.text()
 
 
 def human_bytes(count: int) -> str:
@@ -394,16 +408,32 @@ class Task:
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
-        """Download `output` into the workdir without destroying; returns the files fetched."""
+        """Download `output` (a directory or a file) into the workdir without destroying; returns
+        the files fetched. TaskError when a file cannot be fetched or output is not on the remote."""
+        return self._pull(progress, "pull")
+
+    def _pull(self, progress: ProgressCallback | None, verb: str) -> list[str]:
         if self.destroyed:
             raise TaskError(f"task {self.name}: destroyed; nothing to pull")
         workdir, output = self.record.get("workdir"), self.spec.get("output")
         if not workdir or not output:
             return []
         fs, root = self.remote
-        result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
-                          exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
-        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}")
+        kept = "; nothing was deleted: fix that and destroy again" if verb == "destroy" else ""
+        try:
+            result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
+                              exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
+        except Exception as error:  # SyncError names the file; others are the remote's, one line too
+            raise TaskError(f"{verb} of task {self.name}: {error}{kept}") from None
+        if not result.files and not result.skipped and not result.dirs:
+            if verb == "pull":
+                raise TaskError(
+                    f"pull of task {self.name}: output {output!r} is not on the remote (yet); nothing pulled"
+                )
+            self._event("pulled", f"nothing: output {output} was not on the remote")
+            return []
+        here = f" ({result.skipped} already here)" if result.skipped else ""
+        self._event("pulled", f"{len(result.files)} file(s), {human_bytes(result.bytes)}{here}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -416,7 +446,7 @@ class Task:
         spec, backend_state = self.task_spec, self.backend_state
         self.backend.stop(spec, backend_state)
         self._save_state()
-        fetched = self.pull(progress) if self.record.get("remote") else []
+        fetched = self._pull(progress, "destroy") if self.record.get("remote") else []
         self.backend.delete(spec, backend_state)
         state.delete(self.id)
         _RECENT.pop(self.id, None)
@@ -554,15 +584,28 @@ def _write_remote(
     if is_local(fs):
         os.chmod(env_path, 0o600)
     if record["workdir"]:
-        upload(
+        result = upload(
             record["workdir"],
             fs,
             layout.join(root, layout.DATA),
             exclude=record["spec"]["exclude"],
+            exclude_paths=own_paths(record["spec"], record["remote"]),
             progress=progress,
         )
+        record["events"] += [{"time": time.time(), "kind": "upload-warning", "rank": None, "detail": warning}
+                             for warning in result.warnings]  # fmt: skip
     else:
         fs.makedirs(layout.join(root, layout.DATA), exist_ok=True)
+
+
+def own_paths(spec: Mapping[str, Any], remote: str | None) -> list[str]:
+    """What tpi-jupyter writes on this machine (registry, keys, local remotes): never uploaded,
+    even from a workdir that holds it (a notebook in $HOME with workdir=.)."""
+    paths = [str(state.home())]
+    for place in (spec.get("container"), remote):
+        if place and get_protocol(place) == "file":
+            paths.append(os.path.abspath(place.removeprefix("file://")))
+    return paths
 
 
 def _rollback(backend: Backend[Any], spec: TaskSpec, backend_state: Any, record: dict[str, Any]) -> str:
@@ -590,8 +633,13 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
 def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> Plan:
     files = size = 0
     warnings: list[str] = []
+    found: dict[str, Any] = {}
     if spec.workdir:
-        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
+        remote = None
+        with contextlib.suppress(Exception):  # a cloud may need created state to say where
+            remote = backend.remote_url(spec, backend_state) if backend else None
+        exclude_paths = own_paths(spec.public_dict(), remote)
+        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings, exclude_paths)
         files, size = len(found), sum(item.size for item in found.values())
     resources = backend.plan(spec, backend_state) if backend else _generic_plan(spec)
     lines = [
@@ -602,7 +650,9 @@ def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> P
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
     ]  # fmt: skip
-    return Plan(spec.id, lines, files, size)
+    if found:
+        lines.append("  - files to upload:")
+    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)])
 
 
 # ---------------------------------------------------------------- sweeping
