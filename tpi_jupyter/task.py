@@ -248,7 +248,6 @@ class Task:
         """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
         if snapshot is not None:
             group = snapshot.group.events if snapshot.group else []
-            self._refresh()  # events other handles saved since the snapshot
         else:
             group = [] if self.destroyed else self.backend.read(self.record).events
         return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
