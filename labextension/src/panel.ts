@@ -22,7 +22,7 @@ import {
   STATUSES,
   TpiClient
 } from './api';
-import { el, formatDuration, formatSize, formatSpot, formatTime } from './format';
+import { clipLine, el, formatDuration, formatSize, formatSpot, formatTime } from './format';
 import { SidebarPoll } from './polling';
 
 /** What the panel needs from JupyterLab's command registry. */
@@ -684,7 +684,7 @@ export class TaskPanel extends Widget {
 
   private appendLog(lines: ILogLine[], showRank: boolean): void {
     const text = lines
-      .map(line => (showRank ? `[${line.rank}] ${line.text}` : line.text))
+      .map(line => clipLine(showRank ? `[${line.rank}] ${line.text}` : line.text))
       .join('\n');
     this.log.appendChild(document.createTextNode((this.logCount ? '\n' : '') + text));
     this.logCount += lines.length;

@@ -323,9 +323,13 @@ def test_sidebar_polling_backs_off_pauses_and_reports_once(lab_server: LabServer
 def test_sidebar_never_polls_faster_than_the_tasks_poll_interval(
     lab_server: LabServer, tpi_env: Path, page: Any
 ) -> None:
-    """A backend's `poll_interval` in the task detail is the floor, even while every poll sees news."""
+    """A backend's `poll_interval` in the task detail is the floor, even while every poll sees news.
+
+    Also: a huge log line is cut at 10 kB, the rest marked, as in the notebook widget.
+    """
     floor = 6.0
-    task = start(tpi_env, "slow-cloud", "for i in $(seq 1 150); do echo tick-$i; sleep 0.3; done")
+    script = "python3 -c \"print('Z' * 50000)\"; for i in $(seq 1 150); do echo tick-$i; sleep 0.3; done"
+    task = start(tpi_env, "slow-cloud", script)
     lists: list[float] = []
     details: list[float] = []
     page.on(
@@ -360,6 +364,9 @@ def test_sidebar_never_polls_faster_than_the_tasks_poll_interval(
         # Lines change on every poll, so without the floor the sidebar polls every 2 s.
         assert min(gaps) >= floor - 0.3, gaps
         expect(log).to_contain_text("tick-40")  # the log still streams, in bigger steps
+        # a huge line is cut as in the notebook widget
+        text = log.inner_text()
+        assert "Z" * 10_000 + " … [line cut: 40000 more bytes]" in text and "Z" * 10_001 not in text
     finally:
         page.unroute(re.compile(rf".*/tpi/tasks/{task.id}(\?.*)?$"))
         task.destroy()
