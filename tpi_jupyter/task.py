@@ -158,7 +158,6 @@ class Task:
 
     def __init__(self, record: dict[str, Any], backend: Backend[Any] | None = None):
         self.record = record
-        self.destroyed = False
         self._backend = backend
         self._state: Any = None
         self._remote: tuple[Any, str] | None = None
@@ -208,6 +207,18 @@ class Task:
         return TaskSpec.from_public(self.record["spec"])
 
     @property
+    def destroyed(self) -> bool:
+        """The registry is the source: a task destroyed through another handle is destroyed here too."""
+        return self._refresh() is None
+
+    def _refresh(self) -> dict[str, Any] | None:
+        """Reload the record (events and status other handles saved); None once destroyed."""
+        stored = state.load(self.id)
+        if stored is not None:
+            self.record = stored
+        return stored
+
+    @property
     def backend(self) -> Backend[Any]:
         if self._backend is None:
             self._backend = get_backend(self.record["cloud"])
@@ -243,7 +254,7 @@ class Task:
 
     def read(self, fresh: bool = False) -> Snapshot:
         """The task now; within the backend's poll interval the last read answers (unless fresh)."""
-        if self.destroyed:
+        if self._refresh() is None:
             return Snapshot("destroyed")
         cached = _RECENT.get(self.id)
         if not fresh and cached and time.monotonic() - cached[0] < self.poll_interval:
@@ -347,8 +358,11 @@ class Task:
             per_rank.setdefault(rank, []).append(f"{stamp} {text}")
         return ["\n".join(lines) for _, lines in sorted(per_rank.items())]
 
-    def follow(self, poll: float = 0.25) -> Iterator[tuple[int, str, str]]:
-        """New log lines as they arrive, until the task is final and every log is read."""
+    def follow(self, poll: float = 0.25, until: float | None = None) -> Iterator[tuple[int, str, str]]:
+        """New log lines as they arrive, until the task is final and every log is read.
+
+        `until` (a time.monotonic() value) ends the stream early, even while the script is silent.
+        """
         tail = LogTail(self)
         while True:
             snapshot = self.read()
@@ -356,18 +370,22 @@ class Task:
             if snapshot.status in FINAL:
                 yield from tail.poll()  # whatever was flushed before the status
                 return
-            time.sleep(poll)
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            time.sleep(poll if left is None else min(poll, left))
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None
     ) -> str:
-        limit = None if timeout is None else time.time() + timeout
-        for line in self.follow():
+        until = None if timeout is None else time.monotonic() + timeout
+        for line in self.follow(until=until):
             if on_line:
                 on_line(*line)
-            if limit and time.time() > limit:
-                raise TaskError(f"task {self.name}: still {self.status} after {timeout:.0f} s")
-        return self.status
+        status = self.status
+        if status not in FINAL:
+            raise TaskError(f"task {self.name}: still {status} after {timeout or 0:.0f} s")
+        return status
 
     def tail_text(self, lines: int = 20) -> str:
         width = int(self.spec["parallelism"])
@@ -378,11 +396,13 @@ class Task:
     # -- acting
 
     def _event(self, kind: str, detail: str = "") -> None:
-        self.record.setdefault("events", []).append(
-            {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
-        )
-        if state.load(self.id) is not None:
-            state.save(self.record)
+        event = {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
+        # a locked read-modify-write: another handle's events (or status) are kept, not overwritten
+        stored = state.update(self.id, lambda record: record.setdefault("events", []).append(event))
+        if stored is not None:
+            self.record = stored
+        else:
+            self.record.setdefault("events", []).append(event)
 
     def stop(self) -> None:
         if self.destroyed:
@@ -450,7 +470,6 @@ class Task:
         self.backend.delete(spec, backend_state)
         state.delete(self.id)
         _RECENT.pop(self.id, None)
-        self.destroyed = True
         self.record["status"] = "destroyed"
         self.record.setdefault("events", []).append(
             {"time": time.time(), "kind": "destroyed", "rank": None, "detail": ""}
