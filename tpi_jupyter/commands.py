@@ -23,7 +23,8 @@ from .grammar import (
 )
 from .spec import SpecError, TaskSpec, check_name, parse_assignments
 from .sync import ProgressCallback
-from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, format_line, launch
+from .task import sweep as sweep_task
 from .textview import clock, event_text
 
 Printer = Callable[[str], None]
@@ -85,7 +86,7 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
-    prog: str = "tpi",
+    files: bool = False, prog: str = "tpi",
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
     try:
@@ -97,7 +98,7 @@ def run_task(
         ) from None
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
-        out(str(result))
+        out(result.text(all_files=files))
         return Launched(None, result)
     if wait:
         width = int(result.spec["parallelism"])
@@ -112,15 +113,12 @@ def run_task(
 
 
 def list_text() -> str:
-    tasks = Task.all()
-    if not tasks:
+    listed = Task.all_safe()
+    if not listed:
         return "no tasks"
     rows = [("NAME", "ID", "CLOUD", "MACHINE", "STATUS", "AGE")]
-    for task in tasks:
-        try:
-            status = task.status
-        except Exception as error:  # one unreadable task must not hide the others
-            status = f"unknown ({error.__class__.__name__})"
+    for item in listed:
+        task, status = item.task, item.status
         age = _duration(time.time() - float(task.record["created"]))
         spec = task.spec
         rows.append(
@@ -132,7 +130,8 @@ def list_text() -> str:
     )
 
 
-def task_json(task: Task, detail: bool = False) -> dict[str, Any]:
+def task_json(task: Task, snapshot: Snapshot | None, error: Exception | None = None,
+              detail: bool = False) -> dict[str, Any]:  # fmt: skip
     """A task as `tpi list --json` (and with detail, `tpi status --json`) prints it."""
     spec = task.spec
     entry: dict[str, Any] = {
@@ -140,9 +139,7 @@ def task_json(task: Task, detail: bool = False) -> dict[str, Any]:
         "parallelism": spec["parallelism"], "spot": spec["spot"], "created": task.record["created"],
         "workdir": task.record.get("workdir", ""), "output": spec.get("output", ""),
     }  # fmt: skip
-    try:
-        snapshot = task.read()
-    except Exception as error:  # one unreadable task must not hide the others
+    if snapshot is None:  # one unreadable task must not hide the others
         entry.update(status="unknown", error=f"{error.__class__.__name__}: {error}")
         return entry
     entry.update(status=snapshot.status, elapsed=round(task.elapsed(snapshot), 3))
@@ -176,29 +173,28 @@ def events_text(task: Task) -> str:
     return "\n".join(lines) or "no events"
 
 
-def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
-          confirm: Callable[[str], bool] | None = None) -> None:  # fmt: skip
-    """List resources tagged tpi-task whose task is not in the registry; delete on --yes or "y"."""
-    from . import state
-    from .backends.base import get_backend
+def _pulled(task: Task) -> str:
+    """What the pull just done brought (its event), e.g. "3 files, 1.2 KiB (2 already here)"."""
+    if not task.record.get("workdir") or not task.spec.get("output"):
+        return "nothing (no output set)"
+    details = [event["detail"] for event in task.record.get("events", []) if event["kind"] == "pulled"]
+    return details[-1] if details else "nothing"
 
-    backend = get_backend(cloud)
-    finder = getattr(backend, "sweep", None)
-    if finder is None:
-        raise UsageFailure(
-            f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
-        )
-    options = {"region": region} if region else {}
-    found = finder(state.known_ids(), False, **options)
-    if not found:
-        out(f"sweep {cloud}: no resources of gone tasks")
-        return
+
+def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
+          confirm: Callable[[str], bool] | None = None, everyone: bool = False) -> None:  # fmt: skip
+    """List what gone tasks left (yours, or everyone's with --all); delete on --yes or "y"."""
+    found = sweep_task(cloud, delete=False, region=region, everyone=everyone)
+    orphans = [line for line in found if line.startswith("orphan ")]
     for line in found:
         out(line)
-    if not yes and not (confirm and confirm(f"delete the resources of {len(found)} gone task(s)? [y/N] ")):
-        out(f"nothing deleted; to delete: tpi sweep {cloud} --yes")
+    if not orphans:
+        out(f"sweep {cloud}: no resources of gone tasks" + (" of yours" if found else ""))
         return
-    for line in finder(state.known_ids(), True, **options):
+    if not yes and not (confirm and confirm(f"delete the resources of {len(orphans)} gone task(s)? [y/N] ")):
+        out(f"nothing deleted; to delete: tpi sweep {cloud} --yes" + (" --all" if everyone else ""))
+        return
+    for line in sweep_task(cloud, delete=True, region=region, everyone=everyone):
         out(line)
 
 
@@ -211,17 +207,24 @@ def run_verb(
     """Carry out a verb other than `run`; returns the task for `attach`."""
     if args.verb in ("list", "panel"):
         as_json = getattr(args, "json", False)
-        out(json.dumps([task_json(task) for task in Task.all()], indent=1) if as_json else list_text())
+        listed = (
+            [task_json(item.task, item.snapshot, item.error) for item in Task.all_safe()] if as_json else []
+        )
+        out(json.dumps(listed, indent=1) if as_json else list_text())
         return None
     if args.verb == "sweep":
-        sweep(args.cloud, args.yes, args.region, out, confirm)
+        sweep(args.cloud, args.yes, args.region, out, confirm, args.everyone)
         return None
     if args.verb == "destroy":
         destroy(args.task, out, progress)
         return None
     task = find_task(args.task)
     if args.verb == "status":
-        out(json.dumps(task_json(task, detail=True), indent=1) if args.json else status_text(task))
+        out(
+            json.dumps(task_json(task, task.read(), detail=True), indent=1)
+            if args.json
+            else status_text(task)
+        )
     elif args.verb == "events":
         out(events_text(task))
     elif args.verb == "logs":
@@ -230,10 +233,8 @@ def run_verb(
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
     elif args.verb == "pull":
-        files = task.pull(progress)
-        out(
-            f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
-        )
+        task.pull(progress)
+        out(f"task {task.name}: pulled {_pulled(task)} into {task.record.get('workdir') or '(no workdir)'}")
     elif args.verb == "preempt":
         task.preempt(args.rank)
         out(f"task {task.name}: rank {args.rank} preempted; the group respawns it")
@@ -266,12 +267,12 @@ def destroy(names: Sequence[str], out: Printer, progress: ProgressCallback | Non
             out(f"task {name}: not in the registry; nothing to destroy (already gone)")
             continue
         try:
-            files = task.destroy(progress)
+            task.destroy(progress)
         except TaskError as error:
             failures.append(str(error))
             continue
         out(
-            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
+            f"task {task.name}: destroyed; pulled {_pulled(task)} of {task.spec.get('output') or '(no output)'}"
         )
     if failures:
         raise TaskError("; ".join(failures))

@@ -32,6 +32,7 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("assignments", nargs="*", metavar="key=value", help="the arguments below")
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
+    parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
 
 
 def arguments_help(width: int = 100) -> str:
@@ -101,6 +102,8 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
     sweep.add_argument("cloud", metavar="CLOUD")
     sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
     sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
+    sweep.add_argument("--all", dest="everyone", action="store_true",
+                       help="include other creators' orphans (default: only yours)")  # fmt: skip
     return parser, dict(verbs.choices)
 
 
