@@ -205,15 +205,14 @@ def test_interrupted_wait_binds_and_keeps_the_task(shell, tpi_home: Path, monkey
     def interrupted(self: Task, *args: object, **kwargs: object) -> str:
         raise KeyboardInterrupt  # what the kernel's interrupt raises inside the wait
 
-    monkeypatch.setattr(Task, "wait", interrupted)
-    with pytest.raises(commands.WaitInterrupted) as error:
+    with monkeypatch.context() as patch, pytest.raises(commands.WaitInterrupted) as error:
+        patch.setattr(Task, "wait", interrupted)
         shell.run_cell_magic("tpi", "name=inter --wait -o h", "sleep 30")
     task = shell.user_ns["h"]
     assert error.value._render_traceback_() == [
         f"interrupted: task inter ({task.id}) is still running; "
         "stop it with %tpi stop inter, or remove it with %tpi destroy inter"
     ]
-    monkeypatch.undo()
     assert wait_for(lambda: task.status == "running", timeout=30)
     task.destroy()
 
