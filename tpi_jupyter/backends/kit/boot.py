@@ -66,6 +66,7 @@ class BootPlan:
     deadline: float  # epoch seconds
     wheel_key: str  # relative to the remote
     failed_boot_limit: int  # failed boots of the task after which machines stop respawning
+    lock_key: str = ""  # relative to the remote: exact versions of the agent's dependencies
     agent_options: Sequence[str] = field(default_factory=tuple)  # more agent arguments
 
 
@@ -138,8 +139,14 @@ def script(plan: BootPlan, cloud: CloudBoot) -> str:
     if not cloud.bootstrap:
         raise ValueError(f"boot script: the {cloud.name} helper needs at least one pip requirement")
     pip_args = " ".join(shlex.quote(_safe(item)) for item in cloud.bootstrap)
+    lock_fetch, constraint = "", ""
+    if plan.lock_key:
+        lock_fetch = f'tpi_retry 30 10 tpi_helper get {shlex.quote(_safe(plan.lock_key))} "$TPI_ROOT/lock.txt"'
+        constraint = '-c "$TPI_ROOT/lock.txt" '
     return (
         BOOT_TEMPLATE.replace("@TASK@", _safe(plan.task_id))
+        .replace("@LOCK_FETCH@", lock_fetch)
+        .replace("@CONSTRAINT@", constraint)
         .replace("@EXPORTS@", _exports(cloud))
         .replace("@DEADLINE@", str(int(plan.deadline)))
         .replace("@GRACE@", str(GRACE))
@@ -298,7 +305,8 @@ TPI_HELPER_END
   echo "$TPI_MACHINE_ID" >"$TPI_ROOT/machine-id"
   tpi_say "machine $TPI_MACHINE_ID"
   tpi_retry 30 10 tpi_helper get @WHEEL_KEY@ "$TPI_ROOT/@WHEEL_NAME@"
-  tpi_retry 5 10 "$TPI_ROOT/venv/bin/pip" install -q --disable-pip-version-check "$TPI_ROOT/@WHEEL_NAME@[@EXTRA@]"
+  @LOCK_FETCH@
+  tpi_retry 5 10 "$TPI_ROOT/venv/bin/pip" install -q --disable-pip-version-check @CONSTRAINT@"$TPI_ROOT/@WHEEL_NAME@[@EXTRA@]"
   install -m 0700 "$0" "$TPI_ROOT/boot.sh"
   local left=$((@DEADLINE@ + @GRACE@ - $(date +%s)))
   if [ "$left" -lt @MIN_RUNTIME@ ]; then left=@MIN_RUNTIME@; fi
