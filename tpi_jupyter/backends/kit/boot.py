@@ -141,7 +141,9 @@ def script(plan: BootPlan, cloud: CloudBoot) -> str:
     pip_args = " ".join(shlex.quote(_safe(item)) for item in cloud.bootstrap)
     lock_fetch, constraint = "", ""
     if plan.lock_key:
-        lock_fetch = f'tpi_retry 30 10 tpi_helper get {shlex.quote(_safe(plan.lock_key))} "$TPI_ROOT/lock.txt"'
+        lock_fetch = (
+            f'tpi_retry 30 10 tpi_helper get {shlex.quote(_safe(plan.lock_key))} "$TPI_ROOT/lock.txt"'
+        )
         constraint = '-c "$TPI_ROOT/lock.txt" '
     return (
         BOOT_TEMPLATE.replace("@TASK@", _safe(plan.task_id))

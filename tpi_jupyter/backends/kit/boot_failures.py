@@ -59,7 +59,9 @@ def failed_boots(fs: Any, root: str) -> list[FailedBoot]:
 
 def boot_log_tail(fs: Any, root: str, machine_id: str) -> str:
     try:
-        text = bytes(fs.cat_file(layout.join(root, MACHINES, machine_id, "boot-log"))).decode("utf-8", "replace")
+        text = bytes(fs.cat_file(layout.join(root, MACHINES, machine_id, "boot-log"))).decode(
+            "utf-8", "replace"
+        )
     except FileNotFoundError:
         return "(no boot log reached the remote)"
     return "\n".join(text.rstrip("\n").splitlines()[-LOG_LINES:])
