@@ -52,15 +52,16 @@ class Remote:
         else:
             self.fs.pipe_file(self.key(key), data)  # one put: atomic on object stores
 
-    def append(self, key: str, data: bytes, whole: bytes) -> None:
-        """Local files grow by appending; object stores get the whole log in one put."""
+    def append(self, key: str, data: bytes, number: int) -> None:
+        """Local files grow by appending; object stores get chunk `number` as a new object
+        (`log.000017`), so the bytes uploaded grow with the log, not with its square."""
         if is_local(self.fs):
             path = self.key(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "ab") as handle:
                 handle.write(data)
         else:
-            self.fs.pipe_file(self.key(key), whole)
+            self.fs.pipe_file(self.key(layout.log_chunk(key, number)), data)
 
 
 class LogStream:
@@ -77,6 +78,7 @@ class LogStream:
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
         self.secrets = sorted(set(secrets), key=len, reverse=True)
         self._pending: list[bytes] = []
+        self._chunks = 0  # chunks flushed so far: the next chunk's number
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tpi-log", daemon=True)
@@ -100,8 +102,8 @@ class LogStream:
                 return
             with open(self.local_copy, "ab") as handle:
                 handle.write(chunk)
-            whole = b"" if is_local(self.remote.fs) else self.local_copy.read_bytes()
-            self.remote.append(self.key, chunk, whole)
+            self.remote.append(self.key, chunk, self._chunks)
+            self._chunks += 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -297,17 +299,18 @@ class Agent:
 
 # ---------------------------------------------------------------- scaling-group machines
 # `--rank auto` and `--release CLOUD`: machines of a cloud scaling group do not know their rank
-# and release themselves. Hooks per cloud, "module" with identity() and release(machine_id),
-# imported only on machines that ask for them.
-MACHINE_HOOKS = {"aws": "tpi_jupyter.backends.aws_machine"}
+# and release themselves. Hooks per cloud (a module with identity() and release(machine_id)) are
+# found by entry point (`tpi_jupyter.machines`), loaded only on machines that ask for them.
 
 
 def _hooks(cloud: str) -> Any:
-    import importlib
+    from .backends.base import machine_hooks
+    from .spec import SpecError
 
-    if cloud not in MACHINE_HOOKS:
-        raise SystemExit(f"tpi-agent: --release {cloud!r}: accepted: {', '.join(sorted(MACHINE_HOOKS))}")
-    return importlib.import_module(MACHINE_HOOKS[cloud])
+    try:
+        return machine_hooks(cloud)
+    except SpecError as error:
+        raise SystemExit(f"tpi-agent: {error}") from None
 
 
 def machine_id(cloud: str) -> str:

@@ -14,7 +14,7 @@ from .textview import text_report, widgets_enabled
 
 HELP = """%%tpi key=value ... [--wait] [-o NAME] [--dry-run]   (cell body: the script)
 %tpi list | panel | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
-     | destroy NAME | attach NAME | preempt NAME [--rank N] | sweep CLOUD [--yes]"""
+     | destroy NAME | attach NAME | preempt NAME [--rank N] | sweep CLOUD [--yes] [--all] [--region R]"""
 
 
 @magics_class

@@ -10,23 +10,19 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import layout, state
-from .backends.base import Backend, GroupState, get_backend
+from .backends.base import Backend, GroupState, Sweepable, get_backend, pricing_text
+from .backends.kit import sweep as kit_sweep
+from .backends.kit.steps import Steps
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
-
-# How often machines report, per backend: the local backend is fast, clouds pay per request.
-TIMING = {
-    "local": {"log_interval": 0.25, "heartbeat_interval": 2, "sync_interval": 2},
-    "default": {"log_interval": 2, "heartbeat_interval": 10, "sync_interval": 30},
-}
 
 
 class TaskError(Exception):
@@ -48,7 +44,23 @@ class Snapshot:
     status: str
     ranks: list[RankState] = field(default_factory=list)
     group: GroupState | None = None
-    log_sizes: dict[str, int] = field(default_factory=dict)  # log key -> bytes
+    log_sizes: dict[str, int] = field(default_factory=dict)  # log key -> bytes (all its chunks)
+    log_parts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # log key -> (path, size)
+
+
+@dataclass
+class Listed:
+    """A task in a listing, read or not: one unreadable task must not hide the others."""
+
+    task: Task
+    snapshot: Snapshot | None
+    error: Exception | None = None
+
+    @property
+    def status(self) -> str:
+        if self.snapshot is not None:
+            return self.snapshot.status
+        return f"unknown ({self.error.__class__.__name__})"
 
 
 @dataclass
@@ -76,33 +88,44 @@ def human_bytes(count: int) -> str:
 class LogTail:
     """Reads only the new bytes of every rank's logs since the last call.
 
-    Offsets move past complete lines only, so they alone are the cursor (the REST API hands
-    them to the browser and back).
+    A (rank, boot) log is the concatenation of its chunks (object stores) or one appended file
+    (local directories); its offset counts bytes of that whole. Offsets move past complete
+    lines only, so they alone are the cursor (the REST API hands them to the browser and back).
     """
 
     def __init__(self, task: Task, offsets: Mapping[str, int] | None = None):
         self.task = task
         self.offsets: dict[str, int] = dict(offsets or {})
 
+    def _read(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a log, across its chunks as last listed."""
+        fs, _ = self.task.remote
+        parts, data, base = self.task.log_parts.get(key, []), [], 0
+        for path, size in parts:
+            if base + size > start and base < end:
+                data.append(fs.cat_file(path, start=max(0, start - base), end=min(size, end - base)))
+            base += size
+        return b"".join(data)
+
     def poll(self, sizes: Mapping[str, int] | None = None) -> list[tuple[int, str, str]]:
         """New (rank, timestamp, text) lines, merged across ranks in time order."""
         if sizes is None:
-            sizes = self.task.read().log_sizes
-        fs, root = self.task.remote
+            sizes = self.task.read(fresh=True).log_sizes
         lines: list[tuple[int, str, str]] = []
         for key, size in sorted(sizes.items()):
             offset = self.offsets.get(key, 0)
-            if size <= offset:
+            parsed = layout.parse_report(key)
+            if size <= offset or parsed is None:
                 continue
             try:
-                chunk = fs.cat_file(layout.join(root, key), start=offset, end=size)
+                chunk = self._read(key, offset, size)
             except FileNotFoundError:
                 continue
             complete = chunk[: chunk.rfind(b"\n") + 1]
             if not complete:
                 continue  # a line still being written: read it whole next time
             self.offsets[key] = offset + len(complete)
-            rank = int(key.split("/")[1])
+            rank = parsed.rank
             for raw in complete[:-1].split(b"\n"):
                 stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
                 lines.append((rank, stamp, text))
@@ -113,11 +136,15 @@ class LogTail:
 class Task:
     """One task, found in the registry; every method works after a kernel restart."""
 
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: dict[str, Any], backend: Backend[Any] | None = None):
         self.record = record
         self.destroyed = False
-        self._backend: Backend | None = None
+        self._backend = backend
+        self._state: Any = None
         self._remote: tuple[Any, str] | None = None
+        self._snapshot: Snapshot | None = None  # the last read, reused for poll_interval seconds
+        self._read_at = 0.0
+        self.log_parts: dict[str, list[tuple[str, int]]] = {}
 
     # -- lookup
 
@@ -132,6 +159,17 @@ class Task:
     @classmethod
     def all(cls) -> list[Task]:
         return [cls(record) for record in state.records()]
+
+    @classmethod
+    def all_safe(cls) -> list[Listed]:
+        """Every task with its snapshot, or the error that kept it from being read."""
+        listed = []
+        for task in cls.all():
+            try:
+                listed.append(Listed(task, task.read()))
+            except Exception as error:  # one unreadable task must not hide the others
+                listed.append(Listed(task, None, error))
+        return listed
 
     # -- properties
 
@@ -148,10 +186,34 @@ class Task:
         return dict(self.record["spec"])
 
     @property
-    def backend(self) -> Backend:
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec.from_public(self.record["spec"])
+
+    @property
+    def backend(self) -> Backend[Any]:
         if self._backend is None:
             self._backend = get_backend(self.record["cloud"])
         return self._backend
+
+    @property
+    def backend_state(self) -> Any:
+        """The backend's typed state, rebuilt once from the record (older records: record[cloud])."""
+        if self._state is None:
+            stored = self.record.get("backend", self.record.get(self.record["cloud"], {}))
+            self._state = self.backend.state_type(**stored)
+        return self._state
+
+    @property
+    def poll_interval(self) -> float:
+        """The least seconds between two reads of this task's cloud (the backend declares it)."""
+        return float(self.backend.capabilities.poll_interval)
+
+    def _save_state(self) -> None:
+        """Persist the backend's state (it changed); a deleted task stays deleted."""
+        backend = asdict(self.backend_state)
+        self.record["backend"] = backend
+        with contextlib.suppress(OSError):
+            state.update(self.id, lambda record: record.update(backend=backend))
 
     @property
     def remote(self) -> tuple[Any, str]:
@@ -161,10 +223,29 @@ class Task:
 
     # -- reading
 
-    def read(self) -> Snapshot:
+    def read(self, fresh: bool = False) -> Snapshot:
+        """The task now; within the backend's poll interval the last read answers (unless fresh)."""
         if self.destroyed:
             return Snapshot("destroyed")
-        group = self.backend.read(self.record)
+        if not fresh and self._snapshot and time.monotonic() - self._read_at < self.poll_interval:
+            return self._snapshot
+        group = self.backend.read(self.task_spec, self.backend_state)
+        statuses, boots, parts = self._read_reports()
+        self.log_parts = parts
+        log_sizes = {key: sum(size for _, size in chunks) for key, chunks in parts.items()}
+        ranks = self._ranks(group, statuses, boots)
+        snapshot = Snapshot(self._collapse(ranks, group), ranks, group, log_sizes, parts)
+        self._snapshot, self._read_at = snapshot, time.monotonic()
+        if snapshot.status != self.record.get("status"):
+            self.record["status"] = snapshot.status
+            with contextlib.suppress(OSError):
+                state.update(self.id, lambda record: record.update(status=snapshot.status))
+        return snapshot
+
+    def _read_reports(
+        self,
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, set[int]], dict[str, list[tuple[str, int]]]]:
+        """Statuses, boots per rank and every log's parts (chunks in order), from one listing."""
         fs, root = self.remote
         reports = layout.join(root, layout.REPORTS)
         try:
@@ -173,20 +254,24 @@ class Task:
             listing = {}
         statuses: dict[int, dict[str, Any]] = {}
         boots: dict[int, set[int]] = {}
-        log_sizes: dict[str, int] = {}
-        for path, info in listing.items():
-            key = path[len(root) :].lstrip("/") if path.startswith(root) else path
-            parts = key.split("/")  # reports/<rank>/<boot>/log | reports/<rank>/status.json
-            if len(parts) < 3 or not parts[1].isdigit():
-                continue
-            rank = int(parts[1])
-            if parts[2] == "status.json":
+        chunks: dict[str, list[tuple[int, str, int]]] = {}
+        for key, path in layout.parse_reports(root, listing):
+            if key.boot is None and key.name == layout.STATUS:
                 with contextlib.suppress(FileNotFoundError, ValueError):
-                    statuses[rank] = json.loads(fs.cat_file(path))
-            elif parts[2].isdigit():
-                boots.setdefault(rank, set()).add(int(parts[2]))
-                if len(parts) == 4 and parts[3] == "log":
-                    log_sizes[key] = int(info.get("size") or 0)
+                    statuses[key.rank] = json.loads(fs.cat_file(path))
+            elif key.boot is not None:
+                boots.setdefault(key.rank, set()).add(key.boot)
+                if key.is_log:
+                    number = -1 if key.chunk is None else key.chunk
+                    chunks.setdefault(key.log_key, []).append(
+                        (number, path, int(listing[path].get("size") or 0))
+                    )
+        parts = {log: [(path, size) for _, path, size in sorted(found)] for log, found in chunks.items()}
+        return statuses, boots, parts
+
+    def _ranks(
+        self, group: GroupState, statuses: dict[int, dict[str, Any]], boots: dict[int, set[int]]
+    ) -> list[RankState]:
         alive = {machine.rank for machine in group.machines if machine.alive}
         ranks = []
         for rank in range(int(self.spec["parallelism"])):
@@ -204,12 +289,7 @@ class Task:
                 ranks.append(RankState(rank, "preempted" if count else "queued", count))
             else:
                 ranks.append(RankState(rank, "lost" if self.record.get("started") else "queued", count))
-        snapshot = Snapshot(self._collapse(ranks, group), ranks, group, log_sizes)
-        if snapshot.status != self.record.get("status"):
-            self.record["status"] = snapshot.status
-            with contextlib.suppress(OSError):
-                state.update(self.id, lambda record: record.update(status=snapshot.status))
-        return snapshot
+        return ranks
 
     def _collapse(self, ranks: list[RankState], group: GroupState) -> str:
         states = [rank.state for rank in ranks]
@@ -235,10 +315,8 @@ class Task:
 
     def events(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
         """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
-        if snapshot is not None:
-            group = snapshot.group.events if snapshot.group else []
-        else:
-            group = [] if self.destroyed else self.backend.read(self.record).events
+        snapshot = snapshot or self.read()
+        group = snapshot.group.events if snapshot.group else []
         return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
 
     def logs(self) -> list[str]:
@@ -289,7 +367,9 @@ class Task:
     def stop(self) -> None:
         if self.destroyed:
             return
-        self.backend.stop(self.record)
+        self.backend.stop(self.task_spec, self.backend_state)
+        self._save_state()
+        self._snapshot = None  # the next read sees the stop
         self._event("stopped")
 
     def preempt(self, rank: int = 0) -> None:
@@ -301,9 +381,10 @@ class Task:
         if not 0 <= rank < int(self.spec["parallelism"]):
             raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
         try:
-            self.backend.preempt(self.record, rank)
+            self.backend.preempt(self.task_spec, self.backend_state, rank)
         except RuntimeError as error:
             raise TaskError(f"task {self.name}: {error}") from None
+        self._snapshot = None
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -326,9 +407,11 @@ class Task:
         """
         if self.destroyed:
             return []
-        self.backend.stop(self.record)
+        spec, backend_state = self.task_spec, self.backend_state
+        self.backend.stop(spec, backend_state)
+        self._save_state()
         fetched = self.pull(progress) if self.record.get("remote") else []
-        self.backend.delete(self.record)
+        self.backend.delete(spec, backend_state)
         state.delete(self.id)
         self.destroyed = True
         self.record["status"] = "destroyed"
@@ -344,6 +427,10 @@ class Task:
         finished = [rank.finished for rank in snapshot.ranks if rank.finished]
         end = max(finished) if snapshot.status in FINAL and finished else time.time()
         return max(0.0, end - float(self.record["created"]))
+
+    def cost_text(self, snapshot: Snapshot) -> str:
+        """Cost so far, from the backend ("n/a" where no price lookup exists)."""
+        return self.backend.cost(self.task_spec, self.backend_state, self.elapsed(snapshot))
 
     def summary(self) -> str:
         spec = self.spec
@@ -363,10 +450,6 @@ class Task:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
-
-
-def pricing_text(spot: float) -> str:
-    return "on-demand" if spot < 0 else ("spot" if spot == 0 else f"spot <= ${spot}/h")
 
 
 def format_line(rank: int, text: str, world_size: int) -> str:
@@ -390,7 +473,9 @@ def launch(
     if not spec.name:
         spec = spec.with_name(random_name())
     try:
-        backend: Backend | None = get_backend(spec.cloud)  # a missing backend fails before anything exists
+        backend: Backend[Any] | None = get_backend(
+            spec.cloud
+        )  # a missing backend fails before anything exists
     except SpecError:
         if not dry_run:
             raise
@@ -407,32 +492,46 @@ def launch(
         "id": spec.id, "name": spec.name, "cloud": spec.cloud, "spec": spec.public_dict(),
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
-        "timing": TIMING.get(spec.cloud, TIMING["default"]),
         # imported from the local environment (likely credentials): masked in logs by the agent
         "masked": sorted(name for name in values if not spec.environment.get(name)),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
+    if backend is None:
+        return _plan(spec, None, None)
+    backend_state = backend.new_state(spec, record["deadline"])
+    record["timing"] = asdict(backend.capabilities.timing)
+    record["backend"] = asdict(backend_state)
     if dry_run:
-        return _plan(spec, record, backend)
-    assert backend is not None
+        return _plan(spec, backend, backend_state)
+    return _create(spec, backend, backend_state, record, script, values, progress)
+
+
+def _create(
+    spec: TaskSpec, backend: Backend[Any], backend_state: Any, record: dict[str, Any], script: str,
+    values: dict[str, str], progress: ProgressCallback | None,
+) -> Task:  # fmt: skip
+    def checkpoint() -> None:  # what exists is in the registry before the next step can fail
+        record["backend"] = asdict(backend_state)
+        state.save(record)
+
     state.save(record)
     try:
-        backend.create(record)
-        record["remote"] = backend.remote_url(record)
-        state.save(record)
+        backend.create(spec, backend_state, Steps(spec.cloud, checkpoint))
+        record["remote"] = backend.remote_url(spec, backend_state)
+        checkpoint()
         _write_remote(record, script, values, progress)
-        backend.start(record)
+        backend.start(spec, backend_state)
         record["started"] = time.time()
         record["events"].append({"time": record["started"], "kind": "started", "rank": None, "detail": ""})
-        state.save(record)
+        checkpoint()
     except BaseException as error:
-        _rollback(backend, record)
-        if isinstance(error, (SpecError, TaskError)):
+        cleaned = _rollback(backend, spec, backend_state, record)
+        if isinstance(error, SpecError):
             raise
         if isinstance(error, Exception):
-            raise TaskError(f"launch of {spec.name} failed and was rolled back: {error}") from error
+            raise TaskError(f"launch of {spec.name} failed: {error}; {cleaned}") from error
         raise
-    return Task(record)
+    return Task(record, backend)
 
 
 def _write_remote(
@@ -459,10 +558,17 @@ def _write_remote(
         fs.makedirs(layout.join(root, layout.DATA), exist_ok=True)
 
 
-def _rollback(backend: Backend, record: dict[str, Any]) -> None:
-    with contextlib.suppress(Exception):
-        backend.delete(record)
+def _rollback(backend: Backend[Any], spec: TaskSpec, backend_state: Any, record: dict[str, Any]) -> str:
+    """Delete what was made; the registry entry goes only when nothing is left behind."""
+    try:
+        backend.delete(spec, backend_state)
+    except Exception as error:
+        record["backend"] = asdict(backend_state)
+        with contextlib.suppress(OSError):
+            state.save(record)
+        return f"rollback incomplete ({error}); the task stays listed: destroy it to retry"
     state.delete(record["id"])
+    return "everything created so far was removed"
 
 
 def _generic_plan(spec: TaskSpec) -> list[str]:
@@ -474,18 +580,37 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
     ]
 
 
-def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Plan:
+def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> Plan:
     files = size = 0
     warnings: list[str] = []
     if spec.workdir:
         found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
         files, size = len(found), sum(item.size for item in found.values())
+    resources = backend.plan(spec, backend_state) if backend else _generic_plan(spec)
     lines = [
         f"dry run: nothing was created. Task {spec.name} ({spec.id}) would create:",
-        *(f"  - {line}" for line in (backend.plan(record) if backend else _generic_plan(spec))),
+        *(f"  - {line}" for line in resources),
         f"  - upload: {files} files, {human_bytes(size)} from {spec.workdir}" if spec.workdir
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
     ]  # fmt: skip
     return Plan(spec.id, lines, files, size)
+
+
+# ---------------------------------------------------------------- sweeping
+
+
+def sweep(cloud: str, *, delete: bool, region: str | None = None, everyone: bool = False) -> list[str]:
+    """What tasks gone from the registry left in `cloud` (the caller's unless `everyone`)."""
+    backend = get_backend(cloud)
+    if not backend.capabilities.sweep:
+        raise TaskError(
+            f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
+        )
+    sweeper: Sweepable = backend  # type: ignore[assignment]
+    live = {record["id"] for record in state.records()}
+    try:
+        return kit_sweep.sweep(sweeper, live, region=region, everyone=everyone, delete=delete)
+    except RuntimeError as error:
+        raise TaskError(str(error)) from None

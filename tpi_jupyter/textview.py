@@ -6,7 +6,8 @@ import os
 import time
 from typing import Any
 
-from .task import Snapshot, Task, pricing_text
+from .backends.base import pricing_text
+from .task import Snapshot, Task
 
 
 def widgets_enabled() -> bool:
@@ -24,9 +25,12 @@ def elapsed_text(task: Task, snapshot: Snapshot) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def cost_text(task: Task) -> str:
-    # Only the local backend has a known price yet (nothing); clouds get theirs with a catalogue.
-    return "$0.00 (local)" if task.record.get("cloud") == "local" else "n/a"
+def cost_text(task: Task, snapshot: Snapshot) -> str:
+    """Cost so far, as the task's backend prices it."""
+    try:
+        return task.cost_text(snapshot)
+    except Exception:  # a backend missing here (uninstalled extra) must not break the report
+        return "n/a"
 
 
 def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
@@ -35,7 +39,7 @@ def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
     lines = [
         f"{task.name}  {task.id}  [{snapshot.status}]",
         f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing_text(float(spec['spot']))}"
-        f" · elapsed {elapsed_text(task, snapshot)} · cost {cost_text(task)}",
+        f" · elapsed {elapsed_text(task, snapshot)} · cost {cost_text(task, snapshot)}",
     ]
     for rank in snapshot.ranks:
         code = "-" if rank.code is None else str(rank.code)

@@ -16,8 +16,9 @@ from typing import Any
 
 import ipywidgets as w
 
+from .backends.base import pricing_text
 from .sync import Progress
-from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes, pricing_text
+from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes
 from .textview import clock, cost_text, elapsed_text, event_text, text_report
 
 BADGE_COLOURS = {
@@ -53,9 +54,10 @@ class Poller:
         self._wake.set()
 
     def _loop(self) -> None:
-        interval = MIN_INTERVAL
         last: tuple[Any, ...] = ()
         final_since = 0.0
+        fastest = max(MIN_INTERVAL, self.task.poll_interval)  # no faster than the backend allows
+        interval = fastest
         while not self._stop.is_set():
             try:
                 snapshot = self.task.read()
@@ -72,13 +74,13 @@ class Poller:
                     final_since = final_since or time.time()
                     if group_gone or time.time() - final_since > FINAL_GRACE:
                         return
-                interval = MIN_INTERVAL if changed else min(interval * 1.5, MAX_INTERVAL)
+                interval = fastest if changed else min(interval * 1.5, max(MAX_INTERVAL, fastest))
             except Exception as error:  # shown in the widget; keep polling, slower
                 self.on_error(error)
                 interval = MAX_INTERVAL
             if self._wake.wait(interval):
                 self._wake.clear()
-                interval = MIN_INTERVAL
+                interval = fastest
 
 
 class TaskWidget(w.VBox):  # type: ignore[misc]
@@ -193,7 +195,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
             f"<b>{html.escape(self.task.name)}</b> <code>{self.task.id}</code> {badge}<br>"
             f"{spec['cloud']} · {html.escape(str(spec['machine']))} x {spec['parallelism']} · "
             f"{pricing_text(float(spec['spot']))} · elapsed {elapsed_text(self.task, snapshot)} · "
-            f"cost {cost_text(self.task)}"
+            f"cost {cost_text(self.task, snapshot)}"
         )
 
     @staticmethod
@@ -302,11 +304,8 @@ class TaskPanel(w.VBox):  # type: ignore[misc]
 
     def refresh(self) -> None:
         options = []
-        for task in Task.all():
-            try:
-                status = task.status
-            except Exception as error:
-                status = f"unreadable: {error.__class__.__name__}"
+        for item in Task.all_safe():
+            task, status = item.task, item.status
             label = f"{task.name} · {task.spec['cloud']} · {task.spec['machine']}x{task.spec['parallelism']} · {status}"
             options.append((label, task.id))
         if options != list(self.select.options):
