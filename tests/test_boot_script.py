@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tpi_jupyter.backends.aws_boot import cloud_boot
+from tpi_jupyter.backends.aws.boot import cloud_boot
 from tpi_jupyter.backends.kit import boot
 
 from .boot_machine import LOCK_KEY, REMOTE, TEST_HELPER, WHEEL_KEY, Machine

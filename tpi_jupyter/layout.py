@@ -63,6 +63,11 @@ def heartbeat(rank: int, boot: int) -> str:
     return f"{boot_dir(rank, boot)}/heartbeat"
 
 
+def boot_log(rank: int, boot: int) -> str:
+    """The boot script's log of the machine that took this boot (copied by its agent)."""
+    return f"{boot_dir(rank, boot)}/boot-log"
+
+
 def status(rank: int) -> str:
     return f"{rank_dir(rank)}/{STATUS}"
 

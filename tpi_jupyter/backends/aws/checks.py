@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from ..spec import SpecError
+from ...spec import SpecError
 
 # Images whose distribution ships no Python 3.10+ that the boot script can install
 # (Ubuntu 18.04/20.04, Debian 10/11, Amazon Linux 2 with yum only, CentOS 7).
@@ -109,13 +109,13 @@ def internet_subnets(ec2: Any, region: str, vpc: str, subnets: list[dict[str, An
     return found
 
 
-def _family(instance_type: str) -> str:
+def family(instance_type: str) -> str:
     return re.sub(r"\d.*$", "", instance_type.split(".", 1)[0].lower())
 
 
 def check_gpu_quota(quotas: Any, instance_type: str, vcpus: int, spot: bool, region: str) -> None:
     """An accelerated family whose vCPU quota cannot hold one machine is refused up front."""
-    known = GPU_QUOTAS.get(_family(instance_type))
+    known = GPU_QUOTAS.get(family(instance_type))
     if known is None:
         return
     label, on_demand, spot_code = known
