@@ -180,6 +180,8 @@ def agent_command(user_data: str, machine_dir: Path) -> list[str]:
     words = shlex.split(line)
     words[0] = sys.executable
     words[words.index("--machine-dir") + 1] = str(machine_dir)
+    if "--boot-log" in words:  # the machine's boot log, when the test wrote one
+        words[words.index("--boot-log") + 1] = str(machine_dir / "boot.log")
     return words
 
 

@@ -7,16 +7,35 @@ by botocore's Stubber with the documented response shapes, and each test says so
 
 from __future__ import annotations
 
+import base64
+import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from botocore.stub import Stubber
 
+from tpi_jupyter import layout
+from tpi_jupyter.agent_watch import STOP_KEY
 from tpi_jupyter.backends.aws import checks
+from tpi_jupyter.backends.kit import boot, boot_failures
+from tpi_jupyter.commands import build_spec, parse_words, run_verb
 from tpi_jupyter.spec import SpecError
+from tpi_jupyter.sync import filesystem
+from tpi_jupyter.task import Task, launch
 
-from .aws_moto import REGION, aws_env, client, moto_endpoint  # noqa: F401 - fixtures
+from .aws_moto import (  # noqa: F401 - fixtures
+    REGION,
+    PlayedMachine,
+    aws_env,
+    client,
+    group_instances,
+    instance_user_data,
+    moto_endpoint,
+)
+from .boot_machine import Machine
+from .conftest import wait_for
+from .imds import Imds, imds  # noqa: F401 - fixture
 
 
 @pytest.fixture
@@ -192,3 +211,180 @@ def test_partition_follows_the_task_region() -> None:
     assert checks.partition_of("us-west-1") == "aws"
     assert checks.partition_of("cn-north-1") == "aws-cn"
     assert checks.partition_of("us-gov-west-1") == "aws-us-gov"
+
+
+# ---------------------------------------------------------------- the group and its boot script
+
+
+def start(words: list[str], script: str) -> Task:
+    task = launch(build_spec(words, {"cloud": "aws"}), script)
+    assert isinstance(task, Task)
+    return task
+
+
+def describe_group(task: Task) -> dict[str, Any]:
+    name = task.record["backend"]["group"]
+    return dict(
+        client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[name])["AutoScalingGroups"][
+            0
+        ]
+    )
+
+
+def test_machines_terminate_on_shutdown_and_the_group_stops_itself_at_the_deadline(moto: str) -> None:
+    task = start(["name=aws-safe-group", "spot=0.00001", "timeout=600"], "#!/bin/bash\ntrue\n")
+    state = task.record["backend"]
+    template = client("ec2").describe_launch_template_versions(LaunchTemplateId=state["launch_template"])
+    data = template["LaunchTemplateVersions"][0]["LaunchTemplateData"]
+    assert data["InstanceInitiatedShutdownBehavior"] == "terminate"
+    script = base64.b64decode(data["UserData"]).decode()
+    assert "set -Eeuo pipefail" in script and f"systemctl start --no-block {boot.UNIT}" in script
+    assert "RuntimeMaxSec=$left" in script and "DPkg::Lock::Timeout" in script
+    group = describe_group(task)
+    assert group["CapacityRebalance"] is False
+    assert group["MixedInstancesPolicy"]["InstancesDistribution"]["SpotMaxPrice"] == "0.00001"  # not 1e-05
+    (action,) = client("autoscaling").describe_scheduled_actions(AutoScalingGroupName=state["group"])[
+        "ScheduledUpdateGroupActions"
+    ]
+    assert (action["MinSize"], action["MaxSize"], action["DesiredCapacity"]) == (0, 0, 0)
+    assert abs(action["StartTime"].timestamp() - (task.record["deadline"] + boot.GRACE)) < 2
+    task.destroy()
+
+
+def played_boot(instance_id: str, base: Path, metadata: Imds) -> Machine:
+    """Run the instance's real boot script (moto's user data) with stand-ins, against moto's S3."""
+    metadata.set_instance(instance_id)
+    machine = Machine(base / instance_id, metadata)
+    machine.give("systemctl", "sleep", "shutdown", python="good")
+    machine.extra_env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    machine.run(instance_user_data(instance_id), PIP_FAIL_WHEEL="1")  # the agent wheel does not install
+    return machine
+
+
+def test_failed_boots_end_the_task_with_the_boot_log_and_no_paid_loop(
+    moto: str,
+    tmp_path: Path,
+    imds: Imds,  # noqa: F811
+) -> None:
+    task = start(["name=aws-bad-boot", "timeout=600"], "#!/bin/bash\ntrue\n")
+    group_name = task.record["backend"]["group"]
+    played: list[str] = []
+    while len(played) < boot_failures.MAX_FAILED_BOOTS + 1:
+        fresh = [i for i in group_instances(group_name) if i not in played]
+        if not fresh:
+            wait_for(
+                lambda: (
+                    [i for i in group_instances(group_name) if i not in played]
+                    or describe_group(task)["DesiredCapacity"] == 0
+                ),
+                timeout=30,
+            )
+            fresh = [i for i in group_instances(group_name) if i not in played]
+            if not fresh:
+                break  # the last failed machine released itself: no respawn
+        instance = fresh[0]
+        played.append(instance)
+        machine = played_boot(instance, tmp_path, imds)
+        assert machine.calls("systemctl")[-1] == "poweroff --no-block"
+        # EC2 terminates an instance that powers off (InstanceInitiatedShutdownBehavior=terminate).
+        client("ec2").terminate_instances(InstanceIds=[instance])
+    assert len(played) == boot_failures.MAX_FAILED_BOOTS  # at most N machines, then no respawn
+    snapshot = task.read(fresh=True)
+    assert snapshot.status == "failed"
+    reason = snapshot.ranks[0].reason
+    assert reason.startswith(f"{boot_failures.MAX_FAILED_BOOTS} boots failed without starting the agent")
+    assert f"boot log of {played[-1]}" in reason and "gave up after 5 attempts" in reason
+    group = describe_group(task)
+    assert (group["DesiredCapacity"], group["MaxSize"]) == (0, 0)
+    launched = client("ec2").describe_instances(Filters=[{"Name": "tag:tpi-task", "Values": [task.id]}])
+    assert (
+        len([i for r in launched["Reservations"] for i in r["Instances"]]) == boot_failures.MAX_FAILED_BOOTS
+    )
+    out: list[str] = []  # the CLI shows the boot log too
+    run_verb(parse_words(["status", task.name]), out.append)
+    assert "gave up after 5 attempts" in "\n".join(out)
+    task.destroy()
+
+
+# ---------------------------------------------------------------- spot notices and user stops
+
+EPOCH_SCRIPT = """#!/bin/bash
+mkdir -p results
+if test -f results/epoch.txt; then EPOCH="$(cat results/epoch.txt)"; fi
+for epoch in $(seq ${EPOCH:-1} 12); do sleep 0.5; echo "$epoch" | tee results/epoch.txt; done
+"""
+
+
+def read_key(task: Task, key: str) -> bytes:
+    fs, root = filesystem(task.record["remote"])
+    fs.invalidate_cache()
+    return bytes(fs.cat_file(layout.join(root, key)))
+
+
+def exists(task: Task, key: str) -> bool:
+    fs, root = filesystem(task.record["remote"])
+    fs.invalidate_cache()
+    return bool(fs.exists(layout.join(root, key)))
+
+
+def synced_epoch(task: Task) -> int:
+    try:
+        return int(read_key(task, layout.data("results/epoch.txt")).decode().strip() or 0)
+    except (FileNotFoundError, ValueError):
+        return 0
+
+
+def test_spot_notice_syncs_back_without_a_status_and_the_rank_resumes(
+    moto: str,
+    workdir: Path,
+    tmp_path: Path,
+    imds: Imds,  # noqa: F811
+) -> None:
+    task = start(["workdir=.", "output=results", "spot=0", "name=aws-notice", "timeout=600"], EPOCH_SCRIPT)
+    group_name = task.record["backend"]["group"]
+    (first_id,) = group_instances(group_name)
+    first = PlayedMachine(first_id, tmp_path / "machines")  # TPI_IMDS_URL: the stand-in
+    wait_for(lambda: synced_epoch(task) >= 3, timeout=60)
+    imds.interrupt()  # EC2: this spot instance goes in two minutes
+    assert first.wait(timeout=60) == 0, first.output()
+    assert "interrupted (spot interruption notice" in first.output()
+    assert not exists(task, layout.status(0))  # not a result: the rank is to be respawned
+    assert describe_group(task)["DesiredCapacity"] == 1  # the machine did not release itself
+    assert imds.asked("/meta-data/spot/instance-action") >= 1
+    epoch_at_notice = synced_epoch(task)
+    assert epoch_at_notice >= 3  # pushed on the way out
+    # EC2 takes the instance; the group starts a replacement, which resumes rank 0.
+    imds.clear_notices()
+    client("ec2").terminate_instances(InstanceIds=[first_id])
+    second_id = wait_for(lambda: [i for i in group_instances(group_name) if i != first_id], timeout=30)[0]  # type: ignore[index]
+    second = PlayedMachine(second_id, tmp_path / "machines")
+    assert task.wait(timeout=90) == "succeeded", second.output()
+    assert second.wait(timeout=30) == 0
+    fs, _ = filesystem(task.record["remote"])
+    log = b"".join(
+        fs.cat_file(path) for path, _ in task.read(fresh=True).log_parts[layout.log(0, 1)]
+    ).decode()
+    epochs = [int(line.split(" ", 1)[1]) for line in log.splitlines() if line.split(" ", 1)[1].isdigit()]
+    assert epochs[0] >= epoch_at_notice and epochs[-1] == 12
+    task.destroy()
+
+
+def test_user_stop_reaches_machines_through_the_remote(
+    moto: str,
+    workdir: Path,
+    tmp_path: Path,
+    imds: Imds,  # noqa: F811 - the imported fixture
+) -> None:
+    task = start(["name=aws-user-stop", "timeout=600"], "#!/bin/bash\necho started\nsleep 120\n")
+    group_name = task.record["backend"]["group"]
+    (instance,) = group_instances(group_name)
+    machine = PlayedMachine(instance, tmp_path / "machines")
+    wait_for(lambda: exists(task, layout.heartbeat(0, 0)), timeout=60)
+    task.stop()
+    assert exists(task, STOP_KEY)
+    assert machine.wait(timeout=60) == 0, machine.output()
+    outcome = read_key(task, layout.status(0)).decode()
+    assert '"reason": "stopped"' in outcome
+    assert task.read(fresh=True).status == "failed"
+    assert group_instances(group_name, alive_only=False) == []  # the machine released itself
+    task.destroy()

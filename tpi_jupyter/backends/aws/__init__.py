@@ -123,7 +123,9 @@ class AwsBackend:
             "security group": lambda: network.create_security_group(self.clients, spec, state, labels),
             "IAM role and instance profile": lambda: identity.create_role(self.clients, spec, state, labels),
         })  # fmt: skip
-        boot_script = user_data(spec, self.remote_url(spec, state), state, _boto3_version())
+        boot_script = user_data(
+            spec.id, self.remote_url(spec, state), state, _boto3_version(), spec.parallelism
+        )
         steps.together({
             "agent wheel upload": lambda: wheel.ship(
                 lambda key, data: storage.put(self.clients, state, key, data), MACHINE_EXTRA),

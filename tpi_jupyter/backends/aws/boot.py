@@ -8,7 +8,6 @@ holds no secret: the machine reads the task (script, environment, data) from its
 
 from __future__ import annotations
 
-from ...spec import TaskSpec
 from ..kit import boot_failures
 from ..kit.boot import BootPlan, CloudBoot, script
 from .common import AwsState
@@ -77,9 +76,9 @@ def _relative(state: AwsState, key: str) -> str:
     return key[len(state.prefix) + 1 :] if key.startswith(f"{state.prefix}/") else key
 
 
-def user_data(spec: TaskSpec, remote: str, state: AwsState, boto3_version: str) -> str:
+def user_data(task_id: str, remote: str, state: AwsState, boto3_version: str, parallelism: int = 1) -> str:
     plan = BootPlan(
-        task_id=spec.id, remote=remote, deadline=state.deadline, wheel_key=_relative(state, state.wheel_key),
-        lock_key=_relative(state, state.lock_key), failed_boot_limit=boot_failures.limit(spec.parallelism),
+        task_id=task_id, remote=remote, deadline=state.deadline, wheel_key=_relative(state, state.wheel_key),
+        lock_key=_relative(state, state.lock_key), failed_boot_limit=boot_failures.limit(parallelism),
     )  # fmt: skip
     return script(plan, cloud_boot(state.region, state.bucket, state.prefix, boto3_version))
