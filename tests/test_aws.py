@@ -238,17 +238,21 @@ def test_full_lifecycle_boot_path_and_destroy(
 
 
 def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
-    """Run the user data's download line (boto3 with the machine's credentials) against moto."""
-    line = next(line for line in boot_script.splitlines() if "download_file" in line)
+    """Run the boot script's own helper (boto3 with the machine's credentials) against moto to
+    fetch the wheel, as the machine does."""
     import shlex
 
+    helper = boot_script.split("<<'TPI_HELPER_END'\n", 1)[1].split("\nTPI_HELPER_END\n", 1)[0]
+    (tmp_path / "boot_helper.py").write_text(helper)
+    line = next(line for line in boot_script.splitlines() if "tpi_helper get " in line and ".whl" in line)
     words = shlex.split(line)
-    words[0] = sys.executable
+    key = words[words.index("get") + 1]
     target = tmp_path / "opt-tpi"
     target.mkdir()
-    words[2] = words[2].replace("/opt/tpi/", f"{target}/")
-    subprocess.run(words, check=True, timeout=60)
-    (wheel,) = target.glob("tpi_jupyter-*.whl")
+    wheel = target / key.rsplit("/", 1)[-1]
+    subprocess.run(
+        [sys.executable, str(tmp_path / "boot_helper.py"), "get", key, str(wheel)], check=True, timeout=60
+    )
     return wheel
 
 

@@ -8,7 +8,12 @@ by botocore's Stubber with the documented response shapes, and each test says so
 from __future__ import annotations
 
 import base64
+import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -388,3 +393,92 @@ def test_user_stop_reaches_machines_through_the_remote(
     assert task.read(fresh=True).status == "failed"
     assert group_instances(group_name, alive_only=False) == []  # the machine released itself
     task.destroy()
+
+
+# ---------------------------------------------------------------- the agent on a machine
+
+
+def local_remote(tmp_path: Path, script: str) -> Path:
+    """A task's remote in a directory, as task.py writes it, for an agent run by hand."""
+    remote = tmp_path / "remote"
+    (remote / ".tpi").mkdir(parents=True)
+    (remote / "data").mkdir()
+    task = {"id": "tpi-agent-test", "spec": {"exclude": [], "region": "r", "machine": "m", "parallelism": 1},
+            "deadline": time.time() + 600, "masked": [],
+            "timing": {"log_interval": 0.1, "heartbeat_interval": 0.2, "sync_interval": 0.5}}  # fmt: skip
+    (remote / ".tpi" / "task.json").write_text(json.dumps(task))
+    (remote / ".tpi" / "script").write_text(script)
+    return remote
+
+
+def start_agent(tmp_path: Path, remote: Path, **env: str) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "tpi_jupyter.agent", "--remote", str(remote), "--rank", "0", "--boot", "0",
+               "--machine-dir", str(tmp_path / "machine")]  # fmt: skip
+    return subprocess.Popen(
+        command, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+
+
+def standin_systemctl(tmp_path: Path, answer: str) -> str:
+    """A PATH whose systemctl says the system is `answer` (running, stopping)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "systemctl").write_text(f'#!/bin/bash\n[ "$1" = is-system-running ] && echo {answer}\n')
+    (bin_dir / "systemctl").chmod(0o755)
+    return f"{bin_dir}:{os.environ['PATH']}"
+
+
+@pytest.mark.parametrize(("system", "status"), [("stopping", None), ("running", "stopped")])
+def test_sigterm_is_an_interruption_only_while_the_system_shuts_down(
+    tmp_path: Path, system: str, status: str | None
+) -> None:
+    remote = local_remote(tmp_path, "#!/bin/bash\necho 1 > progress.txt\necho started\nsleep 60\n")
+    agent = start_agent(tmp_path, remote, PATH=standin_systemctl(tmp_path, system))
+    wait_for(
+        lambda: (
+            (remote / "reports/0/0/log").exists() and b"started" in (remote / "reports/0/0/log").read_bytes()
+        )
+    )
+    agent.send_signal(signal.SIGTERM)
+    out = agent.communicate(timeout=60)[0].decode()
+    assert agent.returncode == 0, out
+    assert (remote / "data" / "progress.txt").read_text() == "1\n"  # pushed either way
+    if status is None:  # the cloud is taking the machine: no result, the group respawns the rank
+        assert not (remote / "reports/0/status.json").exists()
+        assert "interrupted (the machine is shutting down)" in out
+    else:
+        assert json.loads((remote / "reports/0/status.json").read_text())["reason"] == status
+
+
+@pytest.mark.parametrize("private", [True, False])
+def test_script_runs_in_a_login_shell_without_the_agent_venv(tmp_path: Path, private: bool) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bash_profile").write_text("export TPI_PROFILE_SEEN=yes\n")
+    script = '#!/bin/bash\necho "PATH=$PATH"\necho "HOME=$HOME"\necho "PROFILE=${TPI_PROFILE_SEEN:-no}"\n'
+    remote = local_remote(tmp_path, script)
+    agent_bin = os.path.dirname(sys.executable)
+    env = {"HOME": str(home), "PATH": f"{agent_bin}:/usr/bin:/bin"}
+    if private:
+        env["TPI_PRIVATE_AGENT"] = "1"
+    agent = start_agent(tmp_path, remote, **env)
+    assert agent.wait(timeout=60) == 0
+    lines = dict(
+        line.split(" ", 1)[1].split("=", 1) for line in (remote / "reports/0/0/log").read_text().splitlines()
+    )
+    assert lines["HOME"] == str(home)
+    if private:  # a cloud machine: pip in the script reaches the machine's Python, not the agent's
+        assert agent_bin not in lines["PATH"].split(":")
+        assert lines["PROFILE"] == "yes"
+    else:  # locally the notebook's Python comes first, as before
+        assert lines["PATH"].split(":")[0] == agent_bin and lines["PROFILE"] == "no"
+
+
+def test_a_stop_given_before_the_machine_started_counts(tmp_path: Path) -> None:
+    remote = local_remote(tmp_path, "#!/bin/bash\necho ran > ran.txt\n")
+    (remote / STOP_KEY).parent.mkdir(parents=True)
+    (remote / STOP_KEY).write_text("now")
+    agent = start_agent(tmp_path, remote)
+    assert agent.wait(timeout=60) == 0
+    assert json.loads((remote / "reports/0/status.json").read_text())["reason"] == "stopped"
+    assert not (remote / "data" / "ran.txt").exists()

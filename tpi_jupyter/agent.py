@@ -448,7 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     agent.report(outcome)
-    release(args.release, owner)  # only after the status is written; only this machine
+    try:
+        release(args.release, owner)  # only after the status is written; only this machine
+    except Exception as error:  # already leaving its group (a stop scaled it away): it powers off
+        print(f"tpi-agent: release failed: {error}", file=sys.stderr)
     return 0
 
 

@@ -178,13 +178,13 @@ class AwsBackend:
         group.stop(self.clients, state, self.STOP_WAIT, self.POLL)
 
     def _reporting(self, spec: TaskSpec, state: AwsState, fs: Any, root: str) -> bool:
-        """Whether a live machine holds a rank that has no status yet."""
+        """Whether a live machine holds a rank: it reports and releases itself (unclaimed ones are
+        scaled away)."""
         found = group.describe_group(self.clients, state) or {}
         live = {
             i["InstanceId"] for i in found.get("Instances", []) if i["LifecycleState"] in group.ALIVE_STATES
         }
-        held = {rank for instance, (rank, _) in self._owners(spec, state).items() if instance in live}
-        return any(not fs.exists(layout.join(root, layout.status(rank))) for rank in held)
+        return any(instance in live for instance in self._owners(spec, state))
 
     def preempt(self, spec: TaskSpec, state: AwsState, rank: int) -> None:
         group.preempt(self.clients, state, self._owners(spec, state), rank)
