@@ -482,3 +482,125 @@ def test_a_stop_given_before_the_machine_started_counts(tmp_path: Path) -> None:
     assert agent.wait(timeout=60) == 0
     assert json.loads((remote / "reports/0/status.json").read_text())["reason"] == "stopped"
     assert not (remote / "data" / "ran.txt").exists()
+
+
+# ---------------------------------------------------------------- pre-flight on launch, polling, hygiene
+
+
+def nothing_created(home: Path) -> bool:
+    return (
+        not list((home / "tasks").glob("*.json"))
+        and client("s3").list_buckets().get("Buckets", []) == []
+        and client("autoscaling").describe_auto_scaling_groups()["AutoScalingGroups"] == []
+        and client("iam").list_roles(PathPrefix="/tpi/")["Roles"] == []
+    )
+
+
+@pytest.mark.parametrize(
+    ("words", "start_of_message"),
+    [
+        (
+            ["image=ubuntu@*:x86_64:ubuntu/images/*"],
+            "image: 'ubuntu@*:x86_64:ubuntu/images/*' matches AMIs of any owner",
+        ),
+        (["disk_size=1"], "disk_size: 1 GB is smaller than the image's root snapshot"),
+    ],
+)
+def test_preflight_refusals_on_launch_create_nothing(
+    moto: str, tpi_home: Path, words: list[str], start_of_message: str
+) -> None:
+    with pytest.raises(SpecError) as refused:
+        start(["name=aws-refused", *words], "#!/bin/bash\ntrue\n")
+    assert str(refused.value).startswith(start_of_message) and "\n" not in str(refused.value)
+    assert nothing_created(tpi_home)
+
+
+def test_default_vpc_without_internet_refuses_the_launch(moto: str, tpi_home: Path) -> None:
+    vpc, _ = default_vpc()
+    client("ec2").delete_route(RouteTableId=main_table(vpc), DestinationCidrBlock="0.0.0.0/0")
+    with pytest.raises(SpecError, match=r"^region: the default VPC"):
+        start(["name=aws-no-internet"], "#!/bin/bash\ntrue\n")
+    assert nothing_created(tpi_home)
+
+
+def count_calls(service_client: Any, operation: str) -> list[str]:
+    calls: list[str] = []
+    service_client.meta.events.register(f"before-call.*.{operation}", lambda **_: calls.append(operation))
+    return calls
+
+
+def test_reads_cache_scaling_events_and_skip_describe_instances(moto: str) -> None:
+    task = start(["name=aws-polling", "timeout=600"], "#!/bin/bash\ntrue\n")
+    backend = task.backend
+    region = task.record["backend"]["region"]
+    activities = count_calls(backend.clients("autoscaling", region), "DescribeScalingActivities")  # type: ignore[attr-defined]
+    instances = count_calls(backend.clients("ec2", region), "DescribeInstances")  # type: ignore[attr-defined]
+    for _ in range(3):
+        task.read(fresh=True)
+    assert activities == ["DescribeScalingActivities"]  # the group did not change: the cached list serves
+    assert instances == []  # no face shows addresses
+    client("ec2").terminate_instances(InstanceIds=group_instances(task.record["backend"]["group"]))
+    wait_for(lambda: len(activities) == 2 or task.read(fresh=True) is None, timeout=30)
+    assert backend.addresses(task.task_spec, task.backend_state) is not None  # type: ignore[attr-defined]
+    assert instances == ["DescribeInstances"]  # only when asked for
+    task.destroy()
+
+
+def test_role_may_abort_its_multipart_uploads(moto: str) -> None:
+    task = start(["name=aws-role", "timeout=600"], "#!/bin/bash\ntrue\n")
+    role = task.record["backend"]["role"]
+    policy = client("iam").get_role_policy(RoleName=role, PolicyName="tpi-task")["PolicyDocument"]
+    policy = json.loads(policy) if isinstance(policy, str) else policy
+    objects = next(s for s in policy["Statement"] if s["Sid"] == "ReadWriteTaskPrefix")
+    assert "s3:AbortMultipartUpload" in objects["Action"]
+    task.destroy()
+
+
+def test_destroy_keeps_role_and_bucket_while_the_group_cannot_be_deleted(
+    moto: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from botocore.exceptions import ClientError
+
+    from tpi_jupyter.backends.aws import group
+
+    task = start(["name=aws-keep", "timeout=600"], "#!/bin/bash\ntrue\n")
+    state = task.record["backend"]
+
+    def refuse(*args: Any) -> None:
+        raise ClientError(
+            {"Error": {"Code": "ScalingActivityInProgress", "Message": "injected"}}, "DeleteAutoScalingGroup"
+        )
+
+    monkeypatch.setattr(group, "delete_group", refuse)
+    with pytest.raises(RuntimeError, match="auto scaling group: ScalingActivityInProgress"):
+        task.backend.delete(task.task_spec, task.backend_state)
+    assert client("iam").get_role(RoleName=state["role"])["Role"]["RoleName"] == state["role"]
+    client("s3").head_bucket(Bucket=state["bucket"])  # still there: machines may still write
+    monkeypatch.undo()
+    task.destroy()
+
+
+def test_group_that_already_exists_is_recorded_for_rollback(moto: str) -> None:
+    """A retried create whose first call had worked: AWS answers AlreadyExists. moto accepts the
+    duplicate name silently, so Stubber gives AWS's answer to that one call."""
+    from tpi_jupyter.backends.aws import AwsBackend, group
+    from tpi_jupyter.backends.aws.common import AwsState, Clients
+
+    task = start(["name=aws-exists", "timeout=600"], "#!/bin/bash\ntrue\n")
+    made = task.record["backend"]
+    copy = AwsState(deadline=made["deadline"], region=made["region"], name=made["name"], subnets=made["subnets"],
+                    launch_template=made["launch_template"], instance_type=made["instance_type"])  # fmt: skip
+    clients = Clients()
+    with Stubber(clients("autoscaling", copy.region)) as stub:
+        stub.add_client_error("create_auto_scaling_group", service_error_code="AlreadyExists")
+        with pytest.raises(Exception, match="AlreadyExists"):
+            group.create_group(clients, task.task_spec, copy, {}, 0.0, 0.0)
+    assert copy.group == made["group"]  # a rollback of this state deletes it
+    AwsBackend().delete(task.task_spec, copy)
+    assert (
+        client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[copy.group])[
+            "AutoScalingGroups"
+        ]
+        == []
+    )
+    task.destroy()

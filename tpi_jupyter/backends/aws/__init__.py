@@ -18,6 +18,7 @@ task; `AWS_ENDPOINT_URL` points every client at another endpoint (moto in the te
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import fields
@@ -171,7 +172,8 @@ class AwsBackend:
         if not state.group:
             return
         fs, root = filesystem(self.remote_url(spec, state))
-        fs.pipe_file(layout.join(root, STOP_KEY), layout.timestamp().encode())
+        with contextlib.suppress(OSError):  # the bucket is gone (half deleted): scaling to 0 still stops
+            fs.pipe_file(layout.join(root, STOP_KEY), layout.timestamp().encode())
         limit = time.monotonic() + self.STOP_WAIT
         while time.monotonic() < limit and self._reporting(spec, state, fs, root):
             time.sleep(self.POLL)
