@@ -305,9 +305,16 @@ def test_failed_boots_end_the_task_with_the_boot_log_and_no_paid_loop(
     assert (
         len([i for r in launched["Reservations"] for i in r["Instances"]]) == boot_failures.MAX_FAILED_BOOTS
     )
-    out: list[str] = []  # the CLI shows the boot log too
+    # The boot log in every face: CLI status, the widget's rank table, the REST detail (sidebar).
+    out: list[str] = []
     run_verb(parse_words(["status", task.name]), out.append)
     assert "gave up after 5 attempts" in "\n".join(out)
+    from tpi_jupyter.server.handlers import task_detail
+    from tpi_jupyter.widgets import TaskWidget
+
+    table = TaskWidget._ranks_html(snapshot)
+    assert "gave up after 5 attempts" in table and "<br>tpi-boot: FAILED" in table  # one log line a row
+    assert "gave up after 5 attempts" in task_detail(task)["ranks"][0]["reason"]
     task.destroy()
 
 
