@@ -29,7 +29,7 @@ def create_launch_template(
         "InstanceInitiatedShutdownBehavior": "terminate",  # a machine that powers off stops costing
         "UserData": base64.b64encode(boot_script.encode()).decode(),
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume")],
+        "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume", "network-interface")],
     }  # fmt: skip
     if spec.disk_size > 0:
         data["BlockDeviceMappings"] = [{"DeviceName": state.root_device, "Ebs": {
