@@ -253,6 +253,16 @@ def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
     subprocess.run(
         [sys.executable, str(tmp_path / "boot_helper.py"), "get", key, str(wheel)], check=True, timeout=60
     )
+    # The lock travels with the wheel and the boot script installs with it (pip -c).
+    line = next(line for line in boot_script.splitlines() if "tpi_helper get " in line and "lock.txt" in line)
+    lock_key = shlex.split(line)[shlex.split(line).index("get") + 1]
+    subprocess.run([sys.executable, str(tmp_path / "boot_helper.py"), "get", lock_key, str(target / "lock.txt")],
+                   check=True, timeout=60)  # fmt: skip
+    lock = dict(line.split("==") for line in (target / "lock.txt").read_text().splitlines())
+    import boto3
+
+    assert lock["boto3"] == boto3.__version__ and "botocore" in lock and "fsspec" in lock
+    assert f'-c "$TPI_ROOT/lock.txt" "$TPI_ROOT/{wheel.name}[aws]"' in boot_script
     return wheel
 
 
@@ -272,6 +282,8 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60)  # fmt: skip
     assert out.stdout.startswith(str(target))
+    (entry_points,) = target.glob("tpi_jupyter-*.dist-info/entry_points.txt")
+    assert "[tpi_jupyter.machines]" in entry_points.read_text()  # the agent finds its hooks this way
 
 
 # ---------------------------------------------------------------- ranks on identical machines
@@ -421,6 +433,60 @@ def test_sweep_finds_and_deletes_resources_of_gone_tasks(home: Path, workdir: Pa
     run_verb(parse_words(["sweep", "aws"]), out.append)
     assert out == ["sweep aws: no resources of gone tasks"]
     kept.destroy()
+
+
+def creator_tags(task: Task) -> set[str]:
+    """The tpi-creator value of every kind of resource the task made (instances aside)."""
+    aws, found = task.record["backend"], set()
+    ec2, tag = client("ec2"), [{"Name": "tag:tpi-task", "Values": [task.id]}]
+    kinds = [
+        client("s3").get_bucket_tagging(Bucket=aws["bucket"])["TagSet"],
+        client("iam").list_role_tags(RoleName=aws["role"])["Tags"],
+        client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
+            "AutoScalingGroups"][0]["Tags"],
+        ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"][0]["Tags"],
+        ec2.describe_security_groups(Filters=tag)["SecurityGroups"][0]["Tags"],
+        ec2.describe_key_pairs(Filters=tag)["KeyPairs"][0]["Tags"],
+    ]  # fmt: skip
+    for tags in kinds:
+        found |= {item["Value"] for item in tags if item["Key"] == "tpi-creator"} or {"(none)"}
+    return found
+
+
+def test_resources_name_their_creator_and_sweep_keeps_to_the_callers_own(
+    home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = client("iam")
+    alice = iam.create_user(UserName="alice")["User"]["Arn"]
+    key = iam.create_access_key(UserName="alice")["AccessKey"]
+    mine = start(["name=aws-mine"], "#!/bin/bash\ntrue\n")
+    me = client("sts").get_caller_identity()["Arn"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])  # moto knows alice by her key
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    theirs = start(["name=aws-alice"], "#!/bin/bash\ntrue\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert creator_tags(mine) == {me} and creator_tags(theirs) == {alice} and me != alice
+    state.delete(mine.id)
+    state.delete(theirs.id)  # both forgotten: orphans
+
+    out: list[str] = []
+    run_verb(parse_words(["sweep", "aws"]), out.append)
+    assert any(
+        line.startswith(f"orphan {mine.id} (") and line.endswith(f"created by {me}") for line in out
+    ), out
+    assert not any(theirs.id in line for line in out), out
+    assert f"left alone: what 1 gone task(s) of {alice} left; --all includes them" in out, out
+    out.clear()
+    run_verb(parse_words(["sweep", "aws", "--yes"]), out.append)
+    assert tagged(mine.id) == [] and tagged(theirs.id) != []
+    out.clear()
+    run_verb(parse_words(["sweep", "aws", "--all"]), out.append)
+    assert any(
+        line.startswith(f"orphan {theirs.id} (") and line.endswith(f"created by {alice}") for line in out
+    )
+    run_verb(parse_words(["sweep", "aws", "--all", "--yes"]), out.append)
+    assert tagged(theirs.id) == []
 
 
 def test_users_container_gets_only_the_task_prefix(home: Path, workdir: Path) -> None:

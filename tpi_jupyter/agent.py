@@ -27,6 +27,7 @@ from typing import Any
 
 from . import layout
 from .agent_watch import Check, Watch, shutting_down, stop_requested
+from .backends.base import Timing
 from .sync import atomic_write_bytes, download, filesystem, is_local, local_manifest, upload
 
 # Variables a machine's own environment contributes to the script; nothing else leaks in.
@@ -246,7 +247,7 @@ class Agent:
         )
 
     def run(self) -> dict[str, Any]:
-        timing = self.task.get("timing", {})
+        timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch
         deadline = float(self.task["deadline"])
         secrets = [
             self.values[name]
@@ -254,12 +255,12 @@ class Agent:
             if len(self.values.get(name, "")) >= MASK_MIN
         ]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             float(timing.get("log_interval", 0.5)), secrets)  # fmt: skip
+                             timing.log_interval, secrets)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
-                              float(timing.get("heartbeat_interval", 5)))  # fmt: skip
+                              timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
         self.log.start()
-        watch = self._watch(float(timing.get("heartbeat_interval", 5)))
+        watch = self._watch(timing.heartbeat_interval)
         try:
             if self.stopping.is_set():
                 self.log.line("[tpi] stop requested before the script started")
@@ -270,7 +271,7 @@ class Agent:
             self.pull()
             if self.boot > 0:
                 self.log.line(f"[tpi] machine respawned (boot {self.boot}): resuming from synced data")
-            return self._run_script(deadline, float(timing.get("sync_interval", 10)))
+            return self._run_script(deadline, timing.sync_interval)
         finally:
             watch.close()
             self.interruption = self.interruption or watch.reasons.get("notice", "")
@@ -385,7 +386,7 @@ def claim(remote_url: str, owner: str) -> tuple[int, int] | None:
 
     remote = Remote(remote_url)
     task = json.loads(remote.read_text(layout.TASK_JSON))
-    interval = float(task.get("timing", {}).get("heartbeat_interval", 5))
+    interval = Timing(**task.get("timing", {})).heartbeat_interval
     found = claim_rank(remote.fs, remote.root, int(task["spec"]["parallelism"]), owner,
                        STALE_HEARTBEATS * interval + 1, give_up_at=float(task["deadline"]) + 60)  # fmt: skip
     return None if found is None else (found.rank, found.boot)

@@ -63,7 +63,7 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
 from . import sync_meta
-from .sync_engines import WORKERS, Engine, Transfer, is_temp_name, select_engine
+from .sync_engines import WORKERS, Engine, Transfer, atomic_write_bytes, is_temp_name, select_engine
 
 log = logging.getLogger(__name__)
 
@@ -258,24 +258,6 @@ class Manifest:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
-    """Write a local file so that readers see the old or the new content, never a half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temp, mode)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
 
 
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -60,6 +60,24 @@ def temp_path(target: str) -> str:
     return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+    """Write a local file so that readers see the old or the new content, never a half."""
+    target = os.fspath(path)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    temp = temp_path(target)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
 def is_temp_name(name: str) -> bool:
     """A writer's file in flight (see `temp_path`): never synced, never reported."""
     return bool(TEMP_NAME.match(name))
@@ -240,14 +258,7 @@ class LocalEngine(Engine):
             return None
 
     def write(self, path: str, data: bytes) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = temp_path(path)
-        try:
-            Path(temp).write_bytes(data)
-            os.replace(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        atomic_write_bytes(path, data)
 
     def delete(self, paths: list[str]) -> None:
         for path in paths:

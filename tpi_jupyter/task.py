@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from . import layout, state
-from .backends.base import Backend, GroupState, Sweepable, get_backend, pricing_text
+from .backends.base import Backend, GroupState, Sweepable, get_backend
+from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
@@ -23,6 +24,11 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
+
+
+# The last read of each task in this process (monotonic time, snapshot): every Task object of a
+# task (kernel, widgets, REST handlers) shares it, so the cloud is read at most once per interval.
+_RECENT: dict[str, tuple[float, Snapshot]] = {}
 
 
 class TaskError(Exception):
@@ -142,8 +148,6 @@ class Task:
         self._backend = backend
         self._state: Any = None
         self._remote: tuple[Any, str] | None = None
-        self._snapshot: Snapshot | None = None  # the last read, reused for poll_interval seconds
-        self._read_at = 0.0
         self.log_parts: dict[str, list[tuple[str, int]]] = {}
 
     # -- lookup
@@ -227,15 +231,17 @@ class Task:
         """The task now; within the backend's poll interval the last read answers (unless fresh)."""
         if self.destroyed:
             return Snapshot("destroyed")
-        if not fresh and self._snapshot and time.monotonic() - self._read_at < self.poll_interval:
-            return self._snapshot
+        cached = _RECENT.get(self.id)
+        if not fresh and cached and time.monotonic() - cached[0] < self.poll_interval:
+            self.log_parts = cached[1].log_parts
+            return cached[1]
         group = self.backend.read(self.task_spec, self.backend_state)
         statuses, boots, parts = self._read_reports()
         self.log_parts = parts
         log_sizes = {key: sum(size for _, size in chunks) for key, chunks in parts.items()}
         ranks = self._ranks(group, statuses, boots)
         snapshot = Snapshot(self._collapse(ranks, group), ranks, group, log_sizes, parts)
-        self._snapshot, self._read_at = snapshot, time.monotonic()
+        _RECENT[self.id] = (time.monotonic(), snapshot)
         if snapshot.status != self.record.get("status"):
             self.record["status"] = snapshot.status
             with contextlib.suppress(OSError):
@@ -369,7 +375,7 @@ class Task:
             return
         self.backend.stop(self.task_spec, self.backend_state)
         self._save_state()
-        self._snapshot = None  # the next read sees the stop
+        _RECENT.pop(self.id, None)  # the next read sees the stop
         self._event("stopped")
 
     def preempt(self, rank: int = 0) -> None:
@@ -384,7 +390,7 @@ class Task:
             self.backend.preempt(self.task_spec, self.backend_state, rank)
         except RuntimeError as error:
             raise TaskError(f"task {self.name}: {error}") from None
-        self._snapshot = None
+        _RECENT.pop(self.id, None)
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -413,6 +419,7 @@ class Task:
         fetched = self.pull(progress) if self.record.get("remote") else []
         self.backend.delete(spec, backend_state)
         state.delete(self.id)
+        _RECENT.pop(self.id, None)
         self.destroyed = True
         self.record["status"] = "destroyed"
         self.record.setdefault("events", []).append(

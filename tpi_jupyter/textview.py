@@ -6,8 +6,7 @@ import os
 import time
 from typing import Any
 
-from .backends.base import pricing_text
-from .task import Snapshot, Task
+from .task import Snapshot, Task, pricing_text
 
 
 def widgets_enabled() -> bool:

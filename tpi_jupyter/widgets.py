@@ -16,9 +16,8 @@ from typing import Any
 
 import ipywidgets as w
 
-from .backends.base import pricing_text
 from .sync import Progress
-from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes
+from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes, pricing_text
 from .textview import clock, cost_text, elapsed_text, event_text, text_report
 
 BADGE_COLOURS = {

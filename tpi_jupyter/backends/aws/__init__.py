@@ -73,9 +73,7 @@ class AwsBackend:
 
     def plan(self, spec: TaskSpec, state: AwsState) -> list[str]:
         base, region, machine = state.name or base_name(spec.id), spec.native_region, spec.native_machine
-        tag_text = ", ".join(
-            f"{key}={value}" for key, value in tags(spec.id, spec.tags, "<your ARN>").items()
-        )
+        tag_text = ", ".join(f"{key}={value}" for key, value in tags(spec, "<your ARN>").items())
         storage_line = (
             f"storage: your bucket {self.remote_url(spec, state)} (objects under the task prefix only)"
             if spec.container
@@ -114,7 +112,7 @@ class AwsBackend:
             f"{state.prefix}/{shipped.wheel_key}",
             f"{state.prefix}/{shipped.lock_key}",
         )
-        labels = tags(spec.id, spec.tags, state.creator)
+        labels = tags(spec, state.creator)
         for service in ("s3", "ec2", "iam", "autoscaling"):
             self.clients(service, state.region)  # made before the threads share them
         steps.explain = describe

@@ -6,7 +6,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...spec import SpecError, short_id
+from ...spec import SpecError, TaskSpec, short_id
 from ..kit import tags as kit_tags
 from ..kit.steps import describe
 
@@ -62,9 +62,10 @@ def base_name(task_id: str) -> str:
     return f"tpi-{short_id(task_id)}"
 
 
-def tags(task_id: str, user_tags: dict[str, str], creator: str) -> dict[str, str]:
-    found = {**user_tags, kit_tags.TASK: task_id, kit_tags.CREATOR: creator}
-    found.setdefault("Name", base_name(task_id))
+def tags(spec: TaskSpec, creator: str) -> dict[str, str]:
+    """The kit's tags (task, creator, the user's), and a Name the console shows."""
+    found = kit_tags.task_tags(spec, creator)
+    found.setdefault("Name", base_name(spec.id))
     return found
 
 

@@ -39,8 +39,9 @@ def sweep(
         if delete:
             backend.delete_orphan(orphan)
         lines.append(orphan.text("deleted" if delete else "orphan"))
-    others = sorted({orphan.creator or "unknown" for orphan in found if orphan not in mine})
+    others = [orphan for orphan in found if orphan not in mine]
     if others:
-        count = len(found) - len(mine)
-        lines.append(f"left alone: {count} orphan(s) of {', '.join(others)}; --all includes them")
+        creators = ", ".join(sorted({orphan.creator or "unknown" for orphan in others}))
+        count = len({orphan.task_id for orphan in others})
+        lines.append(f"left alone: what {count} gone task(s) of {creators} left; --all includes them")
     return lines
