@@ -611,3 +611,38 @@ def test_group_that_already_exists_is_recorded_for_rollback(moto: str) -> None:
         == []
     )
     task.destroy()
+
+
+def test_obstore_signs_with_boto3s_own_credential_chain(moto: str) -> None:
+    import obstore
+
+    from tpi_jupyter.sync_engines import BOTO3_CREDENTIALS, obstore_config, select_engine
+
+    client("s3").create_bucket(
+        Bucket="tpi-obstore-creds", CreateBucketConfiguration={"LocationConstraint": REGION}
+    )
+    fs, _ = filesystem("s3://tpi-obstore-creds/task")
+    config = obstore_config(fs)
+    assert config is not None and config[BOTO3_CREDENTIALS] == "boto3"
+    assert "secret_access_key" not in config and "access_key_id" not in config  # no hand-copied chain
+    engine = select_engine(fs)
+    assert engine.name == "obstore"
+    store, key = engine._store("tpi-obstore-creds/task/probe")  # type: ignore[attr-defined]
+    obstore.put(store, key, b"signed by boto3's chain")
+    body = client("s3").get_object(Bucket="tpi-obstore-creds", Key="task/probe")["Body"].read()
+    assert body == b"signed by boto3's chain"
+
+
+def test_sts_and_region_lookups_use_the_task_region(moto: str) -> None:
+    from tpi_jupyter.backends.aws.common import AwsState, Clients
+    from tpi_jupyter.backends.aws.preflight import lookup_region, preflight
+
+    clients = Clients()
+    checked = AwsState()
+    preflight(clients, build_spec(["name=x", "region=us-west"], {"cloud": "aws"}), checked)
+    made = set(clients._clients)
+    assert ("sts", "us-west-1") in made and ("ec2", "us-west-1") in made
+    assert not [key for key in made if key[1] == "us-east-1"]  # nothing asked in another region
+    assert checked.partition == "aws"
+    assert lookup_region("cn-north-1") == "cn-north-1" and lookup_region("us-gov-west-1") == "us-gov-west-1"
+    assert lookup_region("xx-nowhere-9") == "us-east-1"  # unknown: asked in its partition's home
