@@ -646,3 +646,22 @@ def test_sts_and_region_lookups_use_the_task_region(moto: str) -> None:
     assert checked.partition == "aws"
     assert lookup_region("cn-north-1") == "cn-north-1" and lookup_region("us-gov-west-1") == "us-gov-west-1"
     assert lookup_region("xx-nowhere-9") == "us-east-1"  # unknown: asked in its partition's home
+
+
+def test_machine_hook_reads_both_notices_from_the_metadata_service(
+    imds: Imds,  # noqa: F811 - the imported fixture
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tpi_jupyter.backends.aws import machine
+
+    monkeypatch.delenv("TPI_INSTANCE_ID", raising=False)
+    assert machine.identity() == "i-0123456789abcdef0"
+    assert machine.notice() is None  # 404s: nothing yet
+    imds.recommend_rebalance()
+    assert (machine.notice() or "").startswith("rebalance recommendation: ")
+    imds.interrupt()
+    assert '"action": "terminate"' in (machine.notice() or "")
+    asked = len(imds.requests)
+    monkeypatch.delenv("TPI_IMDS_URL")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    assert machine.notice() is None and len(imds.requests) == asked  # no metadata request at all
