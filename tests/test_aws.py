@@ -291,13 +291,16 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
 
 PARALLEL_SCRIPT = """#!/bin/bash
 mkdir -p results
-if [ "$TPI_RANK" = 1 ]; then sleep 4; fi
+# rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
+if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
 echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
 """
 
 
 def test_parallelism_two_each_rank_releases_only_itself(home: Path, workdir: Path, tmp_path: Path) -> None:
-    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=aws-par"], PARALLEL_SCRIPT)
+    go = tmp_path / "go"
+    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=aws-par",
+                  f"environment=GO_FILE={go}"], PARALLEL_SCRIPT)  # fmt: skip
     aws = task.record["backend"]
     group = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
         "AutoScalingGroups"][0]  # fmt: skip
@@ -322,7 +325,8 @@ def test_parallelism_two_each_rank_releases_only_itself(home: Path, workdir: Pat
     rank_one = claims[(1, 0)]
     # Rank 0 released its own instance only: rank 1's machine is still in the group, still running.
     wait_for(lambda: group_instances(aws["group"]) == [rank_one], timeout=30)
-    assert task.read().ranks[1].state == "running"
+    assert task.read(fresh=True).ranks[1].state == "running"
+    go.touch()
     assert task.wait(timeout=60) == "succeeded"
     for machine in machines:
         assert machine.wait() == 0, machine.output()

@@ -195,6 +195,7 @@ class Agent:
         self.notice = notice  # the cloud's interruption notice, when it has one
         self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.reported: set[str] = set()  # sync warnings already logged
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -238,13 +239,18 @@ class Agent:
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
-        upload(
+        """Sync the work directory back; files it cannot sync are skipped and logged once each."""
+        result = upload(
             self.work,
             self.remote.fs,
             self.remote.key(layout.DATA),
             exclude=self.exclude,
             manifest=self.manifest,
         )
+        for warning in result.warnings:
+            if warning not in self.reported:
+                self.reported.add(warning)
+                self.log.line(f"[tpi] {warning}")
 
     def run(self) -> dict[str, Any]:
         timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch

@@ -57,6 +57,7 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("assignments", nargs="*", metavar="key=value")
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
+    parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
 
 
 def cell_parser() -> argparse.ArgumentParser:
@@ -141,11 +142,12 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
+    files: bool = False,
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
-        out(str(result))
+        out(result.text(all_files=files))
         return Launched(None, result)
     if wait:
         out(result.summary())
@@ -198,6 +200,14 @@ def events_text(task: Task) -> str:
     return "\n".join(lines) or "no events"
 
 
+def _pulled(task: Task) -> str:
+    """What the pull just done brought (its event), e.g. "3 files, 1.2 KiB (2 already here)"."""
+    if not task.record.get("workdir") or not task.spec.get("output"):
+        return "nothing (no output set)"
+    details = [event["detail"] for event in task.record.get("events", []) if event["kind"] == "pulled"]
+    return details[-1] if details else "nothing"
+
+
 def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
           confirm: Callable[[str], bool] | None = None, everyone: bool = False) -> None:  # fmt: skip
     """List what gone tasks left (yours, or everyone's with --all); delete on --yes or "y"."""
@@ -242,14 +252,12 @@ def run_verb(
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
     elif args.verb == "pull":
-        files = task.pull(progress)
-        out(
-            f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
-        )
+        task.pull(progress)
+        out(f"task {task.name}: pulled {_pulled(task)} into {task.record.get('workdir') or '(no workdir)'}")
     elif args.verb == "destroy":
-        files = task.destroy(progress)
+        task.destroy(progress)
         out(
-            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
+            f"task {task.name}: destroyed; pulled {_pulled(task)} of {task.spec.get('output') or '(no output)'}"
         )
     elif args.verb == "preempt":
         task.preempt(args.rank)

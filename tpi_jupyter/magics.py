@@ -44,7 +44,7 @@ class TpiMagics(Magics):
 
             view = TaskWidget(title="launching", tail_lines=self.widget_log_lines)
         launched = commands.run_task(
-            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
+            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run, files=args.files,
             out=print, tail_lines=self.log_tail_lines, progress=view.upload_progress if view else None,
         )  # fmt: skip
         handle = launched.task or launched.plan

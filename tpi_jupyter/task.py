@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fsspec.utils import get_protocol
+
 from . import layout, state
 from .backends.base import Backend, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
@@ -23,6 +25,7 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+PLAN_FILES = 50  # upload lines a dry run shows without --files
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
 
@@ -77,9 +80,20 @@ class Plan:
     lines: list[str]
     files: int
     bytes: int
+    uploads: list[tuple[str, int]] = field(default_factory=list)  # (relpath, size) in path order
+
+    def text(self, all_files: bool = False) -> str:
+        """The plan; the upload list is cut at PLAN_FILES lines unless all_files."""
+        shown = self.uploads if all_files else self.uploads[:PLAN_FILES]
+        lines = [*self.lines, *(f"      {relpath}  {human_bytes(size)}" for relpath, size in shown)]
+        if len(shown) < len(self.uploads):
+            lines.append(
+                f"      ... and {len(self.uploads) - len(shown)} more files (--dry-run --files lists all)"
+            )
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        return "\n".join(self.lines)
+        return self.text()
 
 
 def human_bytes(count: int) -> str:
@@ -144,7 +158,6 @@ class Task:
 
     def __init__(self, record: dict[str, Any], backend: Backend[Any] | None = None):
         self.record = record
-        self.destroyed = False
         self._backend = backend
         self._state: Any = None
         self._remote: tuple[Any, str] | None = None
@@ -194,6 +207,18 @@ class Task:
         return TaskSpec.from_public(self.record["spec"])
 
     @property
+    def destroyed(self) -> bool:
+        """The registry is the source: a task destroyed through another handle is destroyed here too."""
+        return self._refresh() is None
+
+    def _refresh(self) -> dict[str, Any] | None:
+        """Reload the record (events and status other handles saved); None once destroyed."""
+        stored = state.load(self.id)
+        if stored is not None:
+            self.record = stored
+        return stored
+
+    @property
     def backend(self) -> Backend[Any]:
         if self._backend is None:
             self._backend = get_backend(self.record["cloud"])
@@ -229,7 +254,7 @@ class Task:
 
     def read(self, fresh: bool = False) -> Snapshot:
         """The task now; within the backend's poll interval the last read answers (unless fresh)."""
-        if self.destroyed:
+        if self._refresh() is None:
             return Snapshot("destroyed")
         cached = _RECENT.get(self.id)
         if not fresh and cached and time.monotonic() - cached[0] < self.poll_interval:
@@ -333,8 +358,11 @@ class Task:
             per_rank.setdefault(rank, []).append(f"{stamp} {text}")
         return ["\n".join(lines) for _, lines in sorted(per_rank.items())]
 
-    def follow(self, poll: float = 0.25) -> Iterator[tuple[int, str, str]]:
-        """New log lines as they arrive, until the task is final and every log is read."""
+    def follow(self, poll: float = 0.25, until: float | None = None) -> Iterator[tuple[int, str, str]]:
+        """New log lines as they arrive, until the task is final and every log is read.
+
+        `until` (a time.monotonic() value) ends the stream early, even while the script is silent.
+        """
         tail = LogTail(self)
         while True:
             snapshot = self.read()
@@ -342,18 +370,22 @@ class Task:
             if snapshot.status in FINAL:
                 yield from tail.poll()  # whatever was flushed before the status
                 return
-            time.sleep(poll)
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            time.sleep(poll if left is None else min(poll, left))
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None
     ) -> str:
-        limit = None if timeout is None else time.time() + timeout
-        for line in self.follow():
+        until = None if timeout is None else time.monotonic() + timeout
+        for line in self.follow(until=until):
             if on_line:
                 on_line(*line)
-            if limit and time.time() > limit:
-                raise TaskError(f"task {self.name}: still {self.status} after {timeout:.0f} s")
-        return self.status
+        status = self.status
+        if status not in FINAL:
+            raise TaskError(f"task {self.name}: still {status} after {timeout or 0:.0f} s")
+        return status
 
     def tail_text(self, lines: int = 20) -> str:
         width = int(self.spec["parallelism"])
@@ -364,11 +396,13 @@ class Task:
     # -- acting
 
     def _event(self, kind: str, detail: str = "") -> None:
-        self.record.setdefault("events", []).append(
-            {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
-        )
-        if state.load(self.id) is not None:
-            state.save(self.record)
+        event = {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
+        # a locked read-modify-write: another handle's events (or status) are kept, not overwritten
+        stored = state.update(self.id, lambda record: record.setdefault("events", []).append(event))
+        if stored is not None:
+            self.record = stored
+        else:
+            self.record.setdefault("events", []).append(event)
 
     def stop(self) -> None:
         if self.destroyed:
@@ -394,16 +428,32 @@ class Task:
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
-        """Download `output` into the workdir without destroying; returns the files fetched."""
+        """Download `output` (a directory or a file) into the workdir without destroying; returns
+        the files fetched. TaskError when a file cannot be fetched or output is not on the remote."""
+        return self._pull(progress, "pull")
+
+    def _pull(self, progress: ProgressCallback | None, verb: str) -> list[str]:
         if self.destroyed:
             raise TaskError(f"task {self.name}: destroyed; nothing to pull")
         workdir, output = self.record.get("workdir"), self.spec.get("output")
         if not workdir or not output:
             return []
         fs, root = self.remote
-        result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
-                          exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
-        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}")
+        kept = "; nothing was deleted: fix that and destroy again" if verb == "destroy" else ""
+        try:
+            result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
+                              exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
+        except Exception as error:  # SyncError names the file; others are the remote's, one line too
+            raise TaskError(f"{verb} of task {self.name}: {error}{kept}") from None
+        if not result.files and not result.skipped and not result.dirs:
+            if verb == "pull":
+                raise TaskError(
+                    f"pull of task {self.name}: output {output!r} is not on the remote (yet); nothing pulled"
+                )
+            self._event("pulled", f"nothing: output {output} was not on the remote")
+            return []
+        here = f" ({result.skipped} already here)" if result.skipped else ""
+        self._event("pulled", f"{len(result.files)} file(s), {human_bytes(result.bytes)}{here}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -416,11 +466,10 @@ class Task:
         spec, backend_state = self.task_spec, self.backend_state
         self.backend.stop(spec, backend_state)
         self._save_state()
-        fetched = self.pull(progress) if self.record.get("remote") else []
+        fetched = self._pull(progress, "destroy") if self.record.get("remote") else []
         self.backend.delete(spec, backend_state)
         state.delete(self.id)
         _RECENT.pop(self.id, None)
-        self.destroyed = True
         self.record["status"] = "destroyed"
         self.record.setdefault("events", []).append(
             {"time": time.time(), "kind": "destroyed", "rank": None, "detail": ""}
@@ -554,15 +603,28 @@ def _write_remote(
     if is_local(fs):
         os.chmod(env_path, 0o600)
     if record["workdir"]:
-        upload(
+        result = upload(
             record["workdir"],
             fs,
             layout.join(root, layout.DATA),
             exclude=record["spec"]["exclude"],
+            exclude_paths=own_paths(record["spec"], record["remote"]),
             progress=progress,
         )
+        record["events"] += [{"time": time.time(), "kind": "upload-warning", "rank": None, "detail": warning}
+                             for warning in result.warnings]  # fmt: skip
     else:
         fs.makedirs(layout.join(root, layout.DATA), exist_ok=True)
+
+
+def own_paths(spec: Mapping[str, Any], remote: str | None) -> list[str]:
+    """What tpi-jupyter writes on this machine (registry, keys, local remotes): never uploaded,
+    even from a workdir that holds it (a notebook in $HOME with workdir=.)."""
+    paths = [str(state.home())]
+    for place in (spec.get("container"), remote):
+        if place and get_protocol(place) == "file":
+            paths.append(os.path.abspath(place.removeprefix("file://")))
+    return paths
 
 
 def _rollback(backend: Backend[Any], spec: TaskSpec, backend_state: Any, record: dict[str, Any]) -> str:
@@ -590,8 +652,13 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
 def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> Plan:
     files = size = 0
     warnings: list[str] = []
+    found: dict[str, Any] = {}
     if spec.workdir:
-        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
+        remote = None
+        with contextlib.suppress(Exception):  # a cloud may need created state to say where
+            remote = backend.remote_url(spec, backend_state) if backend else None
+        exclude_paths = own_paths(spec.public_dict(), remote)
+        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings, exclude_paths)
         files, size = len(found), sum(item.size for item in found.values())
     resources = backend.plan(spec, backend_state) if backend else _generic_plan(spec)
     lines = [
@@ -602,7 +669,9 @@ def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> P
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
     ]  # fmt: skip
-    return Plan(spec.id, lines, files, size)
+    if found:
+        lines.append("  - files to upload:")
+    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)])
 
 
 # ---------------------------------------------------------------- sweeping

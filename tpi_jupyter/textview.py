@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -32,6 +33,19 @@ def cost_text(task: Task, snapshot: Snapshot) -> str:
         return "n/a"
 
 
+MAX_LINE_BYTES = 10_000  # one log line as displayed; the rest is cut (a progress bar without newlines)
+CUT_MARK = re.compile(r" … \[line cut: \d+ more bytes\]\Z")
+
+
+def clip_line(text: str, limit: int = MAX_LINE_BYTES) -> str:
+    """The line itself when short, else its first `limit` bytes and how many bytes were cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit or len(CUT_MARK.sub("", text).encode("utf-8", "replace")) <= limit:
+        return text  # short, or cut already (the widget cuts, then its text report sees the line)
+    kept = encoded[:limit].decode("utf-8", "ignore")  # never half a character
+    return f"{kept} … [line cut: {len(encoded) - len(kept.encode())} more bytes]"
+
+
 def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
     """Everything the widget shows, as plain text (terminals, nbconvert, nbval)."""
     spec = task.spec
@@ -46,7 +60,7 @@ def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
     for event in task.events(snapshot):
         lines.append(f"  {clock(event['time'])} {event_text(event)}")
     if log_lines:
-        lines += ["--- log ---", *log_lines]
+        lines += ["--- log ---", *(clip_line(line) for line in log_lines)]
     return "\n".join(lines)
 
 
