@@ -54,7 +54,9 @@ def test_generated_script_passes_bash_n_and_shellcheck(tmp_path: Path, cloud: ob
     path.write_text(boot.script(plan(), cloud()))
     subprocess.run(["bash", "-n", str(path)], check=True)
     if shutil.which("shellcheck") is None:
-        pytest.skip("shellcheck is not installed (Debian package shellcheck)")
+        if os.environ.get("CI"):  # scripts/install-tools puts it there: CI must lint for real
+            pytest.fail("shellcheck is missing; scripts/install-tools installs it")
+        pytest.skip("shellcheck is not installed (Debian package shellcheck; scripts/install-tools)")
     result = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout
     helper = tmp_path / "helper.py"
