@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from .spec import SpecError, TaskSpec, parse_assignments
 from .sync import ProgressCallback
-from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+from .task import FINAL, LogTail, Plan, Task, TaskError, failure_text, format_line, launch
 from .textview import clock, event_text
 
 Printer = Callable[[str], None]
@@ -30,11 +30,7 @@ class TaskFailed(Exception):
         super().__init__(f"task {task.name} ended {status}")
 
     def lines(self) -> list[str]:
-        ranks = [r for r in self.task.read().ranks if r.state in ("failed", "timeout")]
-        detail = "; ".join(
-            f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "") + (f" ({r.reason})" if r.reason else "")
-            for r in ranks
-        )  # fmt: skip
+        detail = failure_text(self.task.read().ranks)
         return [f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}",
                 "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]  # fmt: skip
 
@@ -144,6 +140,8 @@ def run_task(
     if isinstance(result, Plan):
         out(str(result))
         return Launched(None, result)
+    for warning in result.record.get("warnings", []):  # before the widget or the log: seen first
+        out(f"warning: {warning}")
     if wait:
         out(result.summary())
         width = int(result.spec["parallelism"])

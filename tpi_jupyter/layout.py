@@ -24,6 +24,7 @@ DATA = "data"
 TASK_JSON = ".tpi/task.json"
 SCRIPT = ".tpi/script"
 ENV = ".tpi/env"
+CONTROL_STOP = ".tpi/control/stop"  # a stop request every agent watches: {"rank": N, "reason": ...}
 REPORTS = "reports"
 RESULTS = ("success", "failure", "timeout")
 

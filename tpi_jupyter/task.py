@@ -15,6 +15,7 @@ from typing import Any
 
 from . import layout, state
 from .backends.base import Backend, GroupState, get_backend
+from .output import MASK_MIN
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
@@ -24,7 +25,7 @@ TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task cou
 
 # How often machines report, per backend: the local backend is fast, clouds pay per request.
 TIMING = {
-    "local": {"log_interval": 0.25, "heartbeat_interval": 2, "sync_interval": 2},
+    "local": {"log_interval": 0.25, "heartbeat_interval": 2, "sync_interval": 2, "control_interval": 0.25},
     "default": {"log_interval": 2, "heartbeat_interval": 10, "sync_interval": 30},
 }
 
@@ -36,11 +37,12 @@ class TaskError(Exception):
 @dataclass
 class RankState:
     rank: int
-    state: str  # queued provisioning running preempted succeeded failed timeout lost
+    state: str  # queued provisioning running preempted succeeded failed stopped timeout lost
     boots: int = 0
     code: int | None = None
     reason: str = ""
     finished: float | None = None  # when the rank reported, epoch seconds
+    stopped_by: int | None = None  # the failed rank that stopped this one (the task's policy)
 
 
 @dataclass
@@ -196,8 +198,14 @@ class Task:
                 finished = None
                 with contextlib.suppress(KeyError, ValueError):
                     finished = layout.parse_timestamp(outcome["finished"])
-                ranks.append(RankState(rank, RESULT_STATE.get(outcome.get("result", ""), "failed"), count,
-                                       outcome.get("code"), outcome.get("reason", ""), finished))  # fmt: skip
+                stopped_by = outcome.get("stopped_by")
+                result = (
+                    "stopped"
+                    if isinstance(stopped_by, int)
+                    else RESULT_STATE.get(outcome.get("result", ""), "failed")
+                )
+                ranks.append(RankState(rank, result, count, outcome.get("code"), outcome.get("reason", ""),
+                                       finished, stopped_by if isinstance(stopped_by, int) else None))  # fmt: skip
             elif rank in alive:
                 ranks.append(RankState(rank, "running" if count else "provisioning", count))
             elif group.exists:
@@ -213,7 +221,7 @@ class Task:
 
     def _collapse(self, ranks: list[RankState], group: GroupState) -> str:
         states = [rank.state for rank in ranks]
-        if "failed" in states:
+        if "failed" in states or "stopped" in states:
             return "failed"
         if "timeout" in states:
             return "timeout"
@@ -234,12 +242,13 @@ class Task:
         return self.read().status
 
     def events(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
-        """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
-        if snapshot is not None:
-            group = snapshot.group.events if snapshot.group else []
-        else:
-            group = [] if self.destroyed else self.backend.read(self.record).events
-        return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
+        """Client events (created, pulled, ...) merged with the machine group's and the ranks'
+        outcomes (which rank failed, which were stopped for it), oldest first."""
+        if snapshot is None and not self.destroyed:
+            snapshot = self.read()
+        group = snapshot.group.events if snapshot and snapshot.group else []
+        ranks = rank_events(snapshot.ranks) if snapshot else []
+        return sorted([*self.record.get("events", []), *group, *ranks], key=lambda event: event["time"])
 
     def logs(self) -> list[str]:
         """The whole log of every rank (all boots), one string per machine as in TPI."""
@@ -328,7 +337,10 @@ class Task:
             return []
         self.backend.stop(self.record)
         fetched = self.pull(progress) if self.record.get("remote") else []
-        self.backend.delete(self.record)
+        try:
+            self.backend.delete(self.record)
+        except RuntimeError as error:  # e.g. a process of the task survived: say so, keep the entry
+            raise TaskError(f"task {self.name}: destroy incomplete: {error}") from None
         state.delete(self.id)
         self.destroyed = True
         self.record["status"] = "destroyed"
@@ -349,10 +361,14 @@ class Task:
         spec = self.spec
         snapshot = self.read()
         pricing = pricing_text(float(spec["spot"]))
+        outcome = failure_text(snapshot.ranks) if snapshot.status in ("failed", "timeout") else ""
         lines = [
             f"Task {self.name}  {self.id}",
-            f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}",
+            f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}"
+            + (f": {outcome}" if outcome else ""),
         ]
+        if int(spec["parallelism"]) > 1:
+            lines.append(f"policy: {FAILURE_POLICY}")
         if not self.record.get("shebang", True):
             lines.append("note: the script has no shebang, so it runs under /bin/bash")
         lines.append(f"logs: %tpi logs {self.name} --follow · results: %tpi destroy {self.name}")
@@ -363,6 +379,37 @@ class Task:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
+
+
+FAILURE_POLICY = "a rank that fails stops the other ranks"
+
+
+def failure_text(ranks: list[RankState]) -> str:
+    """Which rank failed, and which were stopped for it: "rank 1 failed with code 3; ..."."""
+    parts = [
+        f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "")
+        + (f" ({r.reason})" if r.reason else "")
+        for r in ranks if r.state in ("failed", "timeout")
+    ]  # fmt: skip
+    stopped = [str(r.rank) for r in ranks if r.state == "stopped"]
+    if stopped:
+        parts.append(f"rank(s) {', '.join(stopped)} stopped ({FAILURE_POLICY})")
+    return "; ".join(parts)
+
+
+def rank_events(ranks: list[RankState]) -> list[dict[str, Any]]:
+    """Events that the ranks' reports tell: a failure, and the ranks it stopped."""
+    events = []
+    multi = len(ranks) > 1
+    for r in ranks:
+        if r.state == "failed" and multi and not r.reason.startswith("stopped"):
+            code = f"code {r.code}" if r.code is not None else (r.reason or "no code")
+            events.append({"time": r.finished or 0.0, "kind": "rank-failed", "rank": r.rank,
+                           "detail": f"{code}; the other ranks are stopped ({FAILURE_POLICY})"})  # fmt: skip
+        elif r.state == "stopped":
+            events.append({"time": r.finished or 0.0, "kind": "rank-stopped", "rank": r.rank,
+                           "detail": f"because rank {r.stopped_by} failed"})  # fmt: skip
+    return events
 
 
 def pricing_text(spot: float) -> str:
@@ -402,6 +449,7 @@ def launch(
             f"accepted: a new name, or destroy it first (%tpi destroy {spec.name})"
         )
     values = resolve_environment(spec.environment, os.environ if local_env is None else local_env)
+    masked = sorted(name for name in values if not spec.environment.get(name))
     now = time.time()
     record: dict[str, Any] = {
         "id": spec.id, "name": spec.name, "cloud": spec.cloud, "spec": spec.public_dict(),
@@ -409,9 +457,12 @@ def launch(
         "shebang": script.startswith("#!"), "status": "provisioning",
         "timing": TIMING.get(spec.cloud, TIMING["default"]),
         # imported from the local environment (likely credentials): masked in logs by the agent
-        "masked": sorted(name for name in values if not spec.environment.get(name)),
+        "masked": masked, "warnings": short_secrets(masked, values),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
+    record["events"] += [
+        {"time": now, "kind": "warning", "rank": None, "detail": w} for w in record["warnings"]
+    ]
     if dry_run:
         return _plan(spec, record, backend)
     assert backend is not None
@@ -433,6 +484,14 @@ def launch(
             raise TaskError(f"launch of {spec.name} failed and was rolled back: {error}") from error
         raise
     return Task(record)
+
+
+def short_secrets(masked: list[str], values: Mapping[str, str]) -> list[str]:
+    """Imported values too short to be masked in logs (names only, never values)."""
+    return [
+        f"environment: {name} is shorter than {MASK_MIN} characters, so logs do not mask it"
+        for name in masked if len(values[name].strip()) < MASK_MIN
+    ]  # fmt: skip
 
 
 def _write_remote(
@@ -476,7 +535,7 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
 
 def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Plan:
     files = size = 0
-    warnings: list[str] = []
+    warnings: list[str] = list(record.get("warnings", []))
     if spec.workdir:
         found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
         files, size = len(found), sum(item.size for item in found.values())
