@@ -66,6 +66,7 @@ class Remote:
 
     def __init__(self, url: str):
         self.url, self.local = url, "://" not in url
+        self.gone = False  # set once the remote was seen removed: from then on nothing is written
         self._fs: Any = None
         if self.local:
             self.root = os.path.abspath(url)
@@ -100,14 +101,20 @@ class Remote:
         except (FileNotFoundError, NotADirectoryError):
             return []
 
+    def check(self, thorough: bool = False) -> None:
+        """Raise RemoteGone if the remote was removed; `thorough` asks an object store too."""
+        if not self.gone and (self.local or thorough):
+            self.gone = not self.exists(layout.TASK_JSON)
+        if self.gone:
+            raise RemoteGone(f"the task's remote {self.url} was removed")
+
     def _local_parent(self, key: str) -> str:
         path = self.key(key)
-        if not os.path.isdir(self.root):
-            raise RemoteGone(f"the task's remote {self.root} was removed")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         return path
 
     def write(self, key: str, data: bytes) -> None:
+        self.check()
         if self.local:
             write_atomic(self._local_parent(key), data)
         else:
@@ -115,6 +122,7 @@ class Remote:
 
     def append(self, key: str, data: bytes, whole: bytes) -> None:
         """Local files grow by appending; object stores get the whole log in one put."""
+        self.check()
         if self.local:
             with open(self._local_parent(key), "ab") as handle:
                 handle.write(data)
@@ -267,8 +275,7 @@ class Agent:
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
-        if self.remote.local and not os.path.isdir(self.remote.root):
-            raise RemoteGone(f"the task's remote {self.remote.root} was removed")
+        self.remote.check()
         sync = _sync()
         if self.manifest is None:  # what local_manifest says of an empty directory
             self.manifest = sync.Manifest(
@@ -371,6 +378,7 @@ class Agent:
         try:
             names = self.remote.names(".tpi")
             if layout.TASK_JSON.rsplit("/", 1)[-1] not in names:
+                self.remote.gone = True
                 self._stop_outcome = {"reason": "stopped: the task was destroyed"}
                 return "the task's remote was removed (destroyed)"
             if "control" not in names:
@@ -420,6 +428,7 @@ class Agent:
                 continue
 
     def report(self, outcome: dict[str, Any]) -> None:
+        self.remote.check(thorough=True)  # one look before the last write: never recreate it
         outcome.update(rank=self.rank, boot=self.boot, finished=layout.timestamp())
         parallelism = int(self.task["spec"]["parallelism"]) if hasattr(self, "task") else 1
         stop_others(self.remote, self.rank, parallelism, outcome)

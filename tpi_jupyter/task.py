@@ -21,6 +21,7 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+FAST_POLL, YOUNG = 0.05, 5.0  # seconds: how often, and how long after launch, faces poll fast
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
 # How often machines report, per backend: the local backend is fast, clouds pay per request.
@@ -267,7 +268,13 @@ class Task:
             if snapshot.status in FINAL:
                 yield from tail.poll()  # whatever was flushed before the status
                 return
-            time.sleep(poll)
+            time.sleep(self.poll_interval(poll))
+
+    def poll_interval(self, interval: float) -> float:
+        """A face's next poll: fast in the task's first seconds, so its first line shows at once
+        (a poll of a local task costs well under a millisecond of CPU), then `interval`."""
+        young = time.time() - float(self.record["created"]) < YOUNG
+        return min(interval, FAST_POLL) if young else interval
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None
