@@ -47,13 +47,15 @@ def _sync() -> Any:
     return sync
 
 
-def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    """Readers see the old or the new content; the directory must exist."""
+def write_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    """Readers see the old or the new content; the directory must exist. `durable=False` skips
+    the fsync, for bookkeeping that a crash makes moot (a pid file)."""
     temp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
     with open(temp, "wb") as handle:
         handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
     os.replace(temp, path)
 
 
@@ -323,12 +325,12 @@ class Agent:
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode())
         exited, (wake_read, wake_write) = threading.Event(), os.pipe()
         reader = threading.Thread(
             target=self._read_output, args=(exited, wake_read), name="tpi-output", daemon=True
         )
         reader.start()
+        write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode(), durable=False)
         result = "success"
         next_sync = time.time() + sync_interval
         while self.process.poll() is None:

@@ -21,7 +21,7 @@ from .sync import Excluder, ProgressCallback, download, filesystem, is_local, sc
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
-FAST_POLL, YOUNG = 0.05, 5.0  # seconds: how often, and how long after launch, faces poll fast
+FAST_POLL, YOUNG = 0.025, 5.0  # seconds: how often, and how long after launch, faces poll fast
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
 # How often machines report, per backend: the local backend is fast, clouds pay per request.

@@ -91,7 +91,9 @@ class LocalBackend:
                 start_new_session=True, close_fds=True, env={**os.environ, PROCESS_MARK: str(base)},
             )  # fmt: skip
         # Popen returns once the group runs: it is known at once, without waiting for it to report.
-        write_atomic(base / "group.json", json.dumps({"pid": group.pid, "started": time.time()}).encode())
+        write_atomic(
+            base / "group.json", json.dumps({"pid": group.pid, "started": time.time()}).encode(), False
+        )
         threading.Thread(target=group.wait, name="tpi-reap", daemon=True).start()  # no zombie left
 
     def _group_pid(self, base: Path) -> int | None:
