@@ -233,3 +233,27 @@ def test_an_import_of_an_unset_variable_is_one_line_and_creates_nothing(
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1 and "NOT_SET_HERE" in run.stderr and "Traceback" not in run.stderr
     assert created_nothing(tpi_home)
+
+
+def test_the_magic_shows_the_short_value_warning_and_refuses_an_unset_import(
+    tpi_home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from IPython import get_ipython
+    from IPython.core.error import UsageError
+    from IPython.testing.globalipapp import start_ipython
+
+    shell = start_ipython() or get_ipython()
+    shell.run_line_magic("load_ext", "tpi_jupyter")
+    monkeypatch.setenv("SHORT_PIN", "123")
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    with pytest.raises(
+        UsageError, match="environment: NOT_SET_HERE= imports NOT_SET_HERE, which is not set here"
+    ):
+        shell.run_cell_magic("tpi", "cloud=local name=unsetmagic environment=NOT_SET_HERE=", "echo hi")
+    assert created_nothing(tpi_home)
+    task = shell.run_cell_magic("tpi", "cloud=local name=pinmagic environment=SHORT_PIN=", "echo hi")
+    out = capsys.readouterr().out
+    assert f"warning: environment: SHORT_PIN is shorter than {MASK_MIN} characters" in out
+    assert "123" not in out
+    assert isinstance(task, Task)
+    task.destroy()

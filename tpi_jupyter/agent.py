@@ -379,7 +379,7 @@ class Agent:
         self._next_control = now + float(timing.get("control_interval", timing.get("heartbeat_interval", 5)))
         try:
             names = self.remote.names(".tpi")
-            if layout.TASK_JSON.rsplit("/", 1)[-1] not in names:
+            if "task.json" not in names and not self.remote.exists(layout.TASK_JSON):  # asked twice
                 self.remote.gone = True
                 self._stop_outcome = {"reason": "stopped: the task was destroyed"}
                 return "the task's remote was removed (destroyed)"
