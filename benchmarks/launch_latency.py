@@ -30,7 +30,9 @@ def one_run(number: int) -> tuple[float, float, float]:
     from tpi_jupyter.widgets import TaskWidget
 
     began = time.perf_counter()
-    task = launch(build_spec([f"name=latency{number}"], {"cloud": "local"}), "#!/bin/bash\necho first\nsleep 3\n")
+    task = launch(
+        build_spec([f"name=latency{number}"], {"cloud": "local"}), "#!/bin/bash\necho first\nsleep 3\n"
+    )
     launched = time.perf_counter() - began
     assert isinstance(task, Task)
     in_widget = threading.Event()
