@@ -268,13 +268,13 @@ class Task:
             if snapshot.status in FINAL:
                 yield from tail.poll()  # whatever was flushed before the status
                 return
-            time.sleep(self.poll_interval(poll))
+            time.sleep(self.poll_interval(poll, tail))
 
-    def poll_interval(self, interval: float) -> float:
-        """A face's next poll: fast in the task's first seconds, so its first line shows at once
-        (a poll of a local task costs well under a millisecond of CPU), then `interval`."""
+    def poll_interval(self, interval: float, tail: LogTail) -> float:
+        """A face's next poll: fast in the task's first seconds until its first line was read, so
+        that line shows at once (a poll of a local task costs well under a millisecond of CPU)."""
         young = time.time() - float(self.record["created"]) < YOUNG
-        return min(interval, FAST_POLL) if young else interval
+        return min(interval, FAST_POLL) if young and not tail.offsets else interval
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None

@@ -76,7 +76,7 @@ class Poller:
             except Exception as error:  # shown in the widget; keep polling, slower
                 self.on_error(error)
                 interval = MAX_INTERVAL
-            if self._wake.wait(self.task.poll_interval(interval)):
+            if self._wake.wait(self.task.poll_interval(interval, self.tail)):
                 self._wake.clear()
                 interval = MIN_INTERVAL
 
