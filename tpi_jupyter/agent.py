@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .backends.base import Timing
 from .output import MASK_MIN as MASK_MIN  # documented in the README
 from .output import Lines, mask, mask_values, read_output
 
@@ -81,6 +82,10 @@ class Remote:
             self._fs, _ = _sync().filesystem(self.url)
         return self._fs
 
+    @fs.setter
+    def fs(self, fs: Any) -> None:  # a test may wrap it (to count requests)
+        self._fs = fs
+
     def key(self, key: str) -> str:
         return layout.join(self.root, key)
 
@@ -122,14 +127,15 @@ class Remote:
         else:
             self.fs.pipe_file(self.key(key), data)  # one put: atomic on object stores
 
-    def append(self, key: str, data: bytes, whole: bytes) -> None:
-        """Local files grow by appending; object stores get the whole log in one put."""
+    def append(self, key: str, data: bytes, number: int) -> None:
+        """Local files grow by appending; object stores get chunk `number` as a new object
+        (`log.000017`), so the bytes uploaded grow with the log, not with its square."""
         self.check()
         if self.local:
             with open(self._local_parent(key), "ab") as handle:
                 handle.write(data)
         else:
-            self.fs.pipe_file(self.key(key), whole)
+            self.fs.pipe_file(self.key(layout.log_chunk(key, number)), data)
 
 
 class LogStream:
@@ -146,6 +152,7 @@ class LogStream:
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
         self.secrets = mask_values(secrets)
         self._pending: list[bytes] = []
+        self._chunks = 0  # chunks flushed so far: the next chunk's number
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._wake = threading.Event()  # a line after a quiet spell is flushed at once
@@ -173,8 +180,8 @@ class LogStream:
                 return
             with open(self.local_copy, "ab") as handle:
                 handle.write(chunk)
-            whole = b"" if self.remote.local else self.local_copy.read_bytes()
-            self.remote.append(self.key, chunk, whole)
+            self.remote.append(self.key, chunk, self._chunks)
+            self._chunks += 1
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -245,6 +252,7 @@ class Agent:
         self.private = self.machine_dir / "agent"
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
+        self.reported: set[str] = set()  # sync warnings already logged
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
 
@@ -277,28 +285,33 @@ class Agent:
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
+        """Sync the work directory back; files it cannot sync are skipped and logged once each."""
         self.remote.check()
         sync = _sync()
         if self.manifest is None:  # what local_manifest says of an empty directory
             self.manifest = sync.Manifest(
                 str(self.private / "manifest.json"), f"rank{self.rank}-boot{self.boot}"
             )
-        sync.upload(
+        result = sync.upload(
             self.work,
             self.remote.fs,
             self.remote.key(layout.DATA),
             exclude=self.exclude,
             manifest=self.manifest,
         )
+        for warning in result.warnings:
+            if warning not in self.reported:
+                self.reported.add(warning)
+                self.log.line(f"[tpi] {warning}")
 
     def run(self) -> dict[str, Any]:
-        timing = self.task.get("timing", {})
+        timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch
         deadline = float(self.task["deadline"])
         secrets = [self.values[name] for name in self.task.get("masked", []) if name in self.values]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             float(timing.get("log_interval", 0.5)), secrets)  # fmt: skip
+                             timing.log_interval, secrets)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
-                              float(timing.get("heartbeat_interval", 5)))  # fmt: skip
+                              timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
         self.log.start()
         try:
@@ -312,7 +325,7 @@ class Agent:
             if why:  # a rank failed (or the task was stopped) before this one started
                 self.log.line(f"[tpi] {why}; not starting the script")
                 return {"result": "failure", "code": None, **self._stop_outcome}
-            return self._run_script(deadline, float(timing.get("sync_interval", 10)))
+            return self._run_script(deadline, timing.sync_interval)
         finally:
             self.log.close()
             heartbeat.close()
@@ -375,8 +388,8 @@ class Agent:
         now = time.monotonic()
         if now < self._next_control:
             return ""
-        timing = self.task.get("timing", {})
-        self._next_control = now + float(timing.get("control_interval", timing.get("heartbeat_interval", 5)))
+        timing = Timing(**self.task.get("timing", {}))  # a local disk is looked at as often as logs
+        self._next_control = now + (timing.log_interval if self.remote.local else timing.heartbeat_interval)
         try:
             names = self.remote.names(".tpi")
             if "task.json" not in names and not self.remote.exists(layout.TASK_JSON):  # asked twice
@@ -406,7 +419,7 @@ class Agent:
 
     def _read_output(self, exited: threading.Event, wake_fd: int) -> None:
         assert self.process is not None and self.process.stdout is not None
-        interval = float(self.task.get("timing", {}).get("log_interval", 0.5))
+        interval = Timing(**self.task.get("timing", {})).log_interval
         read_output(self.process.stdout.fileno(), Lines(self.log.line, interval), exited, wake_fd)
         self.process.stdout.close()  # a background child still writing gets EPIPE, not a full pipe
 
@@ -450,17 +463,18 @@ def stop_others(remote: Remote, rank: int, parallelism: int, outcome: dict[str, 
 
 # ---------------------------------------------------------------- scaling-group machines
 # `--rank auto` and `--release CLOUD`: machines of a cloud scaling group do not know their rank
-# and release themselves. Hooks per cloud, "module" with identity() and release(machine_id),
-# imported only on machines that ask for them.
-MACHINE_HOOKS = {"aws": "tpi_jupyter.backends.aws_machine"}
+# and release themselves. Hooks per cloud (a module with identity() and release(machine_id)) are
+# found by entry point (`tpi_jupyter.machines`), loaded only on machines that ask for them.
 
 
 def _hooks(cloud: str) -> Any:
-    import importlib
+    from .backends.base import machine_hooks
+    from .spec import SpecError
 
-    if cloud not in MACHINE_HOOKS:
-        raise SystemExit(f"tpi-agent: --release {cloud!r}: accepted: {', '.join(sorted(MACHINE_HOOKS))}")
-    return importlib.import_module(MACHINE_HOOKS[cloud])
+    try:
+        return machine_hooks(cloud)
+    except SpecError as error:
+        raise SystemExit(f"tpi-agent: {error}") from None
 
 
 def machine_id(cloud: str) -> str:
@@ -480,7 +494,7 @@ def claim(remote_url: str, owner: str) -> tuple[int, int] | None:
 
     remote = Remote(remote_url)
     task = json.loads(remote.read_text(layout.TASK_JSON))
-    interval = float(task.get("timing", {}).get("heartbeat_interval", 5))
+    interval = Timing(**task.get("timing", {})).heartbeat_interval
     found = claim_rank(remote.fs, remote.root, int(task["spec"]["parallelism"]), owner,
                        STALE_HEARTBEATS * interval + 1, give_up_at=float(task["deadline"]) + 60)  # fmt: skip
     return None if found is None else (found.rank, found.boot)
