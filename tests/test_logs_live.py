@@ -105,7 +105,7 @@ print("second")
 """
     task = start(["name=live"], script)
     wait_for(lambda: "first" in log_lines(task), timeout=60)
-    (Path(task.record["local"]["base"]) / "machines" / "0" / "work" / "go").write_text("")
+    (Path(task.record["backend"]["base"]) / "machines" / "0" / "work" / "go").write_text("")
     assert task.wait(timeout=60) == "succeeded"
     lines = log_lines(task)
     assert lines[-2:] == ["first", "second"]
@@ -150,7 +150,7 @@ def test_task_with_a_background_child_succeeds_and_the_child_ends_with_it(
     task = start(["name=bg"], script)
     assert task.wait(timeout=60) == "succeeded"
     assert log_lines(task) == ["started a child"]
-    work = Path(task.record["local"]["base"]) / "machines" / "0" / "work"
+    work = Path(task.record["backend"]["base"]) / "machines" / "0" / "work"
     child = int((work / "child.pid").read_text())
     wait_for(lambda: not _running(child), timeout=30)
     task.destroy()

@@ -35,7 +35,7 @@ def start(words: list[str], script: str) -> Task:
 
 
 def base(task: Task) -> Path:
-    return Path(task.record["local"]["base"])
+    return Path(task.record["backend"]["base"])
 
 
 def running(pid: int) -> bool:
