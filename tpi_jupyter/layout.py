@@ -9,6 +9,11 @@
 <remote>/reports/<rank>/<boot>/log.NNNNNN one chunk per flush (object stores); the log is their
                                           concatenation in chunk order
 <remote>/reports/<rank>/<boot>/heartbeat  rewritten every few seconds while alive
+<remote>/reports/<rank>/<boot>/boot-log   the boot script's log, copied by the agent that claimed
+<remote>/.tpi/machines/<machine>/boot-log the boot script's log under the machine id (cloud
+<remote>/.tpi/machines/<machine>/failed   machines; see backends/kit/boot.py), and a failed boot
+<remote>/.tpi/control/stop                a user stop, watched by the agents (not a signal)
+<remote>/.tpi/control/failed              {"rank": N, ...}: a rank failed, the others stop (policy)
 <remote>/reports/<rank>/status.json       {"result": success|failure|timeout, "code": N, ...}
 <remote>/.tpi/sync/data/<writer>.json     per-writer sync metadata: modes, mtimes, empty dirs
                                           (writers: "client", "rank<r>-boot<b>"; see sync.py)
@@ -28,7 +33,7 @@ DATA = "data"
 TASK_JSON = ".tpi/task.json"
 SCRIPT = ".tpi/script"
 ENV = ".tpi/env"
-CONTROL_STOP = ".tpi/control/stop"  # a stop request every agent watches: {"rank": N, "reason": ...}
+CONTROL_FAILED = ".tpi/control/failed"  # the first rank that failed; every agent watches it
 REPORTS = "reports"
 RESULTS = ("success", "failure", "timeout")
 LOG = "log"
@@ -62,6 +67,11 @@ def log_chunk(log_key: str, number: int) -> str:
 
 def heartbeat(rank: int, boot: int) -> str:
     return f"{boot_dir(rank, boot)}/heartbeat"
+
+
+def boot_log(rank: int, boot: int) -> str:
+    """The boot script's log of the machine that took this boot (copied by its agent)."""
+    return f"{boot_dir(rank, boot)}/boot-log"
 
 
 def status(rank: int) -> str:
