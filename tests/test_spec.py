@@ -745,9 +745,14 @@ def test_resolve_empty_value_imports_local() -> None:
     }
 
 
-def test_resolve_unset_local_variable_is_left_out() -> None:
-    assert resolve_environment({"NOT_SET_ANYWHERE": ""}, LOCAL_ENV) == {}
-    assert resolve_environment({"NOT_SET_ANYWHERE": "", "TOKEN": ""}, LOCAL_ENV) == {"TOKEN": "local-token"}
+def test_resolve_unset_local_variable_is_refused_by_name() -> None:
+    # issue 11 item 3: an import of an unset variable was silently dropped; now one line naming it
+    for requested in ({"NOT_SET_ANYWHERE": ""}, {"TOKEN": "", "NOT_SET_ANYWHERE": ""}):
+        with pytest.raises(SpecError) as caught:
+            resolve_environment(requested, LOCAL_ENV)
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith("environment: NOT_SET_ANYWHERE=")
+        assert "not set here" in message and "accepted:" in message
 
 
 def test_resolve_glob_imports_all_matches() -> None:

@@ -23,7 +23,7 @@ from .grammar import (
 )
 from .spec import SpecError, TaskSpec, check_name, parse_assignments
 from .sync import ProgressCallback
-from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, format_line, launch
+from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, failure_text, format_line, launch
 from .task import sweep as sweep_task
 from .textview import clock, event_text
 
@@ -38,11 +38,7 @@ class TaskFailed(Exception):
         super().__init__(f"task {task.name} ended {status}")
 
     def lines(self) -> list[str]:
-        ranks = [r for r in self.task.read().ranks if r.state in ("failed", "timeout")]
-        detail = "; ".join(
-            f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "") + (f" ({r.reason})" if r.reason else "")
-            for r in ranks
-        )  # fmt: skip
+        detail = failure_text(self.task.read().ranks)
         head = f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}"
         if self.tail is None:
             return [head]
@@ -100,6 +96,8 @@ def run_task(
     if isinstance(result, Plan):
         out(result.text(all_files=files))
         return Launched(None, result)
+    for warning in result.record.get("warnings", []):  # before the widget or the log: seen first
+        out(f"warning: {warning}")
     if wait:
         width = int(result.spec["parallelism"])
         try:

@@ -620,7 +620,8 @@ def _storage(workdir: str, output: str, cwd: str | os.PathLike[str] | None) -> t
 def resolve_environment(requested: Mapping[str, str], local: Mapping[str, str]) -> dict[str, str]:
     """Values for the machines: `NAME=` imports the local value, a glob imports every match.
 
-    Explicit entries win over globs; a variable that is not set locally is left out.
+    Explicit entries win over globs. Importing a variable that is not set here is an error: a
+    silently missing credential would only show up on the machine, as a failed run.
     """
     values: dict[str, str] = {}
     for pattern in (name for name in requested if "*" in name or "?" in name):
@@ -636,4 +637,9 @@ def resolve_environment(requested: Mapping[str, str], local: Mapping[str, str]) 
             values[name] = value
         elif name in local:
             values[name] = local[name]
+        else:
+            raise SpecError(
+                f"environment: {name}= imports {name}, which is not set here; "
+                f"accepted: set {name} before launching, or give a value ({name}=value)"
+            )
     return values
