@@ -588,3 +588,37 @@ def test_upload_compares_mtime_as_well_as_size(tmp_path: Path, with_manifest: bo
     assert up(source, remote, manifest=manifest).files == ["a.txt"]
     assert remote.cat("a.txt") == b"new!"
     assert up(source, remote, manifest=manifest).files == []
+
+
+def test_a_settling_push_leaves_a_file_written_just_now_for_the_next_round(tmp_path: Path) -> None:
+    """A script that rewrites a file (`tee` truncates, then writes) must not have an empty file
+    mirrored by a push that caught it in between: the push of a running script waits a round."""
+    source = tmp_path / "src"
+    (tmp_path / "remote").mkdir()
+    remote = Remote(fsspec.filesystem("file"), str(tmp_path / "remote" / "data"))
+    manifest = Manifest(tmp_path / "manifest.json")
+    write(source, "old.txt", "settled")
+    os.utime(source / "old.txt", ns=(1_000_000_000, 1_000_000_000))
+    write(source, "epoch.txt", "")  # caught between the truncation and the write
+    first = upload(str(source), remote.fs, remote.root, manifest=manifest, settle=60)
+    assert first.files == ["old.txt"] and first.deferred == ["epoch.txt"]
+    assert not remote.fs.exists(f"{remote.root}/epoch.txt")
+    write(source, "epoch.txt", "7\n")  # still young next round: it goes anyway, once deferred
+    second = upload(str(source), remote.fs, remote.root, manifest=manifest, settle=60)
+    assert second.files == ["epoch.txt"] and second.deferred == []
+    assert remote.cat("epoch.txt") == b"7\n"
+    # the final push (no settle) takes whatever is there
+    write(source, "epoch.txt", "8\n")
+    assert upload(str(source), remote.fs, remote.root, manifest=manifest).files == ["epoch.txt"]
+
+
+def test_a_file_changed_while_sent_is_not_recorded_as_synced(tmp_path: Path) -> None:
+    path = tmp_path / "f.txt"
+    path.write_text("one")
+    status = os.stat(path)
+    scanned = sync.LocalFile(str(path), status.st_size, status.st_mtime_ns, status.st_mode)
+    assert not sync._changed_since(scanned)
+    path.write_text("three")
+    assert sync._changed_since(scanned)
+    path.unlink()
+    assert sync._changed_since(scanned)

@@ -35,6 +35,7 @@ from .output import Lines, mask, mask_values, read_output
 # Variables a machine's own environment contributes to the script; nothing else leaks in.
 BASE_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 KILL_GRACE = 5.0
+SETTLE = 0.2  # seconds a file must rest before a push made while the script runs takes it
 PROCESS_MARK = "TPI_PROCESS_MARK"  # set by a supervisor that finds its processes by environment
 
 
@@ -327,8 +328,10 @@ class Agent:
         self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
-    def push(self) -> None:
-        """Sync the work directory back; files it cannot sync are skipped and logged once each."""
+    def push(self, settle: float = 0.0) -> None:
+        """Sync the work directory back; files it cannot sync are skipped and logged once each.
+
+        The pushes while the script runs settle (see sync.upload); the final one takes everything."""
         self.remote.check()
         sync = _sync()
         if self.manifest is None:  # what local_manifest says of an empty directory
@@ -341,6 +344,7 @@ class Agent:
             self.remote.key(layout.DATA),
             exclude=self.exclude,
             manifest=self.manifest,
+            settle=settle,
         )
         for warning in result.warnings:
             if warning not in self.reported:
@@ -467,7 +471,7 @@ class Agent:
 
     def _push_quietly(self) -> None:
         try:
-            self.push()
+            self.push(settle=SETTLE)
         except Exception as error:  # try again at the next interval; the final push is strict
             self.log.line(f"[tpi] sync back failed, will retry: {error}")
 

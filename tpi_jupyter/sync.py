@@ -120,6 +120,7 @@ class SyncResult:
     warnings: list[str] = field(default_factory=list)
     dirs: list[str] = field(default_factory=list)  # empty directories created on the target
     engine: str = ""
+    deferred: list[str] = field(default_factory=list)  # written just now: left for the next round
 
 
 # ---------------------------------------------------------------- excludes
@@ -306,6 +307,7 @@ class Manifest:
                     self.written = sync_meta.Record(self.writer, body.get("files", {}), body.get("dirs", []))
                 elif isinstance(body, dict):  # the first format: entries only
                     self.entries = {k: [int(x) for x in v] for k, v in body.items()}
+        self.deferred: set[str] = set()  # files a settling push left for later (in memory only)
         self._lock = threading.Lock()
 
     def unchanged(self, relpath: str, local: LocalFile) -> bool:
@@ -433,6 +435,15 @@ def _any_failure(job: Transfer, error: Exception) -> str:
 # ---------------------------------------------------------------- public API
 
 
+def _changed_since(local: LocalFile) -> bool:
+    """Whether a file was written while it was sent (or is gone): then it is not synced yet."""
+    try:
+        now = os.stat(local.path)
+    except OSError:
+        return True
+    return (now.st_size, now.st_mtime_ns) != (local.size, local.mtime_ns)
+
+
 def upload(
     local_root: str | os.PathLike[str],
     fs: fsspec.AbstractFileSystem,
@@ -447,6 +458,7 @@ def upload(
     workers: int = WORKERS,
     writer: str | None = None,
     engine: str | Engine | None = None,
+    settle: float = 0.0,
 ) -> SyncResult:
     """Send new and changed files from local_root to remote_root.
 
@@ -455,6 +467,11 @@ def upload(
     `writer` names this writer's metadata record (default: the manifest's writer, else
     "client"); `engine` forces "fsspec" or "obstore". `exclude_paths` are absolute local paths
     never uploaded. Unreadable files are skipped and reported in the result's warnings.
+
+    `settle` (seconds, with a manifest: the pushes of a running script) leaves a file written
+    less than that long ago for the next round, once: a script rewriting a file (`tee` truncates,
+    then writes) must not have its half-written state mirrored. A file that changed while it was
+    sent is not recorded as synced, so the next round sends it again.
     """
     remote_root = remote_root.rstrip("/")
     mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
@@ -484,9 +501,13 @@ def upload(
         known = {relpath: entry for relpath, entry in known.items() if relpath in listing}
 
     jobs: list[Transfer] = []
+    young = time.time_ns() - int(settle * 1e9)
     for relpath, local in sorted(files.items()):
         if known.get(relpath) == [local.size, local.mtime_ns]:
             result.skipped += 1
+            continue
+        if manifest is not None and local.mtime_ns > young and relpath not in manifest.deferred:
+            result.deferred.append(relpath)
             continue
         result.files.append(relpath)
         result.bytes += local.size
@@ -508,7 +529,7 @@ def upload(
     def on_done(job: Transfer) -> None:
         local = by_path[job.relpath]
         record.files[job.relpath] = [local.size, local.mtime_ns, local.mode, time.time_ns()]
-        if manifest is not None:
+        if manifest is not None and not _changed_since(local):
             manifest.entries[job.relpath] = [local.size, local.mtime_ns]
 
     def checkpoint() -> None:
@@ -516,6 +537,8 @@ def upload(
             manifest.save()
         mover.write(sync_meta.record_path(remote_root, record.writer), record.to_bytes())
 
+    if manifest is not None:
+        manifest.deferred = set(result.deferred)
     run = _Run(jobs, progress, on_done, checkpoint, _unreadable)
     if jobs:
         run.run(mover.put, jobs)
