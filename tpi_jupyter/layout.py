@@ -107,6 +107,8 @@ def relative(root: str, path: str) -> str:
 def parse_report(key: str) -> ReportKey | None:
     """The one parser of report keys; None for anything else."""
     parts = key.strip("/").split("/")
+    if parts[-1].startswith("."):  # a writer's temporary file, not a report
+        return None
     if parts[0] != REPORTS or len(parts) not in (3, 4) or not parts[1].isdigit():
         return None
     if len(parts) == 3:

@@ -28,6 +28,7 @@ from typing import Any
 
 from . import layout
 from .sync import is_local
+from .sync_engines import temp_path
 
 CLAIM = "claim"
 STALE_HEARTBEATS = 3  # a boot is dead after this many missed heartbeats
@@ -85,17 +86,22 @@ def _written_by_us(fs: Any, path: str, data: bytes) -> bool:
 def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
     """Create path with data (its first line names the writer) unless it exists; True when ours.
 
-    Atomic on a local disk (O_EXCL) and on S3 (conditional put). Other fsspec filesystems get
+    Atomic on a local disk (link of a whole temp file) and on S3 (conditional put). Other fsspec filesystems get
     their own `mode="create"`, atomic where they implement it.
     """
     if is_local(fs):
+        # Written whole under a private name, then linked: link() fails if path exists, and a
+        # reader never sees the claim empty (an O_EXCL create is visible before its write).
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        temp = temp_path(path)  # hidden: never read as a report key
+        with open(temp, "wb") as out:
+            out.write(data)
         try:
-            handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            os.link(temp, path)
         except FileExistsError:
             return False
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
+        finally:
+            os.unlink(temp)
         return True
     for attempt in range(CONFLICT_RETRIES):
         try:
