@@ -46,8 +46,8 @@ class BedError(RuntimeError):
 def versions() -> tuple[str, str]:
     """(Kubernetes, etcd) versions that tests/k8s/testbed/go.mod requires."""
     text = (TESTBED / "go.mod").read_text()
-    k8s = re.search(r"^\s*k8s\.io/kubernetes (v\S+)", text, re.M)
-    etcd = re.search(r"^\s*go\.etcd\.io/etcd/server/v3 (v\S+)", text, re.M)
+    k8s = re.search(r"^\s*(?:require\s+)?k8s\.io/kubernetes (v\S+)", text, re.M)
+    etcd = re.search(r"^\s*(?:require\s+)?go\.etcd\.io/etcd/server/v3 (v\S+)", text, re.M)
     if not k8s or not etcd:
         raise BedError(f"{TESTBED / 'go.mod'} must require k8s.io/kubernetes and go.etcd.io/etcd/server/v3")
     return k8s.group(1), etcd.group(1)
@@ -134,7 +134,7 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(entry: dict[str, Any]) -> bool:
+def alive(entry: dict[str, Any]) -> bool:
     return _start_time(int(entry["pid"])) == entry["start"]
 
 
@@ -183,7 +183,7 @@ class Bed:
 
     def check_running(self) -> None:
         for entry in self.state()["processes"]:
-            if not _alive(entry):
+            if not alive(entry):
                 raise BedError(f"{entry['name']} exited during start-up:\n{self.log_tail(entry['name'])}")
 
     def log_tail(self, name: str, lines: int = 25) -> str:
@@ -376,7 +376,7 @@ def start_node(bed: Bed, name: str, extra: list[str] | None = None) -> None:
 def up(root: Path, nodes: int = 1) -> Bed:
     """Start a bed in root (created; must hold no running bed). Rolls back on any failure."""
     bed = Bed(root)
-    if any(_alive(e) for e in bed.state()["processes"]):
+    if any(alive(e) for e in bed.state()["processes"]):
         raise BedError(
             f"{bed.root} already has a running test bed: run `scripts/k8s-testbed down {root}` first"
         )
@@ -412,18 +412,18 @@ def down(root: Path, grace: float = 15) -> None:
     bed = Bed(root)
     entries = list(reversed(bed.state()["processes"]))
     for group in ([e for e in entries if e["name"].startswith("node-")], entries):
-        live = [e for e in group if _alive(e)]
+        live = [e for e in group if alive(e)]
         for entry in live:
             _signal_group(int(entry["pid"]), signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while any(_alive(e) for e in live) and time.monotonic() < deadline:
+        while any(alive(e) for e in live) and time.monotonic() < deadline:
             time.sleep(0.1)
         for entry in live:
-            if _alive(entry):
+            if alive(entry):
                 _signal_group(int(entry["pid"]), signal.SIGKILL)
     for path in _pid_files(bed):  # a node agent killed hard cannot have stopped its containers
         entry = json.loads(path.read_text())
-        if _alive(entry):
+        if alive(entry):
             _signal_group(int(entry["pid"]), signal.SIGKILL)
         path.unlink(missing_ok=True)
     if bed.state_file.exists():

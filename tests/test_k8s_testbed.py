@@ -1,0 +1,147 @@
+"""The Kubernetes test bed end to end: a real control plane, the kubelet stand-in, an Indexed Job.
+
+etcd, kube-apiserver, kube-controller-manager (its Job controller) and kube-scheduler are the
+real programs, built from the Go module proxy by `scripts/k8s-testbed build`; only the kubelet is
+a stand-in (tests/k8s/node_agent.py: local processes, no images). The test skips when the
+binaries are not built, and says how to build them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.k8s import bed
+
+pytestmark = [pytest.mark.k8s, pytest.mark.slow]
+
+if not bed.built():
+    pytest.skip(
+        f"the Kubernetes test bed is not built: run `scripts/k8s-testbed build` (fills {bed.bin_dir()})",
+        allow_module_level=True,
+    )
+kubernetes = pytest.importorskip(
+    "kubernetes", reason="the test bed needs the kubernetes client (kubernetes==36.0.3)"
+)
+from kubernetes import client, config  # noqa: E402
+
+INDEX = "batch.kubernetes.io/job-completion-index"
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
+    root = tmp_path_factory.mktemp("k8s-bed")
+    testbed = bed.up(root, nodes=1)
+    try:
+        yield testbed
+    finally:
+        bed.down(root)
+        assert not any(bed.alive(e) for e in testbed.state()["processes"])
+
+
+@pytest.fixture(scope="module")
+def api(cluster: bed.Bed) -> client.ApiClient:
+    return config.new_client_from_config(config_file=str(cluster.kubeconfig))
+
+
+def wait_for(what: str, predicate: Any, timeout: float = 240) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+
+def indexed_job(name: str, results: Path) -> dict[str, Any]:
+    script = (
+        'echo "index=$JOB_COMPLETION_INDEX greeting=$(cat /config/greeting) secret=$(cat /secret/word)'
+        ' host=$(hostname)" > /scratch/line && cp /scratch/line /results/$JOB_COMPLETION_INDEX.txt'
+    )
+    container = {
+        "name": "work",
+        "image": "busybox:1.36",  # not pulled: the stand-in runs the command on this machine
+        "command": ["/bin/sh", "-c", script],
+        "volumeMounts": [
+            {"name": "config", "mountPath": "/config"},
+            {"name": "secret", "mountPath": "/secret"},
+            {"name": "scratch", "mountPath": "/scratch"},
+            {"name": "results", "mountPath": "/results"},
+        ],
+    }
+    volumes = [
+        {"name": "config", "configMap": {"name": f"{name}-config"}},
+        {"name": "secret", "secret": {"secretName": f"{name}-secret"}},
+        {"name": "scratch", "emptyDir": {}},
+        {"name": "results", "hostPath": {"path": str(results), "type": "Directory"}},
+    ]
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {
+            "completions": 3,
+            "parallelism": 3,
+            "completionMode": "Indexed",
+            "backoffLimit": 0,
+            "template": {"spec": {"restartPolicy": "Never", "containers": [container], "volumes": volumes}},
+        },
+    }
+
+
+def test_indexed_job_runs_through_the_real_job_controller_and_scheduler(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path
+) -> None:
+    core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
+    node = f"{bed.NODE_PREFIX}0"
+    ready = wait_for(f"node {node} Ready", lambda: _ready(core.read_node(node)))
+    assert ready
+    # The service-account controller (in the real controller-manager) creates `default`.
+    wait_for("default service account", lambda: core.list_namespaced_service_account("default").items)
+
+    results = tmp_path / "results"
+    results.mkdir()
+    core.create_namespaced_config_map(
+        "default", {"metadata": {"name": "tb-config"}, "data": {"greeting": "hello"}}
+    )
+    core.create_namespaced_secret(
+        "default", {"metadata": {"name": "tb-secret"}, "stringData": {"word": "sesame"}}
+    )
+    batch.create_namespaced_job("default", indexed_job("tb", results))
+
+    job = wait_for("Job tb complete", lambda: _finished(batch.read_namespaced_job("tb", "default")))
+    assert [c.type for c in job.status.conditions if c.status == "True"][-1] == "Complete", job.status
+    assert job.status.succeeded == 3
+    assert job.status.completed_indexes == "0-2"
+
+    pods = core.list_namespaced_pod("default", label_selector="batch.kubernetes.io/job-name=tb").items
+    assert sorted(p.metadata.annotations[INDEX] for p in pods) == ["0", "1", "2"]
+    for pod in pods:
+        owner = pod.metadata.owner_references[0]
+        assert (owner.kind, owner.name, owner.controller) == ("Job", "tb", True)  # the Job controller made it
+        assert pod.spec.node_name == node  # the scheduler bound it
+        assert pod.status.phase == "Succeeded"
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+
+    lines = {p.name: p.read_text() for p in results.iterdir()}
+    assert lines == {
+        f"{i}.txt": f"index={i} greeting=hello secret=sesame host={_pod_name(pods, i)}\n" for i in range(3)
+    }
+
+
+def _pod_name(pods: list[Any], index: int) -> str:
+    return str(next(p.metadata.name for p in pods if p.metadata.annotations[INDEX] == str(index)))
+
+
+def _ready(node: Any) -> bool:
+    return any(c.type == "Ready" and c.status == "True" for c in node.status.conditions or [])
+
+
+def _finished(job: Any) -> Any:
+    done = [c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"]
+    return job if done else None
