@@ -100,13 +100,14 @@ def build() -> Path:
     if result.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BedError(f"go build failed with exit status {result.returncode} (its errors are above)")
-    record = {"seconds": round(time.monotonic() - started), "bytes": _tree_size(tmp), "go": _go_version()}
+    seconds, size = round(time.monotonic() - started), _tree_size(tmp)
+    record = {"seconds": seconds, "bytes": size, "go": _go_version()}
     pki.write_public(tmp / "build.json", json.dumps(record).encode())
     try:
         tmp.rename(target)
     except OSError:  # another build finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"k8s-testbed: built in {record['seconds']} s, {record['bytes'] >> 20} MiB", file=sys.stderr)
+    print(f"k8s-testbed: built in {seconds} s, {size >> 20} MiB", file=sys.stderr)
     return target
 
 
@@ -135,7 +136,7 @@ def _start_time(pid: int) -> str | None:
 
 
 def alive(entry: dict[str, Any]) -> bool:
-    return _start_time(int(entry["pid"])) == entry["start"]
+    return bool(_start_time(int(entry["pid"])) == entry["start"])
 
 
 class Bed:
@@ -385,6 +386,8 @@ def up(root: Path, nodes: int = 1) -> Bed:
             f"the test bed is not built ({bin_dir()} is incomplete): run `scripts/k8s-testbed build`"
         )
     binaries = bin_dir()
+    for old in ("etcd", "nodes", "pki"):  # a previous bed's data in this directory starts afresh
+        shutil.rmtree(bed.root / old, ignore_errors=True)
     bed.root.mkdir(parents=True, exist_ok=True)
     ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler")}
     bed._save({"processes": [], "ports": ports})

@@ -25,6 +25,7 @@ import argparse
 import base64
 import contextlib
 import json
+import shutil
 import signal
 import threading
 import time
@@ -223,9 +224,12 @@ class NodeAgent:
         uid = pod["metadata"]["uid"]
         with self.lock:
             worker = self.workers.get(uid)
-            if kind == "DELETED":
+            if kind == "DELETED":  # gone from the API: stop what is left, then drop its files
                 if worker:
                     worker.request_stop(0)
+                    worker.join(timeout=30)
+                    self.workers.pop(uid, None)
+                shutil.rmtree(self.root / "pods" / uid, ignore_errors=True)
                 return
             if worker is None:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):

@@ -28,7 +28,9 @@ class Node(Protocol):
     root: Path
     allocatable: dict[str, str]
     service_env: dict[str, str]
-    cluster: volumes.Cluster
+
+    @property
+    def cluster(self) -> volumes.Cluster: ...
 
     def patch_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None: ...
     def event(self, pod: dict[str, Any], reason: str, message: str, warning: bool = False) -> None: ...
