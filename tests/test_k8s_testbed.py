@@ -8,6 +8,8 @@ binaries are not built, and says how to build them.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,3 +147,106 @@ def _ready(node: Any) -> bool:
 def _finished(job: Any) -> Any:
     done = [c for c in job.status.conditions or [] if c.type in ("Complete", "Failed") and c.status == "True"]
     return job if done else None
+
+
+def pod_with_results(name: str, results: Path, script: str, grace: int = 30) -> dict[str, Any]:
+    """A bare pod that runs script with the host directory `results` at /r."""
+    container = {"name": "c", "image": "busybox:1.36", "command": ["/bin/sh", "-c", script]}
+    container["volumeMounts"] = [{"name": "r", "mountPath": "/r"}]
+    spec = {"restartPolicy": "Never", "terminationGracePeriodSeconds": grace, "containers": [container]}
+    spec["volumes"] = [{"name": "r", "hostPath": {"path": str(results)}}]
+    return {"metadata": {"name": name}, "spec": spec}
+
+
+def test_eviction_ends_the_pod_with_sigterm_and_disruption_target(
+    api: client.ApiClient, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api)
+    script = "trap 'echo got TERM > /r/term; exit 0' TERM; touch /r/up; while :; do sleep 0.1; done"
+    body = pod_with_results("evictee", tmp_path, script, grace=120)
+    body["metadata"]["finalizers"] = ["tpi-jupyter/keep-for-test"]  # keep its last status readable
+    core.create_namespaced_pod("default", body)
+    try:
+        wait_for("evictee running", lambda: (tmp_path / "up").exists())
+        eviction = {
+            "apiVersion": "policy/v1",
+            "kind": "Eviction",
+            "metadata": {"name": "evictee", "namespace": "default"},
+        }
+        core.create_namespaced_pod_eviction("evictee", "default", eviction)
+        pod = wait_for("evictee ended", lambda: _terminal(core.read_namespaced_pod("evictee", "default")))
+        assert (
+            tmp_path / "term"
+        ).read_text() == "got TERM\n"  # SIGTERM came, and the grace period let it finish
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 0
+        disruption = [c for c in pod.status.conditions if c.type == "DisruptionTarget"]
+        assert [(c.status, c.reason) for c in disruption] == [("True", "EvictionByEvictionAPI")]
+    finally:
+        core.patch_namespaced_pod("evictee", "default", {"metadata": {"finalizers": None}})
+
+
+def test_deletion_kills_a_pod_that_ignores_sigterm_after_its_grace_period(
+    api: client.ApiClient, tmp_path: Path
+) -> None:
+    core = client.CoreV1Api(api)
+    body = pod_with_results(
+        "stubborn", tmp_path, "trap '' TERM; touch /r/up; while :; do sleep 0.1; done", grace=1
+    )
+    body["metadata"]["finalizers"] = ["tpi-jupyter/keep-for-test"]
+    core.create_namespaced_pod("default", body)
+    try:
+        wait_for("stubborn running", lambda: (tmp_path / "up").exists())
+        core.delete_namespaced_pod("stubborn", "default")
+        pod = wait_for("stubborn ended", lambda: _terminal(core.read_namespaced_pod("stubborn", "default")))
+        assert pod.status.phase == "Failed"
+        assert pod.status.container_statuses[0].state.terminated.exit_code == 137  # SIGKILL
+    finally:
+        core.patch_namespaced_pod("stubborn", "default", {"metadata": {"finalizers": None}})
+
+
+def test_a_spot_shutdown_is_ignored_by_the_pod_failure_policy_and_the_index_reruns(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path
+) -> None:
+    batch = client.BatchV1Api(api)
+    script = "if test -f /r/first; then echo second > /r/second; else touch /r/first; while :; do sleep 0.1; done; fi"
+    template = pod_with_results("unused", tmp_path, script)
+    policy = {
+        "rules": [
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            {"action": "FailJob", "onExitCodes": {"operator": "NotIn", "values": [0]}},
+        ]
+    }
+    spec = {"completions": 1, "completionMode": "Indexed", "backoffLimit": 0, "podFailurePolicy": policy}
+    spec["template"] = {"spec": template["spec"]}
+    batch.create_namespaced_job("default", {"metadata": {"name": "spot"}, "spec": spec})
+    wait_for("first attempt running", lambda: (tmp_path / "first").exists())
+    os.kill(cluster.pid(f"node-{bed.NODE_PREFIX}0"), signal.SIGUSR1)  # the node's shutdown notice
+    job = wait_for("Job spot finished", lambda: _finished(batch.read_namespaced_job("spot", "default")))
+    assert [c.type for c in job.status.conditions if c.status == "True"][-1] == "Complete", job.status
+    assert (tmp_path / "second").read_text() == "second\n"
+    core = client.CoreV1Api(api)
+    pods = core.list_namespaced_pod("default", label_selector="batch.kubernetes.io/job-name=spot").items
+    failed = [p for p in pods if p.status.phase == "Failed"]
+    assert len(failed) == 1
+    reasons = [(c.type, c.reason) for c in failed[0].status.conditions if c.type == "DisruptionTarget"]
+    assert reasons == [("DisruptionTarget", "TerminationByKubelet")]
+
+
+def test_a_failing_index_reports_its_exit_code(api: client.ApiClient, tmp_path: Path) -> None:
+    batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
+    template = pod_with_results("unused", tmp_path, 'exit "$((JOB_COMPLETION_INDEX * 3))"')
+    spec = {"completions": 2, "parallelism": 2, "completionMode": "Indexed", "backoffLimitPerIndex": 0}
+    spec["template"] = {"spec": template["spec"]}
+    batch.create_namespaced_job("default", {"metadata": {"name": "fails"}, "spec": spec})
+    job = wait_for("Job fails finished", lambda: _finished(batch.read_namespaced_job("fails", "default")))
+    assert [c.type for c in job.status.conditions if c.status == "True"][-1] == "Failed"
+    assert (job.status.completed_indexes, job.status.failed_indexes) == ("0", "1")
+    pods = core.list_namespaced_pod("default", label_selector="batch.kubernetes.io/job-name=fails").items
+    codes = {
+        p.metadata.annotations[INDEX]: p.status.container_statuses[0].state.terminated.exit_code for p in pods
+    }
+    assert codes == {"0": 0, "1": 3}
+
+
+def _terminal(pod: Any) -> Any:
+    return pod if pod.status.phase in ("Succeeded", "Failed") else None

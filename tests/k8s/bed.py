@@ -182,6 +182,10 @@ class Bed:
         state["processes"].append({"name": name, "pid": proc.pid, "start": _start_time(proc.pid)})
         self._save(state)
 
+    def pid(self, name: str) -> int:
+        """The pid of a process this bed started, by its name (e.g. node-tpi-standin-0)."""
+        return int(next(e["pid"] for e in self.state()["processes"] if e["name"] == name))
+
     def check_running(self) -> None:
         for entry in self.state()["processes"]:
             if not alive(entry):
