@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s import bed
+from tests.k8s import bed, require_client
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -26,9 +26,7 @@ if not bed.built():
         f"the Kubernetes test bed is not built: run `scripts/k8s-testbed build` (fills {bed.bin_dir()})",
         allow_module_level=True,
     )
-kubernetes = pytest.importorskip(
-    "kubernetes", reason="the test bed needs the kubernetes client (kubernetes==36.0.3)"
-)
+require_client()  # installs kubernetes==36.0.3 when missing, as tests/emulators.py does
 from kubernetes import client, config  # noqa: E402
 
 INDEX = "batch.kubernetes.io/job-completion-index"

@@ -12,13 +12,13 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip(
-    "kubernetes", reason="the kubelet stand-in uses the kubernetes client (kubernetes==36.0.3)"
-)
-
 from tests.conftest import wait_for
-from tests.k8s import podenv, volumes
-from tests.k8s.containers import Container
+from tests.k8s import require_client
+
+require_client()
+
+from tests.k8s import podenv, volumes  # noqa: E402
+from tests.k8s.containers import Container  # noqa: E402
 
 needs_namespaces = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("unshare"),
