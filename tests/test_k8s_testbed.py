@@ -8,16 +8,18 @@ binaries are not built, and says how to build them.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.k8s import bed, require_client
+from tests.k8s.proc import alive
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
 
@@ -39,8 +41,11 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
     try:
         yield testbed
     finally:
+        started = testbed.state()["processes"] + [
+            json.loads(p.read_text()) for p in root.glob("nodes/*/pids/*.json")
+        ]
         bed.down(root)
-        assert not any(bed.alive(e) for e in testbed.state()["processes"])
+        assert not [e for e in started if alive(e)], "down left processes running"
 
 
 @pytest.fixture(scope="module")
@@ -48,14 +53,24 @@ def api(cluster: bed.Bed) -> client.ApiClient:
     return config.new_client_from_config(config_file=str(cluster.kubeconfig))
 
 
-def wait_for(what: str, predicate: Any, timeout: float = 240) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not within {timeout:.0f} s")
+Wait = Callable[..., Any]
+
+
+@pytest.fixture
+def wait_for(cluster: bed.Bed) -> Wait:
+    """wait_for(what, predicate, timeout): poll, and fail at once with its log if a process of the bed died."""
+
+    def wait(what: str, predicate: Callable[[], Any], timeout: float = 240) -> Any:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            cluster.check_running()
+            value = predicate()
+            if value:
+                return value
+            time.sleep(0.5)
+        raise AssertionError(f"{what}: not within {timeout:.0f} s")
+
+    return wait
 
 
 def indexed_job(name: str, results: Path) -> dict[str, Any]:
@@ -95,7 +110,7 @@ def indexed_job(name: str, results: Path) -> dict[str, Any]:
 
 
 def test_indexed_job_runs_through_the_real_job_controller_and_scheduler(
-    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
 ) -> None:
     core, batch = client.CoreV1Api(api), client.BatchV1Api(api)
     node = f"{bed.NODE_PREFIX}0"
@@ -157,7 +172,7 @@ def pod_with_results(name: str, results: Path, script: str, grace: int = 30) -> 
 
 
 def test_eviction_ends_the_pod_with_sigterm_and_disruption_target(
-    api: client.ApiClient, tmp_path: Path
+    api: client.ApiClient, tmp_path: Path, wait_for: Wait
 ) -> None:
     core = client.CoreV1Api(api)
     script = "trap 'echo got TERM > /r/term; exit 0' TERM; touch /r/up; while :; do sleep 0.1; done"
@@ -184,7 +199,7 @@ def test_eviction_ends_the_pod_with_sigterm_and_disruption_target(
 
 
 def test_deletion_kills_a_pod_that_ignores_sigterm_after_its_grace_period(
-    api: client.ApiClient, tmp_path: Path
+    api: client.ApiClient, tmp_path: Path, wait_for: Wait
 ) -> None:
     core = client.CoreV1Api(api)
     body = pod_with_results(
@@ -203,7 +218,7 @@ def test_deletion_kills_a_pod_that_ignores_sigterm_after_its_grace_period(
 
 
 def test_a_spot_shutdown_is_ignored_by_the_pod_failure_policy_and_the_index_reruns(
-    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
 ) -> None:
     batch = client.BatchV1Api(api)
     script = "if test -f /r/first; then echo second > /r/second; else touch /r/first; while :; do sleep 0.1; done; fi"
@@ -230,7 +245,7 @@ def test_a_spot_shutdown_is_ignored_by_the_pod_failure_policy_and_the_index_reru
     assert reasons == [("DisruptionTarget", "TerminationByKubelet")]
 
 
-def test_a_failing_index_reports_its_exit_code(api: client.ApiClient, tmp_path: Path) -> None:
+def test_a_failing_index_reports_its_exit_code(api: client.ApiClient, tmp_path: Path, wait_for: Wait) -> None:
     batch, core = client.BatchV1Api(api), client.CoreV1Api(api)
     template = pod_with_results("unused", tmp_path, 'exit "$((JOB_COMPLETION_INDEX * 3))"')
     spec = {"completions": 2, "parallelism": 2, "completionMode": "Indexed", "backoffLimitPerIndex": 0}

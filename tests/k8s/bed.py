@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.k8s import pki
+from tests.k8s.proc import alive, start_time
 
 TESTBED = Path(__file__).resolve().parent / "testbed"
 REPO = TESTBED.parent.parent.parent
@@ -126,19 +127,6 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _start_time(pid: int) -> str | None:
-    """The kernel's start time of pid, so a recycled pid is never mistaken for ours."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def alive(entry: dict[str, Any]) -> bool:
-    return bool(_start_time(int(entry["pid"])) == entry["start"])
-
-
 class Bed:
     """One test bed in a directory: its state file lists what it started, in order."""
 
@@ -179,7 +167,7 @@ class Bed:
                 env=env,
             )
         state = self.state()
-        state["processes"].append({"name": name, "pid": proc.pid, "start": _start_time(proc.pid)})
+        state["processes"].append({"name": name, "pid": proc.pid, "start": start_time(proc.pid)})
         self._save(state)
 
     def pid(self, name: str) -> int:
@@ -376,6 +364,21 @@ def start_node(bed: Bed, name: str, extra: list[str] | None = None) -> None:
     argv += ["--dir", str(bed.root / "nodes" / name), *(extra or [])]
     bed.spawn(f"node-{name}", argv, env={**os.environ, "PYTHONPATH": str(REPO)})
     bed.wait_for(f"stand-in node {name}", f"{bed.server}/api/v1/nodes/{name}", timeout=60)
+    deadline = time.monotonic() + 60
+    while not _schedulable(bed.get(f"{bed.server}/api/v1/nodes/{name}")[1]):
+        bed.check_running()
+        if time.monotonic() > deadline:
+            raise BedError(
+                f"node {name} still tainted not-ready after 60 s (is kube-controller-manager running?)"
+            )
+        time.sleep(0.3)
+
+
+def _schedulable(node_json: bytes) -> bool:
+    """Ready, and without the not-ready taint that admission puts on every new node."""
+    node = json.loads(node_json or b"{}")
+    taints = (node.get("spec") or {}).get("taints") or []
+    return not any(t["key"] == "node.kubernetes.io/not-ready" for t in taints)
 
 
 def up(root: Path, nodes: int = 1) -> Bed:
@@ -415,16 +418,19 @@ def _pid_files(bed: Bed) -> list[Path]:
 
 
 def down(root: Path, grace: float = 15) -> None:
-    """Stop everything the bed started: node agents first (they stop their pods), then the control plane."""
+    """Stop everything the bed started, newest first: node agents (they stop their pods), the
+    scheduler and controller-manager, the API server, and etcd last (the API server cannot
+    shut down cleanly without it)."""
     bed = Bed(root)
-    entries = list(reversed(bed.state()["processes"]))
-    for group in ([e for e in entries if e["name"].startswith("node-")], entries):
+    nodes = [e for e in bed.state()["processes"] if e["name"].startswith("node-")]
+    rest = [e for e in reversed(bed.state()["processes"]) if e not in nodes]
+    for group in (nodes, *([e] for e in rest)):
         live = [e for e in group if alive(e)]
         for entry in live:
             _signal_group(int(entry["pid"]), signal.SIGTERM)
         deadline = time.monotonic() + grace
         while any(alive(e) for e in live) and time.monotonic() < deadline:
-            time.sleep(0.1)
+            time.sleep(0.05)
         for entry in live:
             if alive(entry):
                 _signal_group(int(entry["pid"]), signal.SIGKILL)

@@ -20,18 +20,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from tests.k8s.proc import start_time
+
 INIT = Path(__file__).resolve().parent / "container_init.py"
 
 
 def now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _start_time(pid: int) -> str | None:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
-    except OSError:
-        return None
 
 
 class Container:
@@ -67,7 +62,7 @@ class Container:
                 launcher, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True
             )
         self.pid_file.parent.mkdir(parents=True, exist_ok=True)
-        self.pid_file.write_text(json.dumps({"pid": self.proc.pid, "start": _start_time(self.proc.pid)}))
+        self.pid_file.write_text(json.dumps({"pid": self.proc.pid, "start": start_time(self.proc.pid)}))
         self.started_at = now()
 
     def fail_to_start(self, message: str) -> None:

@@ -267,7 +267,7 @@ class NodeAgent:
                     if self.stopping.is_set():
                         return
                     if event["type"] in ("ADDED", "MODIFIED", "DELETED"):
-                        self.handle(event["type"], event["raw_object"])
+                        self.handle(event["type"], event["object"])  # a dict: deserialize=False
 
     def stop(self) -> None:
         """Kill every container (the node goes away with its processes)."""
