@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,20 +32,25 @@ if not bed.built():
 require_client()  # installs kubernetes==36.0.3 when missing, as tests/emulators.py does
 from kubernetes import client, config  # noqa: E402
 
+SCRIPT = str(bed.REPO / "scripts" / "k8s-testbed")
 INDEX = "batch.kubernetes.io/job-completion-index"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
+    """A bed started and stopped through scripts/k8s-testbed, as a user or CI would."""
     root = tmp_path_factory.mktemp("k8s-bed")
-    testbed = bed.up(root, nodes=1)
+    started = subprocess.run([SCRIPT, "up", str(root)], capture_output=True, text=True, check=False)
+    assert started.returncode == 0, started.stderr
+    testbed = bed.Bed(root)
+    assert started.stdout == f"export KUBECONFIG={testbed.kubeconfig}\n"
     try:
         yield testbed
     finally:
         started = testbed.state()["processes"] + [
             json.loads(p.read_text()) for p in root.glob("nodes/*/pids/*.json")
         ]
-        bed.down(root)
+        subprocess.run([SCRIPT, "down", str(root)], check=True)
         assert not [e for e in started if alive(e)], "down left processes running"
 
 
