@@ -53,7 +53,10 @@ class Container:
         self.work.mkdir(parents=True, exist_ok=True)
         spec = {"dir": str(self.work), "mounts": mounts, "hostname": hostname, "argv": argv}
         spec["workdir"] = self.spec.get("workingDir") or "/"
-        (self.work / "spec.json").write_text(json.dumps(spec))
+        # argv may hold expanded $(VAR)s of Secret values: owner-only, like the kubelet's files
+        fd = os.open(self.work / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(json.dumps(spec))
         launcher = ["unshare", "--mount", "--uts", "--propagation", "private"]
         launcher += [sys.executable, "-I", str(INIT), str(self.work / "spec.json")]
         log.parent.mkdir(parents=True, exist_ok=True)
