@@ -66,8 +66,10 @@ def moto_endpoint() -> Iterator[str]:
 @pytest.fixture
 def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
     """Environment for boto3 and s3fs: moto's endpoint, dummy keys, no profile; fast waits."""
-    from tpi_jupyter import task as task_module
+    from dataclasses import replace
+
     from tpi_jupyter.backends.aws import AwsBackend
+    from tpi_jupyter.backends.base import Timing
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
@@ -82,8 +84,9 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     for name, value in (("POLL", 0.05), ("PROFILE_PROPAGATION", 0.0), ("STOP_WAIT", 10.0),
                         ("GROUP_DELETE_WAIT", 10.0), ("DEPENDENCY_WAIT", 1.0)):  # fmt: skip
         monkeypatch.setattr(AwsBackend, name, value)
-    monkeypatch.setitem(
-        task_module.TIMING, "aws", {"log_interval": 0.25, "heartbeat_interval": 1, "sync_interval": 1}
+    fast = Timing(log_interval=0.25, heartbeat_interval=1, sync_interval=1)
+    monkeypatch.setattr(
+        AwsBackend, "capabilities", replace(AwsBackend.capabilities, timing=fast, poll_interval=0.5)
     )
     _reset(moto_endpoint)  # the server is shared with other test files (the syncer's buckets)
     _clear_s3fs()

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import os
+
+# Loopback only: boto3 must never probe the EC2 metadata service (169.254.169.254) for
+# credentials or a region. Set before anything can import boto3 (this module loads first).
+os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +24,8 @@ def tpi_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     monkeypatch.setenv("TPI_JUPYTER_HOME", str(home))
     yield home
     for record in state.records():  # kill whatever a failed test left running
-        Task(record).backend.delete(record)
+        task = Task(record)
+        task.backend.delete(task.task_spec, task.backend_state)
         state.delete(record["id"])
 
 

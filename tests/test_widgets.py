@@ -13,7 +13,8 @@ from IPython.testing.globalipapp import start_ipython
 
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.task import Task, launch
-from tpi_jupyter.widgets import TaskPanel, TaskWidget
+from tpi_jupyter.textview import MAX_LINE_BYTES
+from tpi_jupyter.widgets import LogBuffer, TaskPanel, TaskWidget
 
 from .conftest import wait_for
 
@@ -197,3 +198,68 @@ def test_progress_bar_follows_upload_and_pull(tpi_home: Path, workdir: Path) -> 
     finally:
         view.close()
         task.destroy()
+
+
+def test_log_buffer_cuts_long_lines_and_bounds_count_and_bytes() -> None:
+    buffer = LogBuffer(max_lines=100, max_bytes=50_000)
+    buffer.append("é" * 30_000)  # 60,000 bytes: cut at 10,000 bytes, never inside a character
+    (cut,) = buffer
+    assert cut.startswith("é" * 5000) and cut.endswith(" … [line cut: 50000 more bytes]")
+    assert len(cut.encode()) < MAX_LINE_BYTES + 100
+    for index in range(30):
+        buffer.append(f"{index:02d}" + "x" * 4998)  # 5,000 bytes each
+    assert buffer.bytes <= 50_000 and len(buffer) == 9  # the byte bound, not the count, dropped lines
+    assert buffer[-1].startswith("29") and buffer[0].startswith("21")
+    small = LogBuffer(max_lines=3)
+    for index in range(10):
+        small.append(str(index))
+    assert list(small) == ["7", "8", "9"]
+
+
+def test_widget_cuts_a_huge_line_and_its_text_report_too(tpi_home: Path, workdir: Path) -> None:
+    script = "python3 -c \"print('A' * 50000); print('after-the-long-line')\""
+    task = start(["name=longline"], script)
+    view = TaskWidget(task)
+    try:
+        wait_for(lambda: not view.poller.thread.is_alive(), timeout=60)  # type: ignore[union-attr]
+        assert list(view.lines)[-1] == "after-the-long-line"
+        assert "A" * 10_000 + " … [line cut: 40000 more bytes]" in view.log_view.value
+        assert "A" * 10_001 not in view.log_view.value
+        report = view._repr_mimebundle_()["text/plain"]
+        assert "[line cut: 40000 more bytes]" in report and "A" * 10_001 not in report
+    finally:
+        view.close()
+        task.destroy()
+
+
+def test_buttons_stay_usable_after_a_pull_or_destroy_error(tpi_home: Path, workdir: Path) -> None:
+    task = start(["name=blocked", "workdir=.", "output=out"], "mkdir -p out; echo result > out/r.txt")
+    view = TaskWidget(task)
+    try:
+        wait_for(lambda: "succeeded" in view.header_view.value, timeout=60)
+        (workdir / "out").write_text("a file where the output directory must go\n")
+        for button in (view.pull_button, view.destroy_button):
+            if button is view.destroy_button:
+                button.click()
+                view.confirm_yes.click()
+            else:
+                button.click()
+            action = "pull" if button is view.pull_button else "destroy"
+            wait_for(lambda action=action: f"{action} failed:" in view.error_view.value, timeout=30)
+            message = view.error_view.value
+            assert "\n" not in message and "Traceback" not in message, message
+            # usable again: another try is one click away (Stop stays off: the task is final)
+            wait_for(lambda: not view.pull_button.disabled and not view.destroy_button.disabled, timeout=10)
+            assert view.stop_button.disabled
+        assert Task.find("blocked").status == "succeeded"  # the failed destroy removed nothing
+        (workdir / "out").unlink()
+        view.destroy_button.click()
+        view.confirm_yes.click()
+        wait_for(lambda: "destroyed" in view.header_view.value, timeout=60)
+        assert (workdir / "out" / "r.txt").read_text() == "result\n"
+        assert view.pull_button.disabled and view.destroy_button.disabled
+    finally:
+        view.close()
+        if not task.destroyed:
+            (workdir / "out").unlink(missing_ok=True)
+            task.destroy()

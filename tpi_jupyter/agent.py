@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .backends.base import Timing
 from .sync import atomic_write_bytes, download, filesystem, is_local, local_manifest, upload
 
 # Variables a machine's own environment contributes to the script; nothing else leaks in.
@@ -52,15 +53,16 @@ class Remote:
         else:
             self.fs.pipe_file(self.key(key), data)  # one put: atomic on object stores
 
-    def append(self, key: str, data: bytes, whole: bytes) -> None:
-        """Local files grow by appending; object stores get the whole log in one put."""
+    def append(self, key: str, data: bytes, number: int) -> None:
+        """Local files grow by appending; object stores get chunk `number` as a new object
+        (`log.000017`), so the bytes uploaded grow with the log, not with its square."""
         if is_local(self.fs):
             path = self.key(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "ab") as handle:
                 handle.write(data)
         else:
-            self.fs.pipe_file(self.key(key), whole)
+            self.fs.pipe_file(self.key(layout.log_chunk(key, number)), data)
 
 
 class LogStream:
@@ -77,6 +79,7 @@ class LogStream:
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
         self.secrets = sorted(set(secrets), key=len, reverse=True)
         self._pending: list[bytes] = []
+        self._chunks = 0  # chunks flushed so far: the next chunk's number
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="tpi-log", daemon=True)
@@ -100,8 +103,8 @@ class LogStream:
                 return
             with open(self.local_copy, "ab") as handle:
                 handle.write(chunk)
-            whole = b"" if is_local(self.remote.fs) else self.local_copy.read_bytes()
-            self.remote.append(self.key, chunk, whole)
+            self.remote.append(self.key, chunk, self._chunks)
+            self._chunks += 1
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
@@ -166,6 +169,7 @@ class Agent:
         self.private = self.machine_dir / "agent"
         self.stopping = threading.Event()
         self.process: subprocess.Popen[bytes] | None = None
+        self.reported: set[str] = set()  # sync warnings already logged
 
     # -- steps
 
@@ -192,16 +196,21 @@ class Agent:
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
-        upload(
+        """Sync the work directory back; files it cannot sync are skipped and logged once each."""
+        result = upload(
             self.work,
             self.remote.fs,
             self.remote.key(layout.DATA),
             exclude=self.exclude,
             manifest=self.manifest,
         )
+        for warning in result.warnings:
+            if warning not in self.reported:
+                self.reported.add(warning)
+                self.log.line(f"[tpi] {warning}")
 
     def run(self) -> dict[str, Any]:
-        timing = self.task.get("timing", {})
+        timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch
         deadline = float(self.task["deadline"])
         secrets = [
             self.values[name]
@@ -209,9 +218,9 @@ class Agent:
             if len(self.values.get(name, "")) >= MASK_MIN
         ]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             float(timing.get("log_interval", 0.5)), secrets)  # fmt: skip
+                             timing.log_interval, secrets)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
-                              float(timing.get("heartbeat_interval", 5)))  # fmt: skip
+                              timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
         self.log.start()
         try:
@@ -221,7 +230,7 @@ class Agent:
             self.pull()
             if self.boot > 0:
                 self.log.line(f"[tpi] machine respawned (boot {self.boot}): resuming from synced data")
-            return self._run_script(deadline, float(timing.get("sync_interval", 10)))
+            return self._run_script(deadline, timing.sync_interval)
         finally:
             self.log.close()
             heartbeat.close()
@@ -297,17 +306,18 @@ class Agent:
 
 # ---------------------------------------------------------------- scaling-group machines
 # `--rank auto` and `--release CLOUD`: machines of a cloud scaling group do not know their rank
-# and release themselves. Hooks per cloud, "module" with identity() and release(machine_id),
-# imported only on machines that ask for them.
-MACHINE_HOOKS = {"aws": "tpi_jupyter.backends.aws_machine"}
+# and release themselves. Hooks per cloud (a module with identity() and release(machine_id)) are
+# found by entry point (`tpi_jupyter.machines`), loaded only on machines that ask for them.
 
 
 def _hooks(cloud: str) -> Any:
-    import importlib
+    from .backends.base import machine_hooks
+    from .spec import SpecError
 
-    if cloud not in MACHINE_HOOKS:
-        raise SystemExit(f"tpi-agent: --release {cloud!r}: accepted: {', '.join(sorted(MACHINE_HOOKS))}")
-    return importlib.import_module(MACHINE_HOOKS[cloud])
+    try:
+        return machine_hooks(cloud)
+    except SpecError as error:
+        raise SystemExit(f"tpi-agent: {error}") from None
 
 
 def machine_id(cloud: str) -> str:
@@ -327,7 +337,7 @@ def claim(remote_url: str, owner: str) -> tuple[int, int] | None:
 
     remote = Remote(remote_url)
     task = json.loads(remote.read_text(layout.TASK_JSON))
-    interval = float(task.get("timing", {}).get("heartbeat_interval", 5))
+    interval = Timing(**task.get("timing", {})).heartbeat_interval
     found = claim_rank(remote.fs, remote.root, int(task["spec"]["parallelism"]), owner,
                        STALE_HEARTBEATS * interval + 1, give_up_at=float(task["deadline"]) + 60)  # fmt: skip
     return None if found is None else (found.rank, found.boot)

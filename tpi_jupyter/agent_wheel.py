@@ -2,8 +2,10 @@
 
 Machines install the agent at the very version the notebook runs, without PyPI holding that
 version: at launch the client zips its own package files with a `.dist-info` (METADATA, WHEEL,
-RECORD) and uploads the wheel to `<remote>/.tpi/agent/`. Its requirements are only what the
-agent needs (no IPython, widgets or Jupyter), plus the cloud extras (`aws`, ...) as extras.
+entry_points.txt, RECORD) and uploads the wheel to `<remote>/.tpi/agent/`. Its requirements are
+only what the agent needs (no IPython, widgets or Jupyter), plus the machine extras (`aws`, ...).
+`lock_text` pins them: the exact versions this client runs, transitive dependencies included,
+used on the machine as `pip install -c lock.txt`.
 """
 
 from __future__ import annotations
@@ -16,10 +18,15 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+from packaging.requirements import InvalidRequirement, Requirement
+from packaging.utils import canonicalize_name
+
 from . import __version__
 
 DISTRIBUTION = "tpi_jupyter"
 UI_ONLY = {"ipython", "traitlets", "ipywidgets", "jupyter-server"}  # the agent never imports these
+CLIENT_EXTRAS = {"notebook", "test", "bench"}  # extras for the client, never for machines
+LOCK_NAME = "lock.txt"
 FALLBACK_REQUIRES = ["fsspec>=2023.6", "pathspec>=0.11", "platformdirs>=3"]
 FIXED_TIME = (2020, 1, 1, 0, 0, 0)  # reproducible bytes for the same files
 
@@ -43,9 +50,53 @@ def _requirements() -> tuple[list[str], dict[str, list[str]]]:
         if found is None:
             if name not in UI_ONLY:
                 base.append(text.strip())
-        elif found[1] in ("aws", "s3", "gcs", "azure", "k8s"):
+        elif found[1] not in CLIENT_EXTRAS:
             extras.setdefault(found[1], []).append(text.strip())
     return base, extras
+
+
+def _installed_closure(requirements: list[str], extras: set[str]) -> dict[str, str]:
+    """name -> installed version for requirements and everything they need, as installed here."""
+    pinned: dict[str, str] = {}
+    expanded: set[tuple[str, frozenset[str]]] = set()
+    queue = [(text, frozenset(extras)) for text in requirements]
+    while queue:
+        text, wanted = queue.pop()
+        try:
+            requirement = Requirement(text)
+        except InvalidRequirement:
+            continue
+        marker = requirement.marker
+        if marker and not any(marker.evaluate({"extra": extra}) for extra in (wanted or {""})):
+            continue
+        name = canonicalize_name(requirement.name)
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: the machine's pip resolves it from the ranges
+        pinned[name] = dist.version
+        key = (name, frozenset(requirement.extras))
+        if key not in expanded:
+            expanded.add(key)
+            queue += [(item, key[1]) for item in dist.requires or []]
+    pinned.pop("tpi-jupyter", None)
+    return pinned
+
+
+def lock_text(extra: str = "") -> str:
+    """A pip constraints file: the exact versions of the agent's dependencies (with `extra`'s)."""
+    base, extras = _requirements()
+    wanted = base + extras.get(extra, [])
+    lines = [f"{name}=={version}" for name, version in sorted(_installed_closure(wanted, set()).items())]
+    return "".join(f"{line}\n" for line in lines)
+
+
+def _entry_points_text() -> str:
+    """The installed distribution's entry points, so machines find backends' hooks the same way."""
+    try:
+        return metadata.distribution("tpi-jupyter").read_text("entry_points.txt") or ""
+    except metadata.PackageNotFoundError:
+        return ""
 
 
 def _metadata_text(version: str) -> str:
@@ -72,6 +123,9 @@ def build(version: str = __version__, package_dir: Path | None = None) -> tuple[
     files[f"{info}/WHEEL"] = (
         b"Wheel-Version: 1.0\nGenerator: tpi-jupyter\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
     )
+    entry_points = _entry_points_text()
+    if entry_points:
+        files[f"{info}/entry_points.txt"] = entry_points.encode()
     record = []
     for name, data in files.items():
         digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()

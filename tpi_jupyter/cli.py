@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.verb == "run":
             script = _read_script(args.script)
             launched = commands.run_task(
-                args.assignments, script, defaults={}, wait=args.wait, dry_run=args.dry_run, out=print,
+                args.assignments, script, defaults={}, wait=args.wait, dry_run=args.dry_run, files=args.files,
+                out=print,
                 progress=ProgressBar("uploading"),
             )  # fmt: skip
             if launched.task is not None and not args.wait:

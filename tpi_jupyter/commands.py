@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 from .spec import SpecError, TaskSpec, parse_assignments
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+from .task import sweep as sweep_task
 from .textview import clock, event_text
 
 Printer = Callable[[str], None]
@@ -56,6 +57,7 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("assignments", nargs="*", metavar="key=value")
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
+    parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
 
 
 def cell_parser() -> argparse.ArgumentParser:
@@ -91,6 +93,8 @@ def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
     sweep.add_argument("cloud", metavar="CLOUD")
     sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
     sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
+    sweep.add_argument("--all", dest="everyone", action="store_true",
+                       help="include other creators' orphans (default: only yours)")  # fmt: skip
     return parser
 
 
@@ -138,11 +142,12 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
+    files: bool = False,
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
-        out(str(result))
+        out(result.text(all_files=files))
         return Launched(None, result)
     if wait:
         out(result.summary())
@@ -154,15 +159,12 @@ def run_task(
 
 
 def list_text() -> str:
-    tasks = Task.all()
-    if not tasks:
+    listed = Task.all_safe()
+    if not listed:
         return "no tasks"
     rows = [("NAME", "ID", "CLOUD", "MACHINE", "STATUS", "AGE")]
-    for task in tasks:
-        try:
-            status = task.status
-        except Exception as error:  # one unreadable task must not hide the others
-            status = f"unknown ({error.__class__.__name__})"
+    for item in listed:
+        task, status = item.task, item.status
         age = _duration(time.time() - float(task.record["created"]))
         spec = task.spec
         rows.append(
@@ -198,29 +200,28 @@ def events_text(task: Task) -> str:
     return "\n".join(lines) or "no events"
 
 
-def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
-          confirm: Callable[[str], bool] | None = None) -> None:  # fmt: skip
-    """List resources tagged tpi-task whose task is not in the registry; delete on --yes or "y"."""
-    from . import state
-    from .backends.base import get_backend
+def _pulled(task: Task) -> str:
+    """What the pull just done brought (its event), e.g. "3 files, 1.2 KiB (2 already here)"."""
+    if not task.record.get("workdir") or not task.spec.get("output"):
+        return "nothing (no output set)"
+    details = [event["detail"] for event in task.record.get("events", []) if event["kind"] == "pulled"]
+    return details[-1] if details else "nothing"
 
-    backend = get_backend(cloud)
-    finder = getattr(backend, "sweep", None)
-    if finder is None:
-        raise UsageFailure(
-            f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
-        )
-    options = {"region": region} if region else {}
-    found = finder({record["id"] for record in state.records()}, False, **options)
-    if not found:
-        out(f"sweep {cloud}: no resources of gone tasks")
-        return
+
+def sweep(cloud: str, yes: bool, region: str | None, out: Printer,
+          confirm: Callable[[str], bool] | None = None, everyone: bool = False) -> None:  # fmt: skip
+    """List what gone tasks left (yours, or everyone's with --all); delete on --yes or "y"."""
+    found = sweep_task(cloud, delete=False, region=region, everyone=everyone)
+    orphans = [line for line in found if line.startswith("orphan ")]
     for line in found:
         out(line)
-    if not yes and not (confirm and confirm(f"delete the resources of {len(found)} gone task(s)? [y/N] ")):
-        out(f"nothing deleted; to delete: tpi sweep {cloud} --yes")
+    if not orphans:
+        out(f"sweep {cloud}: no resources of gone tasks" + (" of yours" if found else ""))
         return
-    for line in finder({record["id"] for record in state.records()}, True, **options):
+    if not yes and not (confirm and confirm(f"delete the resources of {len(orphans)} gone task(s)? [y/N] ")):
+        out(f"nothing deleted; to delete: tpi sweep {cloud} --yes" + (" --all" if everyone else ""))
+        return
+    for line in sweep_task(cloud, delete=True, region=region, everyone=everyone):
         out(line)
 
 
@@ -235,7 +236,7 @@ def run_verb(
         out(list_text())
         return None
     if args.verb == "sweep":
-        sweep(args.cloud, args.yes, args.region, out, confirm)
+        sweep(args.cloud, args.yes, args.region, out, confirm, args.everyone)
         return None
     task = Task.find(args.task)
     if args.verb == "status":
@@ -251,14 +252,12 @@ def run_verb(
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
     elif args.verb == "pull":
-        files = task.pull(progress)
-        out(
-            f"task {task.name}: pulled {len(files)} file(s) into {task.record.get('workdir') or '(no workdir)'}"
-        )
+        task.pull(progress)
+        out(f"task {task.name}: pulled {_pulled(task)} into {task.record.get('workdir') or '(no workdir)'}")
     elif args.verb == "destroy":
-        files = task.destroy(progress)
+        task.destroy(progress)
         out(
-            f"task {task.name}: destroyed; pulled {len(files)} file(s) of {task.spec.get('output') or '(no output)'}"
+            f"task {task.name}: destroyed; pulled {_pulled(task)} of {task.spec.get('output') or '(no output)'}"
         )
     elif args.verb == "preempt":
         task.preempt(args.rank)

@@ -5,7 +5,9 @@
 <remote>/.tpi/task.json                   spec without secret values, id, created, deadline
 <remote>/.tpi/script                      the script
 <remote>/.tpi/env                         environment values (private)
-<remote>/reports/<rank>/<boot>/log        "<RFC3339 UTC> <line>" lines, appended in chunks
+<remote>/reports/<rank>/<boot>/log        "<RFC3339 UTC> <line>" lines, appended (local directories)
+<remote>/reports/<rank>/<boot>/log.NNNNNN one chunk per flush (object stores); the log is their
+                                          concatenation in chunk order
 <remote>/reports/<rank>/<boot>/heartbeat  rewritten every few seconds while alive
 <remote>/reports/<rank>/status.json       {"result": success|failure|timeout, "code": N, ...}
 <remote>/.tpi/sync/data/<writer>.json     per-writer sync metadata: modes, mtimes, empty dirs
@@ -17,6 +19,8 @@ Keys are relative; every rank writes only below its own `reports/<rank>/`.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -26,6 +30,8 @@ SCRIPT = ".tpi/script"
 ENV = ".tpi/env"
 REPORTS = "reports"
 RESULTS = ("success", "failure", "timeout")
+LOG = "log"
+STATUS = "status.json"
 
 
 def join(remote: str, *keys: str) -> str:
@@ -45,7 +51,12 @@ def boot_dir(rank: int, boot: int) -> str:
 
 
 def log(rank: int, boot: int) -> str:
-    return f"{boot_dir(rank, boot)}/log"
+    return f"{boot_dir(rank, boot)}/{LOG}"
+
+
+def log_chunk(log_key: str, number: int) -> str:
+    """The key of a log's chunk number `number` (object stores: one new object per flush)."""
+    return f"{log_key}.{number:06d}"
 
 
 def heartbeat(rank: int, boot: int) -> str:
@@ -53,7 +64,57 @@ def heartbeat(rank: int, boot: int) -> str:
 
 
 def status(rank: int) -> str:
-    return f"{rank_dir(rank)}/status.json"
+    return f"{rank_dir(rank)}/{STATUS}"
+
+
+@dataclass(frozen=True)
+class ReportKey:
+    """A parsed key below `reports/`: `reports/<rank>/<name>` or `reports/<rank>/<boot>/<name>`."""
+
+    rank: int
+    boot: int | None  # None for the rank's own keys (status.json, address)
+    name: str  # status.json, address, claim, heartbeat, boot-log, log, or log.NNNNNN
+    chunk: int | None = None  # the number of a log chunk
+
+    @property
+    def is_log(self) -> bool:
+        return self.boot is not None and (self.name == LOG or self.chunk is not None)
+
+    @property
+    def log_key(self) -> str:
+        """The log this key belongs to (chunks and the appended file alike)."""
+        assert self.boot is not None
+        return log(self.rank, self.boot)
+
+
+def relative(root: str, path: str) -> str:
+    """A listed path as a key relative to the remote's root."""
+    path, root = str(path), root.rstrip("/")
+    return path[len(root) :].lstrip("/") if path.startswith(root) else path
+
+
+def parse_report(key: str) -> ReportKey | None:
+    """The one parser of report keys; None for anything else."""
+    parts = key.strip("/").split("/")
+    if parts[0] != REPORTS or len(parts) not in (3, 4) or not parts[1].isdigit():
+        return None
+    if len(parts) == 3:
+        return ReportKey(int(parts[1]), None, parts[2])
+    if not parts[2].isdigit():
+        return None
+    name, _, number = parts[3].partition(".")
+    chunk = int(number) if name == LOG and number.isdigit() else None
+    return ReportKey(int(parts[1]), int(parts[2]), parts[3], chunk)
+
+
+def parse_reports(root: str, paths: Iterable[str]) -> list[tuple[ReportKey, str]]:
+    """(parsed key, path) for every listed path that is a report key."""
+    found = []
+    for path in paths:
+        parsed = parse_report(relative(root, path))
+        if parsed is not None:
+            found.append((parsed, str(path)))
+    return found
 
 
 def boots(fs: Any, rank_directory: str) -> list[int]:

@@ -14,7 +14,7 @@ from .textview import text_report, widgets_enabled
 
 HELP = """%%tpi key=value ... [--wait] [-o NAME] [--dry-run]   (cell body: the script)
 %tpi list | panel | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
-     | destroy NAME | attach NAME | preempt NAME [--rank N] | sweep CLOUD [--yes]"""
+     | destroy NAME | attach NAME | preempt NAME [--rank N] | sweep CLOUD [--yes] [--all] [--region R]"""
 
 
 @magics_class
@@ -44,7 +44,7 @@ class TpiMagics(Magics):
 
             view = TaskWidget(title="launching", tail_lines=self.widget_log_lines)
         launched = commands.run_task(
-            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
+            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run, files=args.files,
             out=print, tail_lines=self.log_tail_lines, progress=view.upload_progress if view else None,
         )  # fmt: skip
         handle = launched.task or launched.plan

@@ -5,7 +5,9 @@ A machine started with `--rank auto` claims the lowest rank that has no
 (content: its machine id, then the claim time) with a conditional create: S3's
 `If-None-Match: *` (s3fs `pipe_file(mode="create")`) or `open(path, "x")` on a local disk.
 Two machines racing for the same boot of the same rank: exactly one create succeeds, the other
-moves on to the next rank. The boot number is one more than the rank's highest boot, so a
+moves on to the next rank. S3 answers a conditional write that races another with `409
+ConditionalRequestConflict`: it is retried. A `412` can answer a write of our own that the SDK
+retried after a lost response: reading the claim's owner back tells it from a lost race. The boot number is one more than the rank's highest boot, so a
 machine respawned after a spot interruption takes the next boot of the rank whose machine died.
 
 A boot is live while its heartbeat (or, before the first heartbeat, its claim) is younger than
@@ -17,7 +19,9 @@ No IPython or Jupyter imports here: this runs on bare machines.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import random
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +31,8 @@ from .sync import is_local
 
 CLAIM = "claim"
 STALE_HEARTBEATS = 3  # a boot is dead after this many missed heartbeats
+CONFLICT_RETRIES = 6  # 409 ConditionalRequestConflict: another conditional write was in flight
+CONFLICT_BACKOFF = 0.05  # seconds, doubled per retry, with jitter
 
 
 def claim_key(rank: int, boot: int) -> str:
@@ -56,8 +62,28 @@ class RankView:
         return 0 if latest is None else latest + 1
 
 
+def _conflict(error: OSError) -> bool:
+    """S3's 409 ConditionalRequestConflict, as s3fs raises it (the ClientError is the cause)."""
+    response = getattr(error.__cause__, "response", None) or {}
+    status = response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return (
+        response.get("Error", {}).get("Code") == "ConditionalRequestConflict"
+        or status == 409
+        or (error.errno == errno.EBUSY and "conditional" in str(error).lower())
+    )
+
+
+def _written_by_us(fs: Any, path: str, data: bytes) -> bool:
+    """Whether the object at path is our own write: its first line (the writer) is ours."""
+    try:
+        found = bytes(fs.cat_file(path))
+    except FileNotFoundError:
+        return False
+    return found.split(b"\n", 1)[0] == data.split(b"\n", 1)[0]
+
+
 def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
-    """Create path with data unless it exists; True when this call created it.
+    """Create path with data (its first line names the writer) unless it exists; True when ours.
 
     Atomic on a local disk (O_EXCL) and on S3 (conditional put). Other fsspec filesystems get
     their own `mode="create"`, atomic where they implement it.
@@ -71,15 +97,21 @@ def create_exclusive(fs: Any, path: str, data: bytes) -> bool:
         with os.fdopen(handle, "wb") as out:
             out.write(data)
         return True
-    try:
-        fs.pipe_file(path, data, mode="create")
-    except FileExistsError:
-        return False
-    return True
+    for attempt in range(CONFLICT_RETRIES):
+        try:
+            fs.pipe_file(path, data, mode="create")
+            return True
+        except FileExistsError:  # 412: another machine's claim, or our own retried write
+            return _written_by_us(fs, path, data)
+        except OSError as error:
+            if not _conflict(error) or attempt == CONFLICT_RETRIES - 1:
+                raise
+            time.sleep(CONFLICT_BACKOFF * 2**attempt * (1 + random.random()))
+    return False  # not reached: the last attempt returns or raises
 
 
-def _listing(fs: Any, root: str) -> list[str]:
-    """Every key under `reports/`, relative to root, read fresh (no listing cache)."""
+def _listing(fs: Any, root: str) -> list[tuple[layout.ReportKey, str]]:
+    """Every report key under `reports/` with its path, read fresh (no listing cache)."""
     reports = layout.join(root, layout.REPORTS)
     with contextlib.suppress(AttributeError):
         fs.invalidate_cache()  # other machines write here: no cached listing may answer
@@ -87,26 +119,20 @@ def _listing(fs: Any, root: str) -> list[str]:
         found = fs.find(reports)
     except FileNotFoundError:
         return []
-    keys = []
-    for path in found:
-        path = str(path)
-        if path.startswith(root):
-            keys.append(path[len(root) :].lstrip("/"))
-    return keys
+    return layout.parse_reports(root, found)
 
 
 def survey(fs: Any, root: str, world_size: int) -> dict[int, RankView]:
     views = {rank: RankView(boots={}) for rank in range(world_size)}
-    for key in _listing(fs, root):
-        parts = key.split("/")  # reports/<rank>/status.json | reports/<rank>/<boot>/<name>
-        if len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) not in views:
+    for key, _ in _listing(fs, root):
+        view = views.get(key.rank)
+        if view is None:
             continue
-        view = views[int(parts[1])]
-        if parts[2] == "status.json":
+        if key.boot is None and key.name == layout.STATUS:
             view.done = True
-        elif parts[2].isdigit() and len(parts) == 4:
+        elif key.boot is not None:
             assert view.boots is not None
-            view.boots.setdefault(int(parts[2]), set()).add(parts[3])
+            view.boots.setdefault(key.boot, set()).add(key.name)
     return views
 
 
@@ -183,13 +209,13 @@ def read_claims(fs: Any, root: str, cache: dict[str, str] | None = None) -> dict
     """(rank, boot) -> the machine id that claimed it; claims never change, so `cache` keeps them."""
     cache = {} if cache is None else cache
     claims: dict[tuple[int, int], str] = {}
-    for key in _listing(fs, root):
-        parts = key.split("/")
-        if len(parts) == 4 and parts[3] == CLAIM and parts[1].isdigit() and parts[2].isdigit():
-            if key not in cache:
-                with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
-                    text = fs.cat_file(layout.join(root, key)).decode("utf-8")
-                    cache[key] = text.split("\n", 1)[0].strip()
-            if key in cache:
-                claims[(int(parts[1]), int(parts[2]))] = cache[key]
+    for key, path in _listing(fs, root):
+        if key.boot is None or key.name != CLAIM:
+            continue
+        relative = claim_key(key.rank, key.boot)
+        if relative not in cache:
+            with contextlib.suppress(FileNotFoundError, UnicodeDecodeError):
+                cache[relative] = fs.cat_file(path).decode("utf-8").split("\n", 1)[0].strip()
+        if relative in cache:
+            claims[(key.rank, key.boot)] = cache[relative]
     return claims

@@ -334,6 +334,15 @@ class TaskSpec:
         workdir, output = _storage(str(raw.get("workdir", "")), str(raw.get("output", "")), cwd)
         return replace(spec, workdir=workdir, output=output)
 
+    @classmethod
+    def from_public(cls, data: Mapping[str, Any]) -> TaskSpec:
+        """Rebuild a spec stored by `public_dict` (already validated); environment keeps names only."""
+        known = {key: value for key, value in data.items() if key in cls.__dataclass_fields__}
+        known["environment"] = dict.fromkeys(data.get("environment") or [], "")
+        known["exclude"] = tuple(data.get("exclude") or ())
+        known["tags"] = dict(data.get("tags") or {})
+        return cls(**known)
+
     def with_name(self, name: str) -> TaskSpec:
         return replace(self, name=name)
 

@@ -8,7 +8,14 @@ What moves
     rclone-style `- rule` / `+ rule` lines are accepted; `.tpiignore` in the workdir adds lines.
     Excluded files are neither uploaded nor downloaded (nor deleted by a mirror). Symlinks are
     followed only when they point to a file inside the root; others are skipped with one
-    warning each. Writers' temp files (`.<name>.tmp-<8 hex>`) are never synced.
+    warning each. Writers' temp files (`.<name>.tmp-<8 hex>`) are never synced, nor the paths
+    the caller names in `exclude_paths` (the client's registry: it may lie inside a workdir).
+
+Unsyncable files
+    A file that cannot be read (a symlink loop, a FIFO, removed while uploading, a name the
+    target cannot hold) is skipped with a warning ("skipped <path>: <why>") and the upload goes
+    on; only a fault of the remote fails it. A download goes on past a file it cannot write,
+    then fails with one line naming that file (`SyncError`).
 
 Incremental
     `upload` skips a file whose size and mtime (ns) equal what the remote is known to hold: the
@@ -45,9 +52,11 @@ Speed
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
+import stat
 import threading
 import time
 import uuid
@@ -63,7 +72,16 @@ from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
 from . import sync_meta
-from .sync_engines import WORKERS, Engine, Transfer, is_temp_name, select_engine
+from .sync_engines import (
+    WORKERS,
+    Engine,
+    Skip,
+    Transfer,
+    TransferError,
+    atomic_write_bytes,
+    is_temp_name,
+    select_engine,
+)
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +91,7 @@ CHECKPOINT_SECONDS = 2.0
 
 __all__ = [
     "IGNORE_FILE", "WORKERS", "Excluder", "LocalFile", "Manifest", "Progress", "ProgressCallback",
-    "SyncResult", "atomic_write_bytes", "download", "filesystem", "is_local", "local_manifest",
+    "SyncError", "SyncResult", "atomic_write_bytes", "download", "filesystem", "is_local", "local_manifest",
     "scan_local", "upload",
 ]  # fmt: skip
 
@@ -87,6 +105,10 @@ class Progress:
 
 
 ProgressCallback = Callable[[Progress], None]
+
+
+class SyncError(Exception):
+    """A sync that could not complete; the message is one line naming the first failed file."""
 
 
 @dataclass
@@ -160,17 +182,41 @@ class LocalFile(NamedTuple):
     mode: int
 
 
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def _special_kind(mode: int) -> str:
+    for test, kind in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a device"),
+                       (stat.S_ISBLK, "a device")):  # fmt: skip
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
 def scan_local(
-    root: str | os.PathLike[str], excluder: Excluder, warnings: list[str] | None = None
+    root: str | os.PathLike[str],
+    excluder: Excluder,
+    warnings: list[str] | None = None,
+    exclude_paths: Iterable[str | os.PathLike[str]] = (),
 ) -> tuple[dict[str, LocalFile], list[str]]:
     """Files and empty directories below root, by relative posix path.
 
-    Symlinks are followed only when they point to a file inside root; others are reported once.
+    Symlinks are followed only when they point to a file inside root; others, and files that
+    are not regular (FIFOs, sockets, devices), are reported once. `exclude_paths` (absolute) are
+    left out silently, and so are symlinks into them.
     """
     root = os.path.realpath(root)
     files: dict[str, LocalFile] = {}
     empty_dirs: list[str] = []
     warnings = warnings if warnings is not None else []
+    owned = [os.path.realpath(path) for path in exclude_paths]
+    if any(_inside(root, path) for path in owned):
+        warnings.append(f"skipped {root}: it is inside tpi-jupyter's own files")
+        return files, empty_dirs
+    owned_relpaths = {
+        os.path.relpath(path, root).replace(os.sep, "/") for path in owned if _inside(path, root)
+    }
 
     def add_file(entry: os.DirEntry[str], relpath: str) -> None:
         if is_temp_name(entry.name) or excluder.excluded(relpath):
@@ -181,31 +227,55 @@ def scan_local(
             return  # removed while we looked
         files[relpath] = LocalFile(entry.path, info.st_size, info.st_mtime_ns, info.st_mode)
 
+    def odd_entry(entry: os.DirEntry[str], relpath: str) -> str | None:
+        """Why a symlink or special file is skipped (None: follow it)."""
+        if excluder.excluded(relpath) or excluder.excluded(relpath, is_dir=True):
+            return ""
+        if entry.is_symlink():
+            target = os.path.realpath(entry.path)
+            if any(_inside(target, path) for path in owned):
+                return ""
+            if not _inside(target, root):
+                return f"skipped symlink {relpath} -> outside the workdir"
+            try:
+                mode = os.stat(target).st_mode
+            except OSError:
+                return f"skipped symlink {relpath}: a loop or a missing target"
+            if stat.S_ISDIR(mode):
+                return f"skipped symlink {relpath} -> a directory"
+            return None if stat.S_ISREG(mode) else f"skipped symlink {relpath} -> {_special_kind(mode)}"
+        if entry.is_dir(follow_symlinks=False):
+            return None
+        try:
+            kind = _special_kind(entry.stat(follow_symlinks=False).st_mode)
+        except FileNotFoundError:
+            return ""
+        return f"skipped {relpath}: {kind}"
+
     def walk(directory: str, prefix: str) -> None:
         try:
             entries = list(os.scandir(directory))
         except OSError as error:
-            warnings.append(f"cannot read {prefix or '.'}: {error.strerror}")
+            warnings.append(f"skipped {prefix or './'}: cannot read it ({error.strerror})")
             return
         if not entries and prefix:
             empty_dirs.append(prefix.rstrip("/"))
         for entry in entries:
             relpath = prefix + entry.name
             if entry.is_file(follow_symlinks=False):  # the common case first
-                add_file(entry, relpath)
+                if relpath not in owned_relpaths:
+                    add_file(entry, relpath)
                 continue
-            if entry.is_symlink():
-                target = os.path.realpath(entry.path)
-                if not (target + os.sep).startswith(root + os.sep):
-                    warnings.append(f"skipped symlink {relpath} -> outside the workdir")
-                    continue
-                if os.path.isdir(target):
-                    warnings.append(f"skipped symlink {relpath} -> a directory")
-                    continue
-            if entry.is_dir():
+            if relpath in owned_relpaths:
+                continue  # tpi-jupyter's own files (the registry, keys, local remotes)
+            why = odd_entry(entry, relpath)
+            if why is not None:
+                if why:
+                    warnings.append(why)
+            elif entry.is_dir(follow_symlinks=False):
                 if not excluder.excluded(relpath, is_dir=True):
                     walk(entry.path, relpath + "/")
-            elif entry.is_file():  # a symlink to a file inside root
+            else:  # a symlink to a file inside root
                 add_file(entry, relpath)
 
     walk(root, "")
@@ -260,24 +330,6 @@ class Manifest:
 # ---------------------------------------------------------------- helpers
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
-    """Write a local file so that readers see the old or the new content, never a half."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(temp, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if mode is not None:
-            os.chmod(temp, mode)
-        os.replace(temp, path)
-    finally:
-        if temp.exists():
-            temp.unlink()
-
-
 def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
@@ -295,9 +347,12 @@ class _Run:
     """Progress accounting and periodic checkpoints for one batch of transfers."""
 
     def __init__(self, jobs: list[Transfer], progress: ProgressCallback | None,
-                 on_done: Callable[[Transfer], None], checkpoint: Callable[[], None]):  # fmt: skip
+                 on_done: Callable[[Transfer], None], checkpoint: Callable[[], None],
+                 why_skip: Callable[[Transfer, Exception], str | None] = lambda job, error: None):  # fmt: skip
         self.state = Progress(files_total=len(jobs), bytes_total=sum(job.size for job in jobs))
         self.progress, self.on_done, self.checkpoint = progress, on_done, checkpoint
+        self.why_skip = why_skip
+        self.skipped: dict[str, str] = {}  # relpath -> why
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.dirty = False
@@ -306,6 +361,20 @@ class _Run:
         with self.lock:
             self.on_done(job)
             self.dirty = True
+        self._advance(job)
+
+    def skip(self, job: Transfer, error: Exception) -> bool:
+        """A file given up (the engine goes on with the others) when why_skip says why."""
+        why = self.why_skip(job, error)
+        if why is None:
+            return False
+        with self.lock:
+            self.skipped[job.relpath] = why
+        self._advance(job)
+        return True
+
+    def _advance(self, job: Transfer) -> None:
+        with self.lock:
             self.state.files_done += 1
             self.state.bytes_done += job.size
             snapshot = Progress(**vars(self.state))
@@ -325,7 +394,7 @@ class _Run:
             except Exception as error:  # the final checkpoint is strict
                 log.warning("sync checkpoint failed: %s", error)
 
-    def run(self, transfer: Callable[[list[Transfer], Callable[[Transfer], None]], None],
+    def run(self, transfer: Callable[[list[Transfer], Callable[[Transfer], None], Skip], None],
             jobs: list[Transfer]) -> None:  # fmt: skip
         if self.progress:
             self.progress(Progress(**vars(self.state)))
@@ -334,12 +403,31 @@ class _Run:
         saver = threading.Thread(target=self._saver, name="tpi-sync-checkpoint", daemon=True)
         saver.start()
         try:
-            transfer(jobs, self.done)
+            transfer(jobs, self.done, self.skip)
         finally:
             self.stop.set()
             saver.join()
             with contextlib.suppress(Exception):
                 self.save()  # keep what finished, even when interrupted
+
+
+_NAME_ERRORS = (errno.ENAMETOOLONG, errno.EILSEQ)
+
+
+def _unreadable(job: Transfer, error: Exception) -> str | None:
+    """Why an upload gives a file up: the local file's own fault; None for a remote fault."""
+    if not isinstance(error, OSError):
+        return None
+    if isinstance(error, FileNotFoundError) and error.filename == job.src:
+        return "removed while uploading"
+    if error.filename == job.src or error.errno in _NAME_ERRORS:
+        return error.strerror or str(error)
+    return None
+
+
+def _any_failure(job: Transfer, error: Exception) -> str:
+    """Downloads go on past a failed file, then fail naming it."""
+    return str(TransferError(job.relpath, error))
 
 
 # ---------------------------------------------------------------- public API
@@ -351,6 +439,7 @@ def upload(
     remote_root: str,
     *,
     exclude: Iterable[str] = (),
+    exclude_paths: Iterable[str | os.PathLike[str]] = (),
     manifest: Manifest | None = None,
     mirror: bool = False,
     dry_run: bool = False,
@@ -364,7 +453,8 @@ def upload(
     Unchanged files are found from local stats and the manifest (or, without one, the remote
     metadata records). `mirror` deletes remote files below remote_root that are gone locally.
     `writer` names this writer's metadata record (default: the manifest's writer, else
-    "client"); `engine` forces "fsspec" or "obstore".
+    "client"); `engine` forces "fsspec" or "obstore". `exclude_paths` are absolute local paths
+    never uploaded. Unreadable files are skipped and reported in the result's warnings.
     """
     remote_root = remote_root.rstrip("/")
     mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
@@ -374,7 +464,7 @@ def upload(
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="tpi-sync-meta") as pool:
         fetched = pool.submit(sync_meta.read_all, mover, remote_root) if manifest is None else None
         listed = pool.submit(mover.list_files, remote_root) if mirror else None
-        files, empty_dirs = scan_local(local_root, excluder, result.warnings)
+        files, empty_dirs = scan_local(local_root, excluder, result.warnings, exclude_paths)
         records = fetched.result() if fetched is not None else {}
         listing = listed.result() if listed is not None else None
     for warning in result.warnings:
@@ -426,9 +516,14 @@ def upload(
             manifest.save()
         mover.write(sync_meta.record_path(remote_root, record.writer), record.to_bytes())
 
-    run = _Run(jobs, progress, on_done, checkpoint)
+    run = _Run(jobs, progress, on_done, checkpoint, _unreadable)
     if jobs:
         run.run(mover.put, jobs)
+    for relpath, why in sorted(run.skipped.items()):
+        result.files.remove(relpath)
+        result.bytes -= by_path[relpath].size
+        result.warnings.append(f"skipped {relpath}: {why}")
+        log.warning("%s", result.warnings[-1])
     for directory in empty_dirs:
         mover.makedirs(f"{remote_root}/{directory}")
     if doomed:
@@ -473,8 +568,11 @@ def download(
     result = SyncResult(engine=mover.name)
     merged, dirs = sync_meta.merge(sync_meta.read_all(mover, remote_root))
     jobs: list[Transfer] = []
-    for inner, (size, mtime) in sorted(mover.list_files(base).items()):
-        relpath = f"{subdir}/{inner}" if subdir else inner
+    listing = mover.list_files(base)
+    if not listing and subdir and (single := mover.stat(base)) is not None:
+        listing = {"": single}  # subdir names a file
+    for inner, (size, mtime) in sorted(listing.items()):
+        relpath = "/".join(part for part in (subdir, inner) if part)
         if excluder.excluded_with_parents(relpath):
             continue
         entry = merged.get(relpath)
@@ -496,7 +594,7 @@ def download(
         result.bytes += size
         mode = entry[2] if entry is not None else None
         mtime_ns = entry[1] if entry is not None else (int(mtime * 1e9) if mtime is not None else None)
-        jobs.append(Transfer(relpath, f"{base}/{inner}", target, size, mode, mtime_ns))
+        jobs.append(Transfer(relpath, f"{base}/{inner}" if inner else base, target, size, mode, mtime_ns))
     prefix = f"{subdir}/" if subdir else ""
     wanted_dirs = sorted(
         directory for directory in dirs
@@ -506,9 +604,15 @@ def download(
     result.dirs = wanted_dirs
     if dry_run:
         return result
-    _Run(jobs, progress, lambda job: None, lambda: None).run(mover.get, jobs)
+    run = _Run(jobs, progress, lambda job: None, lambda: None, _any_failure)
+    run.run(mover.get, jobs)
     for directory in wanted_dirs:
-        os.makedirs(os.path.join(local_root, *directory.split("/")), exist_ok=True)
+        with contextlib.suppress(FileExistsError):  # a local file of that name is the user's: kept
+            os.makedirs(os.path.join(local_root, *directory.split("/")), exist_ok=True)
+    if run.skipped:
+        first = min(run.skipped)
+        more = f" (and {len(run.skipped) - 1} more files)" if len(run.skipped) > 1 else ""
+        raise SyncError(f"cannot download {run.skipped[first]}{more}")
     return result
 
 

@@ -53,11 +53,63 @@ class Transfer:
 
 
 Done = Callable[[Transfer], None]
+# Told of a job that failed; True: give that file up and go on with the others.
+Skip = Callable[[Transfer, Exception], bool]
+NAME_MAX = 255  # bytes in one path component on the filesystems we write to
+TEMP_KEEP = NAME_MAX - len(".") - len(".tmp-12345678")
+
+
+class TransferError(Exception):
+    """One file failed to move; the message names it."""
+
+    def __init__(self, relpath: str, error: BaseException):
+        self.relpath, self.error = relpath, error
+        reason = (
+            error.strerror
+            if isinstance(error, OSError) and error.strerror
+            else str(error) or type(error).__name__
+        )
+        super().__init__(f"{relpath}: {reason}")
 
 
 def temp_path(target: str) -> str:
+    """A sibling temp name; long names are cut (on a character boundary) to fit NAME_MAX."""
     directory, name = os.path.split(target)
+    encoded = os.fsencode(name)
+    if len(encoded) > TEMP_KEEP:
+        name = encoded[:TEMP_KEEP].decode("utf-8", "ignore")
     return os.path.join(directory, f".{name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int | None = None) -> None:
+    """Write a local file so that readers see the old or the new content, never a half."""
+    target = os.fspath(path)
+    os.makedirs(os.path.dirname(target) or ".", exist_ok=True)
+    temp = temp_path(target)
+    try:
+        with open(temp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(temp, mode)
+        os.replace(temp, target)
+    finally:
+        if os.path.exists(temp):
+            os.unlink(temp)
+
+
+def attempt(work: Callable[[Transfer], None], job: Transfer, done: Done, skip: Skip | None) -> None:
+    """Run one job; a failure is offered to skip, else raised naming the file."""
+    try:
+        work(job)
+    except Exception as error:
+        if skip is not None and skip(job, error):
+            return
+        if isinstance(error, TransferError):
+            raise
+        raise TransferError(job.relpath, error) from error
+    done(job)
 
 
 def is_temp_name(name: str) -> bool:
@@ -110,19 +162,18 @@ def copy_local(job: Transfer) -> None:
         os.close(source)
 
 
-def run_chunked(jobs: list[Transfer], work: Callable[[Transfer], None], done: Done, workers: int) -> None:
+def run_chunked(jobs: list[Transfer], work: Callable[[Transfer], None], done: Done, workers: int,
+                skip: Skip | None = None) -> None:  # fmt: skip
     """Run many small jobs on a few threads, each taking a slice (one future per file costs more
     than the copy). Every slice ends before the first failure is re-raised."""
     if len(jobs) < 64 or workers <= 1:
         for job in jobs:
-            work(job)
-            done(job)
+            attempt(work, job, done, skip)
         return
 
     def one_slice(part: list[Transfer]) -> None:
         for job in part:
-            work(job)
-            done(job)
+            attempt(work, job, done, skip)
 
     slices = [jobs[index :: workers * 4] for index in range(workers * 4)]
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -132,14 +183,14 @@ def run_chunked(jobs: list[Transfer], work: Callable[[Transfer], None], done: Do
         raise errors[0]  # type: ignore[misc]
 
 
-def run_pool(jobs: list[Transfer], work: Callable[[Transfer], None], done: Done, workers: int) -> None:
+def run_pool(jobs: list[Transfer], work: Callable[[Transfer], None], done: Done, workers: int,
+             skip: Skip | None = None) -> None:  # fmt: skip
     """Run jobs on a thread pool; every job ends before the first failure is re-raised."""
     if not jobs:
         return
 
     def one(job: Transfer) -> None:
-        work(job)
-        done(job)
+        attempt(work, job, done, skip)
 
     if len(jobs) == 1 or workers <= 1:
         for job in jobs:
@@ -177,10 +228,15 @@ class Engine:
         """Files below root (recursively): relpath -> (size, mtime seconds)."""
         raise NotImplementedError
 
-    def put(self, jobs: list[Transfer], done: Done) -> None:
+    def put(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
+        """Upload jobs; a failed file is offered to skip (True: go on), else raised."""
         raise NotImplementedError
 
-    def get(self, jobs: list[Transfer], done: Done) -> None:
+    def get(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
+        raise NotImplementedError
+
+    def stat(self, path: str) -> tuple[int, float | None] | None:
+        """(size, mtime seconds) of the file at path; None when it is not a file."""
         raise NotImplementedError
 
     def read(self, path: str) -> bytes | None:
@@ -224,14 +280,21 @@ class LocalEngine(Engine):
         walk(root, "")
         return found
 
-    def put(self, jobs: list[Transfer], done: Done) -> None:
+    def put(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
         # Large files are kernel copies (sendfile) and overlap well; small ones are syscall-bound.
         small = [job for job in jobs if job.size < LARGE_FILE]
         large = [job for job in jobs if job.size >= LARGE_FILE]
-        run_pool(large, copy_local, done, min(self.workers, 4))
-        run_chunked(small, copy_local, done, LOCAL_WORKERS)
+        run_pool(large, copy_local, done, min(self.workers, 4), skip)
+        run_chunked(small, copy_local, done, LOCAL_WORKERS, skip)
 
     get = put
+
+    def stat(self, path: str) -> tuple[int, float | None] | None:
+        try:
+            info = os.stat(path)
+        except OSError:
+            return None
+        return (info.st_size, info.st_mtime) if stat.S_ISREG(info.st_mode) else None
 
     def read(self, path: str) -> bytes | None:
         try:
@@ -240,14 +303,7 @@ class LocalEngine(Engine):
             return None
 
     def write(self, path: str, data: bytes) -> None:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        temp = temp_path(path)
-        try:
-            Path(temp).write_bytes(data)
-            os.replace(temp, path)
-        finally:
-            if os.path.exists(temp):
-                os.unlink(temp)
+        atomic_write_bytes(path, data)
 
     def delete(self, paths: list[str]) -> None:
         for path in paths:
@@ -268,6 +324,8 @@ class FsspecEngine(Engine):
             entries = self.fs.find(root, detail=True)
         except FileNotFoundError:
             return {}
+        if not isinstance(entries, dict):  # adlfs answers [root] when root is a file
+            return {}
         found: dict[str, tuple[int, float | None]] = {}
         for path, info in entries.items():
             if info.get("type") == "directory":
@@ -278,10 +336,21 @@ class FsspecEngine(Engine):
             found[relpath] = (int(info.get("size") or 0), mtime_of(info))
         return found
 
-    def put(self, jobs: list[Transfer], done: Done) -> None:
-        run_pool(jobs, lambda job: self.fs.put_file(job.src, job.dst), done, self.workers)
+    def put(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
+        run_pool(jobs, lambda job: self.fs.put_file(job.src, job.dst), done, self.workers, skip)
 
-    def get(self, jobs: list[Transfer], done: Done) -> None:
+    def stat(self, path: str) -> tuple[int, float | None] | None:
+        with contextlib.suppress(Exception):
+            self.fs.invalidate_cache(path)
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if info.get("type") != "file":
+            return None
+        return int(info.get("size") or 0), mtime_of(info)
+
+    def get(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
         def fetch(job: Transfer) -> None:
             os.makedirs(os.path.dirname(job.dst), exist_ok=True)
             temp = temp_path(job.dst)
@@ -292,7 +361,7 @@ class FsspecEngine(Engine):
                 if os.path.exists(temp):
                     os.unlink(temp)
 
-        run_pool(jobs, fetch, done, self.workers)
+        run_pool(jobs, fetch, done, self.workers, skip)
 
     def read(self, path: str) -> bytes | None:
         try:
@@ -361,7 +430,7 @@ class ObstoreEngine(Engine):
                 found[relpath] = (int(meta["size"]), meta["last_modified"].timestamp())
         return found
 
-    def put(self, jobs: list[Transfer], done: Done) -> None:
+    def put(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
         import obstore
 
         async def main() -> None:
@@ -374,17 +443,17 @@ class ObstoreEngine(Engine):
                         data = Path(job.src).read_bytes()
                         await obstore.put_async(store, key, data, use_multipart=False)
                     else:  # multipart above PART_SIZE: parts read as they go, committed at the end
+                        os.close(os.open(job.src, os.O_RDONLY | _CLOEXEC))  # unreadable: an OSError naming it
                         async with heavy:
                             await obstore.put_async(store, key, Path(job.src), chunk_size=PART_SIZE,
                                                     max_concurrency=self.PARTS)  # fmt: skip
-                done(job)
 
-            await _gather(one(job) for job in jobs)
+            await _gather(_attempt_async(one, job, done, skip) for job in jobs)
 
         if jobs:
             _run_async(main())
 
-    def get(self, jobs: list[Transfer], done: Done) -> None:
+    def get(self, jobs: list[Transfer], done: Done, skip: Skip | None = None) -> None:
         import obstore
 
         async def main() -> None:
@@ -421,12 +490,22 @@ class ObstoreEngine(Engine):
                 finally:
                     if os.path.exists(temp):
                         os.unlink(temp)
-                done(job)
 
-            await _gather(one(job) for job in jobs)
+            await _gather(_attempt_async(one, job, done, skip) for job in jobs)
 
         if jobs:
             _run_async(main())
+
+    def stat(self, path: str) -> tuple[int, float | None] | None:
+        import obstore
+        from obstore.exceptions import NotFoundError
+
+        store, key = self._store(path)
+        try:
+            meta = obstore.head(store, key)
+        except (NotFoundError, FileNotFoundError):
+            return None
+        return int(meta["size"]), meta["last_modified"].timestamp()
 
     def read(self, path: str) -> bytes | None:
         import obstore
@@ -454,6 +533,18 @@ class ObstoreEngine(Engine):
         for store, keys in by_bucket.values():
             for start in range(0, len(keys), 1000):
                 obstore.delete(store, keys[start : start + 1000])
+
+
+async def _attempt_async(work: Callable[[Transfer], Coroutine[Any, Any, None]], job: Transfer, done: Done,
+                         skip: Skip | None) -> None:  # fmt: skip
+    """`attempt` for coroutines."""
+    try:
+        await work(job)
+    except Exception as error:
+        if skip is not None and skip(job, error):
+            return
+        raise TransferError(job.relpath, error) from error
+    done(job)
 
 
 async def _gather(coroutines: Any) -> None:

@@ -10,23 +10,28 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from fsspec.utils import get_protocol
+
 from . import layout, state
-from .backends.base import Backend, GroupState, get_backend
+from .backends.base import Backend, GroupState, Sweepable, get_backend
+from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
+from .backends.kit import sweep as kit_sweep
+from .backends.kit.steps import Steps
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+PLAN_FILES = 50  # upload lines a dry run shows without --files
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
-# How often machines report, per backend: the local backend is fast, clouds pay per request.
-TIMING = {
-    "local": {"log_interval": 0.25, "heartbeat_interval": 2, "sync_interval": 2},
-    "default": {"log_interval": 2, "heartbeat_interval": 10, "sync_interval": 30},
-}
+
+# The last read of each task in this process (monotonic time, snapshot): every Task object of a
+# task (kernel, widgets, REST handlers) shares it, so the cloud is read at most once per interval.
+_RECENT: dict[str, tuple[float, Snapshot]] = {}
 
 
 class TaskError(Exception):
@@ -48,7 +53,23 @@ class Snapshot:
     status: str
     ranks: list[RankState] = field(default_factory=list)
     group: GroupState | None = None
-    log_sizes: dict[str, int] = field(default_factory=dict)  # log key -> bytes
+    log_sizes: dict[str, int] = field(default_factory=dict)  # log key -> bytes (all its chunks)
+    log_parts: dict[str, list[tuple[str, int]]] = field(default_factory=dict)  # log key -> (path, size)
+
+
+@dataclass
+class Listed:
+    """A task in a listing, read or not: one unreadable task must not hide the others."""
+
+    task: Task
+    snapshot: Snapshot | None
+    error: Exception | None = None
+
+    @property
+    def status(self) -> str:
+        if self.snapshot is not None:
+            return self.snapshot.status
+        return f"unknown ({self.error.__class__.__name__})"
 
 
 @dataclass
@@ -59,9 +80,20 @@ class Plan:
     lines: list[str]
     files: int
     bytes: int
+    uploads: list[tuple[str, int]] = field(default_factory=list)  # (relpath, size) in path order
+
+    def text(self, all_files: bool = False) -> str:
+        """The plan; the upload list is cut at PLAN_FILES lines unless all_files."""
+        shown = self.uploads if all_files else self.uploads[:PLAN_FILES]
+        lines = [*self.lines, *(f"      {relpath}  {human_bytes(size)}" for relpath, size in shown)]
+        if len(shown) < len(self.uploads):
+            lines.append(
+                f"      ... and {len(self.uploads) - len(shown)} more files (--dry-run --files lists all)"
+            )
+        return "\n".join(lines)
 
     def __str__(self) -> str:
-        return "\n".join(self.lines)
+        return self.text()
 
 
 def human_bytes(count: int) -> str:
@@ -76,33 +108,44 @@ def human_bytes(count: int) -> str:
 class LogTail:
     """Reads only the new bytes of every rank's logs since the last call.
 
-    Offsets move past complete lines only, so they alone are the cursor (the REST API hands
-    them to the browser and back).
+    A (rank, boot) log is the concatenation of its chunks (object stores) or one appended file
+    (local directories); its offset counts bytes of that whole. Offsets move past complete
+    lines only, so they alone are the cursor (the REST API hands them to the browser and back).
     """
 
     def __init__(self, task: Task, offsets: Mapping[str, int] | None = None):
         self.task = task
         self.offsets: dict[str, int] = dict(offsets or {})
 
+    def _read(self, key: str, start: int, end: int) -> bytes:
+        """Bytes [start, end) of a log, across its chunks as last listed."""
+        fs, _ = self.task.remote
+        parts, data, base = self.task.log_parts.get(key, []), [], 0
+        for path, size in parts:
+            if base + size > start and base < end:
+                data.append(fs.cat_file(path, start=max(0, start - base), end=min(size, end - base)))
+            base += size
+        return b"".join(data)
+
     def poll(self, sizes: Mapping[str, int] | None = None) -> list[tuple[int, str, str]]:
         """New (rank, timestamp, text) lines, merged across ranks in time order."""
         if sizes is None:
-            sizes = self.task.read().log_sizes
-        fs, root = self.task.remote
+            sizes = self.task.read(fresh=True).log_sizes
         lines: list[tuple[int, str, str]] = []
         for key, size in sorted(sizes.items()):
             offset = self.offsets.get(key, 0)
-            if size <= offset:
+            parsed = layout.parse_report(key)
+            if size <= offset or parsed is None:
                 continue
             try:
-                chunk = fs.cat_file(layout.join(root, key), start=offset, end=size)
+                chunk = self._read(key, offset, size)
             except FileNotFoundError:
                 continue
             complete = chunk[: chunk.rfind(b"\n") + 1]
             if not complete:
                 continue  # a line still being written: read it whole next time
             self.offsets[key] = offset + len(complete)
-            rank = int(key.split("/")[1])
+            rank = parsed.rank
             for raw in complete[:-1].split(b"\n"):
                 stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
                 lines.append((rank, stamp, text))
@@ -113,11 +156,12 @@ class LogTail:
 class Task:
     """One task, found in the registry; every method works after a kernel restart."""
 
-    def __init__(self, record: dict[str, Any]):
+    def __init__(self, record: dict[str, Any], backend: Backend[Any] | None = None):
         self.record = record
-        self.destroyed = False
-        self._backend: Backend | None = None
+        self._backend = backend
+        self._state: Any = None
         self._remote: tuple[Any, str] | None = None
+        self.log_parts: dict[str, list[tuple[str, int]]] = {}
 
     # -- lookup
 
@@ -132,6 +176,17 @@ class Task:
     @classmethod
     def all(cls) -> list[Task]:
         return [cls(record) for record in state.records()]
+
+    @classmethod
+    def all_safe(cls) -> list[Listed]:
+        """Every task with its snapshot, or the error that kept it from being read."""
+        listed = []
+        for task in cls.all():
+            try:
+                listed.append(Listed(task, task.read()))
+            except Exception as error:  # one unreadable task must not hide the others
+                listed.append(Listed(task, None, error))
+        return listed
 
     # -- properties
 
@@ -148,10 +203,46 @@ class Task:
         return dict(self.record["spec"])
 
     @property
-    def backend(self) -> Backend:
+    def task_spec(self) -> TaskSpec:
+        return TaskSpec.from_public(self.record["spec"])
+
+    @property
+    def destroyed(self) -> bool:
+        """The registry is the source: a task destroyed through another handle is destroyed here too."""
+        return self._refresh() is None
+
+    def _refresh(self) -> dict[str, Any] | None:
+        """Reload the record (events and status other handles saved); None once destroyed."""
+        stored = state.load(self.id)
+        if stored is not None:
+            self.record = stored
+        return stored
+
+    @property
+    def backend(self) -> Backend[Any]:
         if self._backend is None:
             self._backend = get_backend(self.record["cloud"])
         return self._backend
+
+    @property
+    def backend_state(self) -> Any:
+        """The backend's typed state, rebuilt once from the record (older records: record[cloud])."""
+        if self._state is None:
+            stored = self.record.get("backend", self.record.get(self.record["cloud"], {}))
+            self._state = self.backend.state_type(**stored)
+        return self._state
+
+    @property
+    def poll_interval(self) -> float:
+        """The least seconds between two reads of this task's cloud (the backend declares it)."""
+        return float(self.backend.capabilities.poll_interval)
+
+    def _save_state(self) -> None:
+        """Persist the backend's state (it changed); a deleted task stays deleted."""
+        backend = asdict(self.backend_state)
+        self.record["backend"] = backend
+        with contextlib.suppress(OSError):
+            state.update(self.id, lambda record: record.update(backend=backend))
 
     @property
     def remote(self) -> tuple[Any, str]:
@@ -161,10 +252,31 @@ class Task:
 
     # -- reading
 
-    def read(self) -> Snapshot:
-        if self.destroyed:
+    def read(self, fresh: bool = False) -> Snapshot:
+        """The task now; within the backend's poll interval the last read answers (unless fresh)."""
+        if self._refresh() is None:
             return Snapshot("destroyed")
-        group = self.backend.read(self.record)
+        cached = _RECENT.get(self.id)
+        if not fresh and cached and time.monotonic() - cached[0] < self.poll_interval:
+            self.log_parts = cached[1].log_parts
+            return cached[1]
+        group = self.backend.read(self.task_spec, self.backend_state)
+        statuses, boots, parts = self._read_reports()
+        self.log_parts = parts
+        log_sizes = {key: sum(size for _, size in chunks) for key, chunks in parts.items()}
+        ranks = self._ranks(group, statuses, boots)
+        snapshot = Snapshot(self._collapse(ranks, group), ranks, group, log_sizes, parts)
+        _RECENT[self.id] = (time.monotonic(), snapshot)
+        if snapshot.status != self.record.get("status"):
+            self.record["status"] = snapshot.status
+            with contextlib.suppress(OSError):
+                state.update(self.id, lambda record: record.update(status=snapshot.status))
+        return snapshot
+
+    def _read_reports(
+        self,
+    ) -> tuple[dict[int, dict[str, Any]], dict[int, set[int]], dict[str, list[tuple[str, int]]]]:
+        """Statuses, boots per rank and every log's parts (chunks in order), from one listing."""
         fs, root = self.remote
         reports = layout.join(root, layout.REPORTS)
         try:
@@ -173,20 +285,24 @@ class Task:
             listing = {}
         statuses: dict[int, dict[str, Any]] = {}
         boots: dict[int, set[int]] = {}
-        log_sizes: dict[str, int] = {}
-        for path, info in listing.items():
-            key = path[len(root) :].lstrip("/") if path.startswith(root) else path
-            parts = key.split("/")  # reports/<rank>/<boot>/log | reports/<rank>/status.json
-            if len(parts) < 3 or not parts[1].isdigit():
-                continue
-            rank = int(parts[1])
-            if parts[2] == "status.json":
+        chunks: dict[str, list[tuple[int, str, int]]] = {}
+        for key, path in layout.parse_reports(root, listing):
+            if key.boot is None and key.name == layout.STATUS:
                 with contextlib.suppress(FileNotFoundError, ValueError):
-                    statuses[rank] = json.loads(fs.cat_file(path))
-            elif parts[2].isdigit():
-                boots.setdefault(rank, set()).add(int(parts[2]))
-                if len(parts) == 4 and parts[3] == "log":
-                    log_sizes[key] = int(info.get("size") or 0)
+                    statuses[key.rank] = json.loads(fs.cat_file(path))
+            elif key.boot is not None:
+                boots.setdefault(key.rank, set()).add(key.boot)
+                if key.is_log:
+                    number = -1 if key.chunk is None else key.chunk
+                    chunks.setdefault(key.log_key, []).append(
+                        (number, path, int(listing[path].get("size") or 0))
+                    )
+        parts = {log: [(path, size) for _, path, size in sorted(found)] for log, found in chunks.items()}
+        return statuses, boots, parts
+
+    def _ranks(
+        self, group: GroupState, statuses: dict[int, dict[str, Any]], boots: dict[int, set[int]]
+    ) -> list[RankState]:
         alive = {machine.rank for machine in group.machines if machine.alive}
         ranks = []
         for rank in range(int(self.spec["parallelism"])):
@@ -204,12 +320,7 @@ class Task:
                 ranks.append(RankState(rank, "preempted" if count else "queued", count))
             else:
                 ranks.append(RankState(rank, "lost" if self.record.get("started") else "queued", count))
-        snapshot = Snapshot(self._collapse(ranks, group), ranks, group, log_sizes)
-        if snapshot.status != self.record.get("status"):
-            self.record["status"] = snapshot.status
-            with contextlib.suppress(OSError):
-                state.update(self.id, lambda record: record.update(status=snapshot.status))
-        return snapshot
+        return ranks
 
     def _collapse(self, ranks: list[RankState], group: GroupState) -> str:
         states = [rank.state for rank in ranks]
@@ -235,10 +346,8 @@ class Task:
 
     def events(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
         """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
-        if snapshot is not None:
-            group = snapshot.group.events if snapshot.group else []
-        else:
-            group = [] if self.destroyed else self.backend.read(self.record).events
+        snapshot = snapshot or self.read()
+        group = snapshot.group.events if snapshot.group else []
         return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
 
     def logs(self) -> list[str]:
@@ -249,8 +358,11 @@ class Task:
             per_rank.setdefault(rank, []).append(f"{stamp} {text}")
         return ["\n".join(lines) for _, lines in sorted(per_rank.items())]
 
-    def follow(self, poll: float = 0.25) -> Iterator[tuple[int, str, str]]:
-        """New log lines as they arrive, until the task is final and every log is read."""
+    def follow(self, poll: float = 0.25, until: float | None = None) -> Iterator[tuple[int, str, str]]:
+        """New log lines as they arrive, until the task is final and every log is read.
+
+        `until` (a time.monotonic() value) ends the stream early, even while the script is silent.
+        """
         tail = LogTail(self)
         while True:
             snapshot = self.read()
@@ -258,18 +370,22 @@ class Task:
             if snapshot.status in FINAL:
                 yield from tail.poll()  # whatever was flushed before the status
                 return
-            time.sleep(poll)
+            left = None if until is None else until - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            time.sleep(poll if left is None else min(poll, left))
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None
     ) -> str:
-        limit = None if timeout is None else time.time() + timeout
-        for line in self.follow():
+        until = None if timeout is None else time.monotonic() + timeout
+        for line in self.follow(until=until):
             if on_line:
                 on_line(*line)
-            if limit and time.time() > limit:
-                raise TaskError(f"task {self.name}: still {self.status} after {timeout:.0f} s")
-        return self.status
+        status = self.status
+        if status not in FINAL:
+            raise TaskError(f"task {self.name}: still {status} after {timeout or 0:.0f} s")
+        return status
 
     def tail_text(self, lines: int = 20) -> str:
         width = int(self.spec["parallelism"])
@@ -280,16 +396,20 @@ class Task:
     # -- acting
 
     def _event(self, kind: str, detail: str = "") -> None:
-        self.record.setdefault("events", []).append(
-            {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
-        )
-        if state.load(self.id) is not None:
-            state.save(self.record)
+        event = {"time": time.time(), "kind": kind, "rank": None, "detail": detail}
+        # a locked read-modify-write: another handle's events (or status) are kept, not overwritten
+        stored = state.update(self.id, lambda record: record.setdefault("events", []).append(event))
+        if stored is not None:
+            self.record = stored
+        else:
+            self.record.setdefault("events", []).append(event)
 
     def stop(self) -> None:
         if self.destroyed:
             return
-        self.backend.stop(self.record)
+        self.backend.stop(self.task_spec, self.backend_state)
+        self._save_state()
+        _RECENT.pop(self.id, None)  # the next read sees the stop
         self._event("stopped")
 
     def preempt(self, rank: int = 0) -> None:
@@ -301,22 +421,39 @@ class Task:
         if not 0 <= rank < int(self.spec["parallelism"]):
             raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
         try:
-            self.backend.preempt(self.record, rank)
+            self.backend.preempt(self.task_spec, self.backend_state, rank)
         except RuntimeError as error:
             raise TaskError(f"task {self.name}: {error}") from None
+        _RECENT.pop(self.id, None)
         self._event("preempt-requested", f"rank {rank}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
-        """Download `output` into the workdir without destroying; returns the files fetched."""
+        """Download `output` (a directory or a file) into the workdir without destroying; returns
+        the files fetched. TaskError when a file cannot be fetched or output is not on the remote."""
+        return self._pull(progress, "pull")
+
+    def _pull(self, progress: ProgressCallback | None, verb: str) -> list[str]:
         if self.destroyed:
             raise TaskError(f"task {self.name}: destroyed; nothing to pull")
         workdir, output = self.record.get("workdir"), self.spec.get("output")
         if not workdir or not output:
             return []
         fs, root = self.remote
-        result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
-                          exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
-        self._event("pulled", f"{len(result.files)} files, {human_bytes(result.bytes)}")
+        kept = "; nothing was deleted: fix that and destroy again" if verb == "destroy" else ""
+        try:
+            result = download(fs, layout.join(root, layout.DATA), workdir, subdir=output,
+                              exclude=self.spec.get("exclude", []), progress=progress)  # fmt: skip
+        except Exception as error:  # SyncError names the file; others are the remote's, one line too
+            raise TaskError(f"{verb} of task {self.name}: {error}{kept}") from None
+        if not result.files and not result.skipped and not result.dirs:
+            if verb == "pull":
+                raise TaskError(
+                    f"pull of task {self.name}: output {output!r} is not on the remote (yet); nothing pulled"
+                )
+            self._event("pulled", f"nothing: output {output} was not on the remote")
+            return []
+        here = f" ({result.skipped} already here)" if result.skipped else ""
+        self._event("pulled", f"{len(result.files)} file(s), {human_bytes(result.bytes)}{here}")
         return result.files
 
     def destroy(self, progress: ProgressCallback | None = None) -> list[str]:
@@ -326,11 +463,13 @@ class Task:
         """
         if self.destroyed:
             return []
-        self.backend.stop(self.record)
-        fetched = self.pull(progress) if self.record.get("remote") else []
-        self.backend.delete(self.record)
+        spec, backend_state = self.task_spec, self.backend_state
+        self.backend.stop(spec, backend_state)
+        self._save_state()
+        fetched = self._pull(progress, "destroy") if self.record.get("remote") else []
+        self.backend.delete(spec, backend_state)
         state.delete(self.id)
-        self.destroyed = True
+        _RECENT.pop(self.id, None)
         self.record["status"] = "destroyed"
         self.record.setdefault("events", []).append(
             {"time": time.time(), "kind": "destroyed", "rank": None, "detail": ""}
@@ -344,6 +483,10 @@ class Task:
         finished = [rank.finished for rank in snapshot.ranks if rank.finished]
         end = max(finished) if snapshot.status in FINAL and finished else time.time()
         return max(0.0, end - float(self.record["created"]))
+
+    def cost_text(self, snapshot: Snapshot) -> str:
+        """Cost so far, from the backend ("n/a" where no price lookup exists)."""
+        return self.backend.cost(self.task_spec, self.backend_state, self.elapsed(snapshot))
 
     def summary(self) -> str:
         spec = self.spec
@@ -363,10 +506,6 @@ class Task:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
-
-
-def pricing_text(spot: float) -> str:
-    return "on-demand" if spot < 0 else ("spot" if spot == 0 else f"spot <= ${spot}/h")
 
 
 def format_line(rank: int, text: str, world_size: int) -> str:
@@ -390,7 +529,9 @@ def launch(
     if not spec.name:
         spec = spec.with_name(random_name())
     try:
-        backend: Backend | None = get_backend(spec.cloud)  # a missing backend fails before anything exists
+        backend: Backend[Any] | None = get_backend(
+            spec.cloud
+        )  # a missing backend fails before anything exists
     except SpecError:
         if not dry_run:
             raise
@@ -407,32 +548,46 @@ def launch(
         "id": spec.id, "name": spec.name, "cloud": spec.cloud, "spec": spec.public_dict(),
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
-        "timing": TIMING.get(spec.cloud, TIMING["default"]),
         # imported from the local environment (likely credentials): masked in logs by the agent
         "masked": sorted(name for name in values if not spec.environment.get(name)),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
+    if backend is None:
+        return _plan(spec, None, None)
+    backend_state = backend.new_state(spec, record["deadline"])
+    record["timing"] = asdict(backend.capabilities.timing)
+    record["backend"] = asdict(backend_state)
     if dry_run:
-        return _plan(spec, record, backend)
-    assert backend is not None
+        return _plan(spec, backend, backend_state)
+    return _create(spec, backend, backend_state, record, script, values, progress)
+
+
+def _create(
+    spec: TaskSpec, backend: Backend[Any], backend_state: Any, record: dict[str, Any], script: str,
+    values: dict[str, str], progress: ProgressCallback | None,
+) -> Task:  # fmt: skip
+    def checkpoint() -> None:  # what exists is in the registry before the next step can fail
+        record["backend"] = asdict(backend_state)
+        state.save(record)
+
     state.save(record)
     try:
-        backend.create(record)
-        record["remote"] = backend.remote_url(record)
-        state.save(record)
+        backend.create(spec, backend_state, Steps(spec.cloud, checkpoint))
+        record["remote"] = backend.remote_url(spec, backend_state)
+        checkpoint()
         _write_remote(record, script, values, progress)
-        backend.start(record)
+        backend.start(spec, backend_state)
         record["started"] = time.time()
         record["events"].append({"time": record["started"], "kind": "started", "rank": None, "detail": ""})
-        state.save(record)
+        checkpoint()
     except BaseException as error:
-        _rollback(backend, record)
-        if isinstance(error, (SpecError, TaskError)):
+        cleaned = _rollback(backend, spec, backend_state, record)
+        if isinstance(error, SpecError):
             raise
         if isinstance(error, Exception):
-            raise TaskError(f"launch of {spec.name} failed and was rolled back: {error}") from error
+            raise TaskError(f"launch of {spec.name} failed: {error}; {cleaned}") from error
         raise
-    return Task(record)
+    return Task(record, backend)
 
 
 def _write_remote(
@@ -448,21 +603,41 @@ def _write_remote(
     if is_local(fs):
         os.chmod(env_path, 0o600)
     if record["workdir"]:
-        upload(
+        result = upload(
             record["workdir"],
             fs,
             layout.join(root, layout.DATA),
             exclude=record["spec"]["exclude"],
+            exclude_paths=own_paths(record["spec"], record["remote"]),
             progress=progress,
         )
+        record["events"] += [{"time": time.time(), "kind": "upload-warning", "rank": None, "detail": warning}
+                             for warning in result.warnings]  # fmt: skip
     else:
         fs.makedirs(layout.join(root, layout.DATA), exist_ok=True)
 
 
-def _rollback(backend: Backend, record: dict[str, Any]) -> None:
-    with contextlib.suppress(Exception):
-        backend.delete(record)
+def own_paths(spec: Mapping[str, Any], remote: str | None) -> list[str]:
+    """What tpi-jupyter writes on this machine (registry, keys, local remotes): never uploaded,
+    even from a workdir that holds it (a notebook in $HOME with workdir=.)."""
+    paths = [str(state.home())]
+    for place in (spec.get("container"), remote):
+        if place and get_protocol(place) == "file":
+            paths.append(os.path.abspath(place.removeprefix("file://")))
+    return paths
+
+
+def _rollback(backend: Backend[Any], spec: TaskSpec, backend_state: Any, record: dict[str, Any]) -> str:
+    """Delete what was made; the registry entry goes only when nothing is left behind."""
+    try:
+        backend.delete(spec, backend_state)
+    except Exception as error:
+        record["backend"] = asdict(backend_state)
+        with contextlib.suppress(OSError):
+            state.save(record)
+        return f"rollback incomplete ({error}); the task stays listed: destroy it to retry"
     state.delete(record["id"])
+    return "everything created so far was removed"
 
 
 def _generic_plan(spec: TaskSpec) -> list[str]:
@@ -474,18 +649,44 @@ def _generic_plan(spec: TaskSpec) -> list[str]:
     ]
 
 
-def _plan(spec: TaskSpec, record: dict[str, Any], backend: Backend | None) -> Plan:
+def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> Plan:
     files = size = 0
     warnings: list[str] = []
+    found: dict[str, Any] = {}
     if spec.workdir:
-        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings)
+        remote = None
+        with contextlib.suppress(Exception):  # a cloud may need created state to say where
+            remote = backend.remote_url(spec, backend_state) if backend else None
+        exclude_paths = own_paths(spec.public_dict(), remote)
+        found, _ = scan_local(spec.workdir, Excluder(spec.exclude, spec.workdir), warnings, exclude_paths)
         files, size = len(found), sum(item.size for item in found.values())
+    resources = backend.plan(spec, backend_state) if backend else _generic_plan(spec)
     lines = [
         f"dry run: nothing was created. Task {spec.name} ({spec.id}) would create:",
-        *(f"  - {line}" for line in (backend.plan(record) if backend else _generic_plan(spec))),
+        *(f"  - {line}" for line in resources),
         f"  - upload: {files} files, {human_bytes(size)} from {spec.workdir}" if spec.workdir
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
     ]  # fmt: skip
-    return Plan(spec.id, lines, files, size)
+    if found:
+        lines.append("  - files to upload:")
+    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)])
+
+
+# ---------------------------------------------------------------- sweeping
+
+
+def sweep(cloud: str, *, delete: bool, region: str | None = None, everyone: bool = False) -> list[str]:
+    """What tasks gone from the registry left in `cloud` (the caller's unless `everyone`)."""
+    backend = get_backend(cloud)
+    if not backend.capabilities.sweep:
+        raise TaskError(
+            f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
+        )
+    sweeper: Sweepable = backend  # type: ignore[assignment]
+    live = {record["id"] for record in state.records()}
+    try:
+        return kit_sweep.sweep(sweeper, live, region=region, everyone=everyone, delete=delete)
+    except RuntimeError as error:
+        raise TaskError(str(error)) from None

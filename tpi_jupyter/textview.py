@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import time
 from typing import Any
 
@@ -24,9 +25,25 @@ def elapsed_text(task: Task, snapshot: Snapshot) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def cost_text(task: Task) -> str:
-    # Only the local backend has a known price yet (nothing); clouds get theirs with a catalogue.
-    return "$0.00 (local)" if task.record.get("cloud") == "local" else "n/a"
+def cost_text(task: Task, snapshot: Snapshot) -> str:
+    """Cost so far, as the task's backend prices it."""
+    try:
+        return task.cost_text(snapshot)
+    except Exception:  # a backend missing here (uninstalled extra) must not break the report
+        return "n/a"
+
+
+MAX_LINE_BYTES = 10_000  # one log line as displayed; the rest is cut (a progress bar without newlines)
+CUT_MARK = re.compile(r" … \[line cut: \d+ more bytes\]\Z")
+
+
+def clip_line(text: str, limit: int = MAX_LINE_BYTES) -> str:
+    """The line itself when short, else its first `limit` bytes and how many bytes were cut."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= limit or len(CUT_MARK.sub("", text).encode("utf-8", "replace")) <= limit:
+        return text  # short, or cut already (the widget cuts, then its text report sees the line)
+    kept = encoded[:limit].decode("utf-8", "ignore")  # never half a character
+    return f"{kept} … [line cut: {len(encoded) - len(kept.encode())} more bytes]"
 
 
 def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
@@ -35,7 +52,7 @@ def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
     lines = [
         f"{task.name}  {task.id}  [{snapshot.status}]",
         f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing_text(float(spec['spot']))}"
-        f" · elapsed {elapsed_text(task, snapshot)} · cost {cost_text(task)}",
+        f" · elapsed {elapsed_text(task, snapshot)} · cost {cost_text(task, snapshot)}",
     ]
     for rank in snapshot.ranks:
         code = "-" if rank.code is None else str(rank.code)
@@ -43,7 +60,7 @@ def text_report(task: Task, snapshot: Snapshot, log_lines: list[str]) -> str:
     for event in task.events(snapshot):
         lines.append(f"  {clock(event['time'])} {event_text(event)}")
     if log_lines:
-        lines += ["--- log ---", *log_lines]
+        lines += ["--- log ---", *(clip_line(line) for line in log_lines)]
     return "\n".join(lines)
 
 

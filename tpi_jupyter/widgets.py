@@ -11,14 +11,14 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import ipywidgets as w
 
 from .sync import Progress
 from .task import FINAL, LogTail, Snapshot, Task, format_line, human_bytes, pricing_text
-from .textview import clock, cost_text, elapsed_text, event_text, text_report
+from .textview import clip_line, clock, cost_text, elapsed_text, event_text, text_report
 
 BADGE_COLOURS = {
     "queued": "#6c757d", "provisioning": "#0d6efd", "running": "#0d6efd", "preempted": "#fd7e14",
@@ -27,6 +27,39 @@ BADGE_COLOURS = {
 MIN_INTERVAL = 0.2
 MAX_INTERVAL = 5.0
 FINAL_GRACE = 15.0  # seconds a final task is still polled while its machines wind down
+MAX_TAIL_BYTES = 200_000  # the log tail is re-sent on every update: keep it small
+MAX_ERROR_CHARS = 300
+
+
+class LogBuffer:
+    """The newest log lines, bounded in count and in bytes; each line clipped (`clip_line`)."""
+
+    def __init__(self, max_lines: int, max_bytes: int = MAX_TAIL_BYTES):
+        self.max_lines, self.max_bytes = max(1, max_lines), max_bytes
+        self._lines: deque[str] = deque()
+        self.bytes = 0
+
+    def append(self, line: str) -> None:
+        line = clip_line(line)
+        self._lines.append(line)
+        self.bytes += len(line.encode("utf-8", "replace")) + 1
+        while len(self._lines) > self.max_lines or (self.bytes > self.max_bytes and len(self._lines) > 1):
+            self.bytes -= len(self._lines.popleft().encode("utf-8", "replace")) + 1
+
+    def __len__(self) -> int:
+        return len(self._lines)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._lines)
+
+    def __getitem__(self, index: int) -> str:
+        return self._lines[index]
+
+
+def one_line(error: Exception) -> str:
+    """An error as one short line (a multi-line message would push the buttons away)."""
+    text = " ".join(str(error).split()) or error.__class__.__name__
+    return text if len(text) <= MAX_ERROR_CHARS else text[: MAX_ERROR_CHARS - 1] + "…"
 
 
 class Poller:
@@ -53,9 +86,10 @@ class Poller:
         self._wake.set()
 
     def _loop(self) -> None:
-        interval = MIN_INTERVAL
         last: tuple[Any, ...] = ()
         final_since = 0.0
+        fastest = max(MIN_INTERVAL, self.task.poll_interval)  # no faster than the backend allows
+        interval = fastest
         while not self._stop.is_set():
             try:
                 snapshot = self.task.read()
@@ -72,13 +106,13 @@ class Poller:
                     final_since = final_since or time.time()
                     if group_gone or time.time() - final_since > FINAL_GRACE:
                         return
-                interval = MIN_INTERVAL if changed else min(interval * 1.5, MAX_INTERVAL)
+                interval = fastest if changed else min(interval * 1.5, max(MAX_INTERVAL, fastest))
             except Exception as error:  # shown in the widget; keep polling, slower
                 self.on_error(error)
                 interval = MAX_INTERVAL
             if self._wake.wait(interval):
                 self._wake.clear()
-                interval = MIN_INTERVAL
+                interval = fastest
 
 
 class TaskWidget(w.VBox):  # type: ignore[misc]
@@ -86,9 +120,11 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
 
     def __init__(self, task: Task | None = None, *, title: str = "", tail_lines: int = 200):
         self.task: Task | None = None
-        self.lines: deque[str] = deque(maxlen=tail_lines)
+        self.lines = LogBuffer(tail_lines)
         self.poller: Poller | None = None
         self._shown = False
+        self._display: Any = None  # the display handle, to refresh the text fallback once attached
+        self._busy = ""  # the action running now (its buttons stay disabled meanwhile)
         self._snapshot: Snapshot | None = None
         self.header_view = w.HTML(f"<b>{html.escape(title)}</b> <i>launching…</i>")
         self.progress_bar = w.IntProgress(min=0, max=1, value=0, layout=w.Layout(width="50%"))
@@ -127,13 +163,17 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
             from IPython.display import display
 
             self._shown = True
-            display(self)  # type: ignore[no-untyped-call]
+            self._display = display(self, display_id=True)  # type: ignore[no-untyped-call]
 
     def attach(self, task: Task) -> None:
         self.task = task
-        self._set_buttons(enabled=True)
+        self._sync_buttons()
         self.poller = Poller(task, self._update, self._show_error)
         self.poller.start()
+        if self._display is not None:
+            # Shown while uploading, before there was a task: the saved text/plain (nbconvert,
+            # nbval) would stay the bare widget repr without this update.
+            self._display.update(self)
 
     def close(self) -> None:
         if self.poller:
@@ -178,10 +218,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         if lines:
             self.log_view.value = self._log_html()
         self.events_view.value = self._events_html(snapshot)
-        final = snapshot.status in FINAL
-        self.stop_button.disabled = final
-        if snapshot.status == "destroyed":
-            self._set_buttons(enabled=False)
+        self._sync_buttons()
 
     def _header_html(self, snapshot: Snapshot) -> str:
         assert self.task is not None
@@ -193,7 +230,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
             f"<b>{html.escape(self.task.name)}</b> <code>{self.task.id}</code> {badge}<br>"
             f"{spec['cloud']} · {html.escape(str(spec['machine']))} x {spec['parallelism']} · "
             f"{pricing_text(float(spec['spot']))} · elapsed {elapsed_text(self.task, snapshot)} · "
-            f"cost {cost_text(self.task)}"
+            f"cost {cost_text(self.task, snapshot)}"
         )
 
     @staticmethod
@@ -223,29 +260,44 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         )
         return f"<ul class='tpi-events' style='margin:0'>{items}</ul>"
 
-    def _show_error(self, error: Exception) -> None:
-        self.error_view.value = (
-            f"<span style='color:#dc3545'>⚠ {html.escape(str(error) or error.__class__.__name__)}</span>"
-        )
+    def _show_error(self, error: Exception, action: str = "") -> None:
+        text = f"{action} failed: {one_line(error)}" if action else one_line(error)
+        self.error_view.value = f"<span style='color:#dc3545'>⚠ {html.escape(text)}</span>"
 
     def _set_buttons(self, enabled: bool) -> None:
         for button in (self.stop_button, self.pull_button, self.destroy_button):
             button.disabled = not enabled
 
+    def _sync_buttons(self) -> None:
+        """Buttons follow the task: none while an action runs or once destroyed; Stop until final."""
+        status = self._snapshot.status if self._snapshot else ""
+        if self.task is None or self._busy or status == "destroyed":
+            self._set_buttons(enabled=False)
+            return
+        self._set_buttons(enabled=True)
+        self.stop_button.disabled = status in FINAL
+
     # -- actions: run off the kernel's main thread, errors stay visible
 
     def _act(self, name: str, action: Callable[[Task], Any]) -> threading.Thread:
         task = self.task
-        if task is None:
+        if task is None or self._busy:
             return threading.Thread()
+        self._busy = name
+        self._sync_buttons()
 
         def run() -> None:
             self.error_view.value = f"<i>{name}…</i>"
             try:
                 action(task)
                 self.error_view.value = ""
-            except Exception as error:
-                self._show_error(error)
+            except Exception as error:  # one line; the buttons come back for another try
+                self._show_error(error, name)
+            finally:
+                self._busy = ""
+                if task.destroyed:
+                    self._snapshot = Snapshot("destroyed")
+                self._sync_buttons()
             self.refresh()
 
         thread = threading.Thread(target=run, name=f"tpi-{name}", daemon=True)
@@ -272,8 +324,6 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
 
     def _confirmed_destroy(self) -> threading.Thread:
         self._hide_confirm()
-        self._set_buttons(enabled=False)
-
         return self._act("destroy", lambda task: task.destroy(self.pull_progress))
 
     def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
@@ -302,11 +352,8 @@ class TaskPanel(w.VBox):  # type: ignore[misc]
 
     def refresh(self) -> None:
         options = []
-        for task in Task.all():
-            try:
-                status = task.status
-            except Exception as error:
-                status = f"unreadable: {error.__class__.__name__}"
+        for item in Task.all_safe():
+            task, status = item.task, item.status
             label = f"{task.name} · {task.spec['cloud']} · {task.spec['machine']}x{task.spec['parallelism']} · {status}"
             options.append((label, task.id))
         if options != list(self.select.options):

@@ -38,6 +38,8 @@ export interface ITaskSummary {
   workdir?: string;
   output?: string;
   error?: string;
+  /** The least seconds between two reads of this task's cloud (its backend's); absent: no limit. */
+  poll_interval?: number;
 }
 
 export interface IRank {
@@ -62,7 +64,8 @@ export interface ITaskDetail extends ITaskSummary {
 
 export interface ILogLine {
   rank: number;
-  time: number;
+  /** The agent's RFC 3339 UTC stamp, as written in the log (e.g. 2026-01-31T12:00:00.123Z). */
+  time: string;
   text: string;
 }
 

@@ -17,6 +17,23 @@ export function formatDuration(seconds: number): string {
   return `${Math.floor(h / 24)}d ${String(h % 24).padStart(2, '0')}h`;
 }
 
+/** A displayed log line's limit in UTF-8 bytes, as the notebook widget's (textview.MAX_LINE_BYTES). */
+export const MAX_LINE_BYTES = 10_000;
+
+/** The line itself when short, else its first MAX_LINE_BYTES bytes and how many bytes were cut. */
+export function clipLine(text: string, limit = MAX_LINE_BYTES): string {
+  if (text.length * 3 <= limit) {
+    return text; // short for any encoding: skip the encoder
+  }
+  const bytes = new TextEncoder().encode(text);
+  if (bytes.length <= limit) {
+    return text;
+  }
+  const kept = new TextDecoder().decode(bytes.slice(0, limit)).replace(/\uFFFD$/, '');
+  const cut = bytes.length - new TextEncoder().encode(kept).length;
+  return `${kept} … [line cut: ${cut} more bytes]`;
+}
+
 export function formatSize(bytes: number): string {
   const units = ['B', 'KB', 'MB', 'GB', 'TB'];
   let value = bytes;

@@ -10,7 +10,7 @@ import { TpiClient } from './api';
 import { TaskPanel } from './panel';
 
 export { TaskPanel } from './panel';
-export { Poller } from './poller';
+export { SidebarPoll } from './polling';
 export { TpiClient } from './api';
 
 const CLOUD_SVG = `<svg xmlns="http://www.w3.org/2000/svg" width="16" viewBox="0 0 24 24">

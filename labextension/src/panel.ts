@@ -22,8 +22,8 @@ import {
   STATUSES,
   TpiClient
 } from './api';
-import { el, formatDuration, formatSize, formatSpot, formatTime } from './format';
-import { Poller } from './poller';
+import { clipLine, el, formatDuration, formatSize, formatSpot, formatTime } from './format';
+import { SidebarPoll } from './polling';
 
 /** What the panel needs from JupyterLab's command registry. */
 export interface ICommands {
@@ -47,7 +47,7 @@ const ACTION_LABELS: Record<Action, [string, string]> = {
 };
 
 export class TaskPanel extends Widget {
-  readonly poller: Poller;
+  readonly poller: SidebarPoll;
   private readonly client: TpiClient;
   private readonly commands: ICommands;
 
@@ -212,11 +212,12 @@ export class TaskPanel extends Widget {
 
     this.node.append(header, this.message, listSection, this.detailNode);
 
-    this.poller = new Poller({
+    this.poller = new SidebarPoll({
       poll: () => this.poll(),
       active: () => this.isVisible && !this.isDisposed,
       maxInterval: () =>
         this.tasks.some(t => !FINAL.has(t.status)) ? ACTIVE_MAX_INTERVAL : IDLE_MAX_INTERVAL,
+      floor: () => this.pollFloor(),
       onFailure: error => this.reportFailure(error),
       onRecovery: () => this.showProblem('')
     });
@@ -232,7 +233,7 @@ export class TaskPanel extends Widget {
     if (this.isDisposed) {
       return;
     }
-    this.poller.stop();
+    this.poller.dispose();
     this.stopTicker();
     super.dispose();
   }
@@ -288,6 +289,17 @@ export class TaskPanel extends Widget {
   }
 
   // -- polling
+
+  /**
+   * The least ms between polls that every task allows: each poll reads every listed task
+   * (and the selected one's detail), and a backend declares its minimum (`poll_interval`, s).
+   */
+  private pollFloor(): number {
+    const seconds = [...this.tasks, ...(this.detail ? [this.detail] : [])]
+      .map(t => t.poll_interval)
+      .filter((value): value is number => typeof value === 'number' && Number.isFinite(value));
+    return 1000 * Math.max(0, ...seconds);
+  }
 
   /** One poll: the list, then the selected task's detail, new log lines and files. */
   private async poll(): Promise<boolean> {
@@ -672,7 +684,7 @@ export class TaskPanel extends Widget {
 
   private appendLog(lines: ILogLine[], showRank: boolean): void {
     const text = lines
-      .map(line => (showRank ? `[${line.rank}] ${line.text}` : line.text))
+      .map(line => clipLine(showRank ? `[${line.rank}] ${line.text}` : line.text))
       .join('\n');
     this.log.appendChild(document.createTextNode((this.logCount ? '\n' : '') + text));
     this.logCount += lines.length;

@@ -318,3 +318,55 @@ def test_sidebar_polling_backs_off_pauses_and_reports_once(lab_server: LabServer
     page.unroute(tasks_url)
     panel.get_by_role("button", name="Refresh").click()
     expect(message).to_be_hidden(timeout=10_000)
+
+
+def test_sidebar_never_polls_faster_than_the_tasks_poll_interval(
+    lab_server: LabServer, tpi_env: Path, page: Any
+) -> None:
+    """A backend's `poll_interval` in the task detail is the floor, even while every poll sees news.
+
+    Also: a huge log line is cut at 10 kB, the rest marked, as in the notebook widget.
+    """
+    floor = 6.0
+    script = "python3 -c \"print('Z' * 50000)\"; for i in $(seq 1 150); do echo tick-$i; sleep 0.3; done"
+    task = start(tpi_env, "slow-cloud", script)
+    lists: list[float] = []
+    details: list[float] = []
+    page.on(
+        "request",
+        lambda r: lists.append(time.monotonic()) if r.url.split("?")[0].endswith("/tpi/tasks") else None,
+    )
+
+    def slow_detail(route: Any) -> None:
+        """The detail as a backend with a 6 s minimum would send it."""
+        response = route.fetch()
+        body = response.json()
+        body["poll_interval"] = floor
+        details.append(time.monotonic())
+        route.fulfill(response=response, json=body)
+
+    page.route(re.compile(rf".*/tpi/tasks/{task.id}(\?.*)?$"), slow_detail)
+    try:
+        open_lab(page, lab_server)
+        panel = show_sidebar(page)
+        item(page, "slow-cloud").click()
+        log = panel.locator(".tpi-sidebar-log")
+        expect(log).to_contain_text("tick-1", timeout=30_000)
+        wait_for_details = time.monotonic()
+        while not details and time.monotonic() - wait_for_details < 30:
+            page.wait_for_timeout(200)
+        since = details[0]
+        page.wait_for_timeout(21_000)
+        scheduled = [at for at in lists if at > since]
+        gaps = [round(b - a, 1) for a, b in itertools.pairwise([since, *scheduled])]
+        print(f"poll gaps with poll_interval={floor}: {gaps}")
+        assert len(gaps) >= 2, gaps
+        # Lines change on every poll, so without the floor the sidebar polls every 2 s.
+        assert min(gaps) >= floor - 0.3, gaps
+        expect(log).to_contain_text("tick-40")  # the log still streams, in bigger steps
+        # a huge line is cut as in the notebook widget
+        text = log.inner_text()
+        assert "Z" * 10_000 + " … [line cut: 40000 more bytes]" in text and "Z" * 10_001 not in text
+    finally:
+        page.unroute(re.compile(rf".*/tpi/tasks/{task.id}(\?.*)?$"))
+        task.destroy()

@@ -1,15 +1,47 @@
-"""The Backend protocol: what a cloud driver does for `task.py`, and how drivers are found."""
+"""The backend contract: what a cloud driver does for `task.py`, what it declares, how it is found.
+
+A backend gets the validated `TaskSpec` and its own typed state (a dataclass) that `task.py`
+persists in the registry; it never writes the registry itself. `create` runs its steps through a
+`Steps` runner whose checkpoint saves the state after every step, so a crash midway leaves a
+record that `destroy` can finish.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from ..spec import SpecError
+from ..spec import SpecError, TaskSpec
+
+if TYPE_CHECKING:
+    from .kit.steps import Steps
+    from .kit.sweep import Orphan
 
 ENTRY_POINT_GROUP = "tpi_jupyter.backends"
-BUILTIN = {"local": "tpi_jupyter.backends.local:LocalBackend"}
+MACHINE_GROUP = "tpi_jupyter.machines"  # machine-side hooks: identity(), release(machine_id)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How often machines report (seconds): a local disk is cheap, clouds bill per request."""
+
+    log_interval: float = 2.0
+    heartbeat_interval: float = 10.0
+    sync_interval: float = 30.0
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend supports; the core asks this instead of the cloud's name."""
+
+    preemption: bool  # `tpi preempt` can interrupt a rank as a spot reclaim would
+    sweep: bool  # the backend can list and delete resources of forgotten tasks
+    ranks: Literal["claims", "index"]  # machines claim ranks in the remote, or the platform numbers them
+    prices: bool  # a price lookup exists (cost so far), else cost shows "n/a"
+    poll_interval: float  # the least seconds between two reads of the cloud for one task
+    env_protection: str  # one line: how `.tpi/env` is kept private
+    timing: Timing = field(default_factory=Timing)
 
 
 @dataclass
@@ -22,54 +54,88 @@ class Machine:
 
 @dataclass
 class GroupState:
-    """What the cloud says about a task's machines (the bucket's reports are read by task.py)."""
+    """What the cloud says about a task's machines (the remote's reports are read by task.py)."""
 
     exists: bool  # the group (or its local stand-in) is still there and may run machines
     machines: list[Machine] = field(default_factory=list)
     events: list[dict[str, Any]] = field(default_factory=list)  # {"time", "kind", "rank", "detail"}
 
 
-class Backend(Protocol):
-    name: str
+S = TypeVar("S")
 
-    def remote_url(self, record: dict[str, Any]) -> str:
+
+def pricing_text(spot: float) -> str:
+    """The `spot` argument in words, the same in every face and plan."""
+    if spot < 0:
+        return "on-demand"
+    if spot == 0:
+        return "spot, capped at the on-demand price"
+    return f"spot, at most ${spot:g}/h"
+
+
+class Backend(Protocol[S]):
+    name: str
+    capabilities: Capabilities
+    state_type: type[S]
+
+    def new_state(self, spec: TaskSpec, deadline: float) -> S:
+        """The state of a task about to be created (nothing exists yet)."""
+
+    def remote_url(self, spec: TaskSpec, state: S) -> str:
         """Where the task's remote lives (bucket prefix, container or directory)."""
 
-    def create(self, record: dict[str, Any]) -> None:
-        """Create storage and a machine group of size 0. May add backend keys to `record`."""
-
-    def start(self, record: dict[str, Any]) -> None:
-        """Scale the group to `parallelism` once the remote holds everything."""
-
-    def plan(self, record: dict[str, Any]) -> list[str]:
+    def plan(self, spec: TaskSpec, state: S) -> list[str]:
         """What create + start would make, one line per resource (for `--dry-run`)."""
 
-    def read(self, record: dict[str, Any]) -> GroupState: ...
+    def create(self, spec: TaskSpec, state: S, steps: Steps) -> None:
+        """Create storage and a machine group of size 0, recording each resource in `state`."""
 
-    def stop(self, record: dict[str, Any]) -> None:
+    def start(self, spec: TaskSpec, state: S) -> None:
+        """Scale the group to `parallelism` once the remote holds everything."""
+
+    def read(self, spec: TaskSpec, state: S) -> GroupState: ...
+
+    def stop(self, spec: TaskSpec, state: S) -> None:
         """Ask every machine to stop (they sync back and report); idempotent."""
 
-    def delete(self, record: dict[str, Any]) -> None:
+    def delete(self, spec: TaskSpec, state: S) -> None:
         """Remove every cloud resource of the task, storage included; idempotent."""
 
-    def preempt(self, record: dict[str, Any], rank: int) -> None:
+    def preempt(self, spec: TaskSpec, state: S, rank: int) -> None:
         """Interrupt one rank's machine as the cloud reclaiming a spot machine would."""
+
+    def cost(self, spec: TaskSpec, state: S, seconds: float) -> str:
+        """Cost so far as text ("n/a" without a price lookup)."""
+
+
+class Sweepable(Protocol):
+    """A backend with `capabilities.sweep`: lists and deletes what forgotten tasks left."""
+
+    def caller(self) -> str:
+        """Who is asking (the creator tag this caller's resources carry)."""
+
+    def orphans(self, region: str | None) -> list[Orphan]: ...
+
+    def delete_orphan(self, orphan: Orphan) -> None: ...
 
 
 def available() -> dict[str, str]:
-    found = dict(BUILTIN)
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        found[entry.name] = entry.value
-    return found
+    return {entry.name: entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}
 
 
-def get_backend(cloud: str) -> Backend:
-    targets = available()
-    if cloud not in targets:
+def get_backend(cloud: str) -> Backend[Any]:
+    found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
+    if cloud not in found:
         raise SpecError(
-            f"cloud: {cloud!r} has no backend installed in this version; accepted: {', '.join(sorted(targets))}"
+            f"cloud: {cloud!r} has no backend installed in this version; accepted: {', '.join(sorted(found))}"
         )
-    module_name, _, attribute = targets[cloud].partition(":")
-    module = __import__(module_name, fromlist=[attribute])
-    backend: Backend = getattr(module, attribute)()
+    backend: Backend[Any] = found[cloud].load()()
     return backend
+
+
+def machine_hooks(cloud: str) -> Any:
+    """The module with a cloud's machine-side hooks, found by entry point."""
+    found = {entry.name: entry for entry in entry_points(group=MACHINE_GROUP)}
+    if cloud not in found:
+        raise SpecError(f"release: {cloud!r} has no machine hooks; accepted: {', '.join(sorted(found))}")
+    return found[cloud].load()

@@ -19,14 +19,17 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import layout
 from ..agent import Remote
+from ..spec import TaskSpec
 from ..state import home
 from ..sync import atomic_write_bytes, filesystem
-from .base import GroupState, Machine
+from .base import Capabilities, GroupState, Machine, Timing
+from .kit.steps import Steps
 
 STOP_GRACE = 30.0  # seconds a stopping agent gets for its last sync before it is killed
 RESPAWN_DELAY = 0.5
@@ -64,39 +67,53 @@ def _read_json(path: Path) -> Any:
         return None
 
 
+@dataclass
+class LocalState:
+    base: str = ""  # the task's directory: the group's files, machine directories, the bucket
+
+
 class LocalBackend:
     name = "local"
+    state_type = LocalState
+    capabilities = Capabilities(
+        preemption=True, sweep=False, ranks="index", prices=True, poll_interval=0.0,
+        env_protection="a 0600 file in the task's 0700 directory, owned by this user",
+        timing=Timing(log_interval=0.25, heartbeat_interval=2.0, sync_interval=2.0),
+    )  # fmt: skip
+
+    def new_state(self, spec: TaskSpec, deadline: float) -> LocalState:
+        return LocalState(base=str(home() / "local" / spec.id))
 
     @staticmethod
-    def base(record: dict[str, Any]) -> Path:
-        return Path(record.get("local", {}).get("base") or home() / "local" / record["id"])
+    def base(state: LocalState) -> Path:
+        return Path(state.base)
 
-    def remote_url(self, record: dict[str, Any]) -> str:
-        container = record["spec"].get("container")
-        if container:
-            return layout.join(container, record["id"])
-        return str(self.base(record) / "bucket")
+    def remote_url(self, spec: TaskSpec, state: LocalState) -> str:
+        if spec.container:
+            return layout.join(spec.container, spec.id)
+        return str(self.base(state) / "bucket")
 
-    def plan(self, record: dict[str, Any]) -> list[str]:
-        count = record["spec"]["parallelism"]
+    def plan(self, spec: TaskSpec, state: LocalState) -> list[str]:
         return [
-            f"machines: a local group of {count} process(es) on this machine, respawned when preempted",
-            f"storage: {self.remote_url(record)}",
+            f"machines: a local group of {spec.parallelism} process(es) on this machine, respawned when preempted",
+            f"storage: {self.remote_url(spec, state)}",
         ]
 
-    def create(self, record: dict[str, Any]) -> None:
-        base = self.base(record)
-        base.mkdir(parents=True, exist_ok=True)
-        os.chmod(base, 0o700)
-        record["local"] = {"base": str(base)}
+    def create(self, spec: TaskSpec, state: LocalState, steps: Steps) -> None:
+        def make() -> None:
+            base = self.base(state)
+            base.mkdir(parents=True, exist_ok=True)
+            os.chmod(base, 0o700)
 
-    def start(self, record: dict[str, Any]) -> None:
-        base = self.base(record)
+        steps.run("task directory", make)
+
+    def start(self, spec: TaskSpec, state: LocalState) -> None:
+        base = self.base(state)
         log = open(base / "group.log", "ab")  # noqa: SIM115 - handed to the child
         command = [
             sys.executable, "-m", "tpi_jupyter.backends.local", "--detach",
-            "--base", str(base), "--remote", self.remote_url(record),
-            "--parallelism", str(record["spec"]["parallelism"]),
+            "--base", str(base), "--remote", self.remote_url(spec, state),
+            "--parallelism", str(spec.parallelism),
         ]  # fmt: skip
         with log:
             launcher = subprocess.Popen(
@@ -114,8 +131,8 @@ class LocalBackend:
         info = _read_json(base / "group.json")
         return int(info["pid"]) if info else None
 
-    def read(self, record: dict[str, Any]) -> GroupState:
-        base = self.base(record)
+    def read(self, spec: TaskSpec, state: LocalState) -> GroupState:
+        base = self.base(state)
         pid = self._group_pid(base)
         running = bool(pid) and _alive(pid, str(base))  # type: ignore[arg-type]
         machines = [
@@ -129,8 +146,8 @@ class LocalBackend:
                     events.append(json.loads(line))
         return GroupState(exists=running, machines=machines, events=events)
 
-    def stop(self, record: dict[str, Any], wait: float = STOP_GRACE + 10) -> None:
-        base = self.base(record)
+    def stop(self, spec: TaskSpec, state: LocalState, wait: float = STOP_GRACE + 10) -> None:
+        base = self.base(state)
         pid = self._group_pid(base)
         if not pid or not _alive(pid, str(base)):
             return
@@ -148,25 +165,30 @@ class LocalBackend:
             _kill_group(info.get("pid"), signal.SIGKILL)
             _kill_group(_script_pid(base, int(rank)), signal.SIGKILL)
 
-    def delete(self, record: dict[str, Any]) -> None:
-        base = self.base(record)
+    def delete(self, spec: TaskSpec, state: LocalState) -> None:
+        if not state.base:
+            return  # nothing was made
+        base = self.base(state)
         pid = self._group_pid(base)
         if pid and _alive(pid, str(base)):
             self._kill_everything(base, pid)
-        if record["spec"].get("container"):
-            fs, root = filesystem(self.remote_url(record))
+        if spec.container:
+            fs, root = filesystem(self.remote_url(spec, state))
             if fs.exists(root):
                 fs.rm(root, recursive=True)
         shutil.rmtree(base, ignore_errors=True)
 
-    def preempt(self, record: dict[str, Any], rank: int) -> None:
-        base = self.base(record)
+    def preempt(self, spec: TaskSpec, state: LocalState, rank: int) -> None:
+        base = self.base(state)
         info = (_read_json(base / "machines.json") or {}).get(str(rank))
         if not info or not info.get("alive"):
             raise RuntimeError(f"rank {rank} has no running machine to preempt")
         # The whole machine goes at once, without warning: agent and script alike.
         _kill_group(info["pid"], signal.SIGKILL)
         _kill_group(_script_pid(base, rank), signal.SIGKILL)
+
+    def cost(self, spec: TaskSpec, state: LocalState, seconds: float) -> str:
+        return "$0.00 (local)"
 
 
 def _machine_dir(base: Path, rank: int) -> Path:

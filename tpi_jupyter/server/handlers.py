@@ -46,16 +46,18 @@ def task_detail(task: Task) -> dict[str, Any]:
         for r in snapshot.ranks
     ]
     detail["events"] = task.events(snapshot)
+    detail["poll_interval"] = task.poll_interval  # the sidebar polls no faster than the cloud allows
     return detail
 
 
 def list_tasks() -> list[dict[str, Any]]:
     summaries = []
-    for task in Task.all():
-        try:
-            summaries.append(task_summary(task, task.read()))
-        except Exception as error:  # one unreadable task must not hide the others
-            summaries.append({"id": task.id, "name": task.name, "status": "unknown", "error": str(error),
+    for item in Task.all_safe():
+        task = item.task
+        if item.snapshot is not None:
+            summaries.append(task_summary(task, item.snapshot))
+        else:  # one unreadable task must not hide the others
+            summaries.append({"id": task.id, "name": task.name, "status": "unknown", "error": str(item.error),
                               "cloud": task.record.get("cloud", ""), "machine": "", "parallelism": 0,
                               "created": task.record.get("created", 0), "elapsed": 0})  # fmt: skip
     return summaries

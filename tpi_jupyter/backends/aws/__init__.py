@@ -1,0 +1,202 @@
+"""The AWS backend: a spot (or on-demand) Auto Scaling Group per task, its bucket, its role.
+
+`create` checks first (preflight.py: credentials, region, instance type, image), then makes,
+concurrently where independent:
+
+1. a private S3 bucket or a prefix of the user's `container` (storage.py); a key pair from a
+   fresh ed25519 key and an IAM role + instance profile limited to this task (identity.py); a
+   security group without inbound rules (network.py);
+2. the agent wheel and its lock in the bucket, and a launch template whose user data is a short
+   boot script (boot.py) without any secret;
+3. an Auto Scaling Group at size 0 across the default VPC's subnets (group.py).
+
+`start` scales the group to `parallelism` once task.py uploaded the workdir. Everything carries
+`tpi-task=<id>`, `tpi-creator=<caller ARN>` and the user's `tags`; `sweep` (sweep.py) finds what
+is left of tasks that are gone. Credentials come from boto3's standard chain, one session per
+task; `AWS_ENDPOINT_URL` points every client at another endpoint (moto in the tests).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import fields
+
+from ... import ranks
+from ...spec import TaskSpec
+from ...sync import filesystem
+from ..base import Capabilities, GroupState, Timing, pricing_text
+from ..kit import wheel
+from ..kit.steps import Steps
+from ..kit.sweep import Orphan
+from . import group, identity, network, storage
+from . import sweep as aws_sweep
+from .boot import user_data
+from .common import AwsState, Clients, base_name, describe, not_found, tags
+from .preflight import caller_identity, preflight
+
+MACHINE_EXTRA = "aws"
+
+
+class AwsBackend:
+    name = "aws"
+    state_type = AwsState
+    capabilities = Capabilities(
+        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        env_protection="an SSE-S3 encrypted object in the task's private bucket prefix, readable by its role only",
+        timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
+    )  # fmt: skip
+    # Seconds to wait for AWS to settle; the tests against moto never wait.
+    PROFILE_PROPAGATION = 120.0  # a new instance profile takes a while to be usable by Auto Scaling
+    GROUP_DELETE_WAIT = 900.0
+    DEPENDENCY_WAIT = 600.0  # a security group stays in use until the instances' interfaces go
+    STOP_WAIT = 180.0
+    POLL = 5.0
+
+    def __init__(self) -> None:
+        self.clients = Clients()  # one boto3 session per task (a Task holds one backend)
+        self._claims: dict[str, str] = {}
+
+    # ------------------------------------------------------------ names and plan
+
+    def new_state(self, spec: TaskSpec, deadline: float) -> AwsState:
+        return AwsState(deadline=deadline, name=base_name(spec.id))
+
+    def remote_url(self, spec: TaskSpec, state: AwsState) -> str:
+        bucket, prefix = storage.location(spec, state)
+        return f"s3://{bucket}/{prefix}"
+
+    def plan(self, spec: TaskSpec, state: AwsState) -> list[str]:
+        base, region, machine = state.name or base_name(spec.id), spec.native_region, spec.native_machine
+        tag_text = ", ".join(f"{key}={value}" for key, value in tags(spec, "<your ARN>").items())
+        storage_line = (
+            f"storage: your bucket {self.remote_url(spec, state)} (objects under the task prefix only)"
+            if spec.container
+            else f"storage: a private, encrypted S3 bucket {storage.location(spec, state)[0]} in {region}"
+        )
+        identity_line = (
+            f"permissions: your instance profile {spec.permission_set}"
+            if spec.permission_set
+            else f"permissions: IAM role and instance profile {base}, limited to the task's bucket prefix "
+            "and to releasing its own instances"
+        )
+        return [
+            f"checks first: credentials (STS), region {region}, {machine} offered there, image {spec.native_image}",
+            storage_line,
+            f"ssh: key pair {base} from a fresh ed25519 key (private key 0600 in the registry)",
+            f"network: security group {base} in the default VPC, no inbound rule",
+            identity_line,
+            f"launch template {base}: {machine}, boot script installs this tpi-jupyter's agent (locked versions)",
+            f"machines: Auto Scaling Group {base}, 0 then {spec.parallelism} x {machine}, "
+            f"{pricing_text(spec.spot)}, respawned when interrupted",
+            f"tags: {tag_text}",
+        ]
+
+    # ------------------------------------------------------------ create / start
+
+    def create(self, spec: TaskSpec, state: AwsState, steps: Steps) -> None:
+        preflight(self.clients, spec, state)  # SpecError before anything exists
+        storage.choose(spec, state)
+        shipped = wheel.keys(MACHINE_EXTRA)
+        state.wheel_key, state.lock_key = (
+            f"{state.prefix}/{shipped.wheel_key}",
+            f"{state.prefix}/{shipped.lock_key}",
+        )
+        labels = tags(spec, state.creator)
+        for service in ("s3", "ec2", "iam", "autoscaling"):
+            self.clients(service, state.region)  # made before the threads share them
+        steps.explain = describe
+        steps.together({
+            "bucket": lambda: storage.create_bucket(self.clients, spec, state, labels),
+            "key pair": lambda: identity.create_key_pair(self.clients, spec, state, labels),
+            "security group": lambda: network.create_security_group(self.clients, spec, state, labels),
+            "IAM role and instance profile": lambda: identity.create_role(self.clients, spec, state, labels),
+        })  # fmt: skip
+        boot_script = user_data(spec.id, self.remote_url(spec, state), state, _boto3_version())
+        steps.together({
+            "agent wheel upload": lambda: wheel.ship(
+                lambda key, data: storage.put(self.clients, state, key, data), MACHINE_EXTRA),
+            "launch template": lambda: group.create_launch_template(self.clients, spec, state, labels, boot_script),
+        })  # fmt: skip
+        steps.run("auto scaling group", lambda: group.create_group(
+            self.clients, spec, state, labels, self.PROFILE_PROPAGATION, self.POLL))  # fmt: skip
+
+    def start(self, spec: TaskSpec, state: AwsState) -> None:
+        if spec.container:
+            storage.encrypt_env(self.clients, state)
+        group.set_capacity(self.clients, state, spec.parallelism)
+
+    # ------------------------------------------------------------ read / stop / preempt
+
+    def _owners(self, spec: TaskSpec, state: AwsState) -> dict[str, tuple[int, int]]:
+        """instance id -> (rank, boot) from the claims in the bucket (the newest boot wins)."""
+        fs, root = filesystem(self.remote_url(spec, state))
+        return {owner: key for key, owner in sorted(ranks.read_claims(fs, root, self._claims).items())}
+
+    def read(self, spec: TaskSpec, state: AwsState) -> GroupState:
+        if not state.group:
+            return GroupState(exists=False)
+        return group.read(self.clients, state, self._owners(spec, state))
+
+    def stop(self, spec: TaskSpec, state: AwsState) -> None:
+        if state.group:
+            group.stop(self.clients, state, self.STOP_WAIT, self.POLL)
+
+    def preempt(self, spec: TaskSpec, state: AwsState, rank: int) -> None:
+        group.preempt(self.clients, state, self._owners(spec, state), rank)
+
+    def cost(self, spec: TaskSpec, state: AwsState, seconds: float) -> str:
+        return "n/a"  # until a price lookup exists
+
+    # ------------------------------------------------------------ delete and sweep
+
+    def delete(self, spec: TaskSpec, state: AwsState) -> None:
+        self._delete(state, spec.id)
+
+    def _delete(self, state: AwsState, task_id: str) -> None:
+        """Group, launch template, instance profile and role, security group, key pair, bucket.
+
+        Idempotent: what is missing (or never made) counts as deleted.
+        """
+        failures: list[str] = []
+        actions: list[tuple[str, Callable[[], object]]] = [
+            ("auto scaling group", lambda: group.delete_group(self.clients, state, self.GROUP_DELETE_WAIT, self.POLL)),
+            ("launch template", lambda: group.delete_template(self.clients, state)),
+            ("instance profile and role", lambda: identity.delete_role(self.clients, state)),
+            ("security group", lambda: network.delete_security_group(
+                self.clients, state, self.DEPENDENCY_WAIT, self.POLL)),
+            ("key pair", lambda: identity.delete_key_pair(self.clients, state)),
+            ("bucket", lambda: storage.delete_storage(self.clients, state)),
+        ]  # fmt: skip
+        for label, action in actions:
+            if not state.region:
+                break  # nothing in the cloud was made
+            try:
+                action()
+            except Exception as error:
+                if not not_found(error):
+                    failures.append(f"{label}: {describe(error)}")
+        identity.remove_key_file(state)
+        if failures:
+            raise RuntimeError(
+                f"aws: task {task_id} could not be fully deleted ({'; '.join(failures)}); "
+                "destroy again, or `tpi sweep aws --yes` later"
+            )
+
+    def caller(self) -> str:
+        return str(caller_identity(self.clients)["Arn"])
+
+    def orphans(self, region: str | None) -> list[Orphan]:
+        return aws_sweep.orphans(self.clients, region)
+
+    def delete_orphan(self, orphan: Orphan) -> None:
+        known = {item.name for item in fields(AwsState)}
+        self._delete(AwsState(**{k: v for k, v in orphan.handle.items() if k in known}), orphan.task_id)
+
+
+def _boto3_version() -> str:
+    import boto3
+
+    return str(boto3.__version__)
+
+
+__all__ = ["AwsBackend", "AwsState"]

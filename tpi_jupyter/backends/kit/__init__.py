@@ -1,0 +1,1 @@
+"""Cloud-neutral scaffolding every backend reuses: steps with rollback, tags, sweep, the agent wheel."""
