@@ -269,3 +269,40 @@ def test_a_failing_index_reports_its_exit_code(api: client.ApiClient, tmp_path: 
 
 def _terminal(pod: Any) -> Any:
     return pod if pod.status.phase in ("Succeeded", "Failed") else None
+
+
+def test_a_claim_bound_by_the_real_volume_controller_is_mounted(
+    api: client.ApiClient, tmp_path: Path, wait_for: Wait
+) -> None:
+    core = client.CoreV1Api(api)
+    volume = {
+        "metadata": {"name": "tb-pv"},
+        "spec": {
+            "capacity": {"storage": "1Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "hostPath": {"path": str(tmp_path)},
+        },
+    }
+    claim = {
+        "metadata": {"name": "tb-claim"},
+        "spec": {
+            "accessModes": ["ReadWriteOnce"],
+            "storageClassName": "",
+            "volumeName": "tb-pv",
+            "resources": {"requests": {"storage": "1Gi"}},
+        },
+    }
+    core.create_persistent_volume(volume)
+    core.create_namespaced_persistent_volume_claim("default", claim)
+    wait_for(
+        "claim bound",
+        lambda: core.read_namespaced_persistent_volume_claim("tb-claim", "default").status.phase == "Bound",
+    )
+    body = pod_with_results("claimant", tmp_path / "unused", "echo on the claim > /data/out")
+    body["spec"]["volumes"] = [{"name": "r", "persistentVolumeClaim": {"claimName": "tb-claim"}}]
+    body["spec"]["containers"][0]["volumeMounts"] = [{"name": "r", "mountPath": "/data"}]
+    core.create_namespaced_pod("default", body)
+    pod = wait_for("claimant ended", lambda: _terminal(core.read_namespaced_pod("claimant", "default")))
+    assert pod.status.phase == "Succeeded"
+    assert (tmp_path / "out").read_text() == "on the claim\n"

@@ -225,11 +225,8 @@ class NodeAgent:
         with self.lock:
             worker = self.workers.get(uid)
             if kind == "DELETED":  # gone from the API: stop what is left, then drop its files
-                if worker:
-                    worker.request_stop(0)
-                    worker.join(timeout=30)
-                    self.workers.pop(uid, None)
-                shutil.rmtree(self.root / "pods" / uid, ignore_errors=True)
+                self.workers.pop(uid, None)
+                threading.Thread(target=self._forget, args=(worker, uid), daemon=True).start()
                 return
             if worker is None:
                 if (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
@@ -241,6 +238,12 @@ class NodeAgent:
             if pod["metadata"].get("deletionTimestamp") and self.disruption_on_delete:
                 worker.request_stop(float(pod["metadata"].get("deletionGracePeriodSeconds") or 0), DELETED)
             worker.update(pod)
+
+    def _forget(self, worker: PodWorker | None, uid: str) -> None:
+        if worker:
+            worker.request_stop(0)
+            worker.join()
+        shutil.rmtree(self.root / "pods" / uid, ignore_errors=True)
 
     def shutdown_pods(self) -> None:
         """A spot node's graceful shutdown: end every pod with DisruptionTarget."""
