@@ -228,6 +228,8 @@ def _start_apiserver(bed: Bed, binaries: Path, etcd: int, port: int) -> None:
             f"--service-account-key-file={p / 'sa.pub'}",
             f"--service-account-signing-key-file={p / 'sa.key'}",
             "--allow-privileged=true",
+            # Nodes by their InternalIP (127.0.0.1), never by hostname: no DNS lookups off loopback.
+            "--kubelet-preferred-address-types=InternalIP",
             "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints reject
             "--profiling=false",
         ],
