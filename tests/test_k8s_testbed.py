@@ -82,7 +82,7 @@ def wait_for(cluster: bed.Bed) -> Wait:
 def indexed_job(name: str, results: Path) -> dict[str, Any]:
     script = (
         'echo "index=$JOB_COMPLETION_INDEX greeting=$(cat /config/greeting) secret=$(cat /secret/word)'
-        ' host=$(hostname)" > /scratch/line && cp /scratch/line /results/$JOB_COMPLETION_INDEX.txt'
+        ' host=$(hostname)" > /scratch/line && cp /scratch/line /results/$JOB_COMPLETION_INDEX.txt && cat /scratch/line'
     )
     container = {
         "name": "work",
@@ -153,6 +153,18 @@ def test_indexed_job_runs_through_the_real_job_controller_and_scheduler(
     assert lines == {
         f"{i}.txt": f"index={i} greeting=hello secret=sesame host={_pod_name(pods, i)}\n" for i in range(3)
     }
+    # pods/log: the API server fetches each pod's log from the stand-in's log endpoint
+    # (raw bytes: this client version returns the log as the repr of bytes otherwise)
+    logs = {_index(p): _log(core, p.metadata.name) for p in pods}
+    assert logs == {str(i): lines[f"{i}.txt"] for i in range(3)}
+
+
+def _log(core: client.CoreV1Api, name: str) -> str:
+    return str(core.read_namespaced_pod_log(name, "default", _preload_content=False).data.decode())
+
+
+def _index(pod: Any) -> str:
+    return str(pod.metadata.annotations[INDEX])
 
 
 def _pod_name(pods: list[Any], index: int) -> str:

@@ -172,6 +172,7 @@ def _certificates(bed: Bed) -> None:
     pki.issue(bed.pki, "admin", "tpi-testbed-admin", orgs=("system:masters",))
     pki.issue(bed.pki, "controller-manager", "system:kube-controller-manager")
     pki.issue(bed.pki, "scheduler", "system:kube-scheduler")
+    pki.issue(bed.pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", orgs=("system:masters",))
 
 
 def _start_etcd(bed: Bed, binaries: Path, client: int, peer: int) -> None:
@@ -230,6 +231,9 @@ def _start_apiserver(bed: Bed, binaries: Path, etcd: int, port: int) -> None:
             "--allow-privileged=true",
             # Nodes by their InternalIP (127.0.0.1), never by hostname: no DNS lookups off loopback.
             "--kubelet-preferred-address-types=InternalIP",
+            f"--kubelet-certificate-authority={p / 'ca.crt'}",
+            f"--kubelet-client-certificate={p / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={p / 'apiserver-kubelet-client.key'}",
             "--endpoint-reconciler-type=none",  # it would publish 127.0.0.1, which Endpoints reject
             "--profiling=false",
         ],
@@ -284,7 +288,18 @@ def start_node(bed: Bed, name: str, extra: list[str] | None = None) -> None:
     pki.issue(bed.pki, f"node-{name}", f"system:node:{name}", orgs=("system:nodes",))
     config = bed.write_kubeconfig(bed.root / f"node-{name}.kubeconfig", f"system:node:{name}", f"node-{name}")
     argv = [sys.executable, "-m", "tests.k8s.node_agent", "--kubeconfig", str(config), "--name", name]
+    serving_cert, serving_key = pki.issue(
+        bed.pki, f"node-{name}-serving", f"system:node:{name}", serving=True
+    )
     argv += ["--dir", str(bed.root / "nodes" / name), *(extra or [])]
+    argv += [
+        "--tls-cert",
+        str(serving_cert),
+        "--tls-key",
+        str(serving_key),
+        "--client-ca",
+        str(bed.pki / "ca.crt"),
+    ]
     bed.spawn(f"node-{name}", argv, env={**os.environ, "PYTHONPATH": str(REPO)})
     bed.wait_for(f"stand-in node {name}", f"{bed.server}/api/v1/nodes/{name}", timeout=60)
     deadline = time.monotonic() + 60

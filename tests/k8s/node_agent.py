@@ -12,8 +12,9 @@ periods (SIGTERM, then SIGKILL) and finishes deletions, and sets `DisruptionTarg
     DisruptionTarget/TerminationByKubelet, as the kubelet's node-shutdown manager does;
   - with --disruption-on-delete, a pod deleted through the API is treated the same way.
 It authenticates as system:node:<name>, so the API server's Node authorizer and NodeRestriction
-admission limit it exactly as they limit a kubelet. Pods share this machine's network (podIP
-127.0.0.1). Not done: probes, resource limits, logs through the API, image entrypoints.
+admission limit it exactly as they limit a kubelet. Container logs are served to the API server
+(`pods/log`) by log_server.py. Pods share this machine's network (podIP 127.0.0.1). Not done:
+probes, resource limits, image entrypoints.
 
 Usage: python -m tests.k8s.node_agent --kubeconfig K --name N --dir D [--cpu --memory --gpus
 --pods --label k=v --taint k=v:Effect --disruption-on-delete]
@@ -30,13 +31,14 @@ import signal
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from tests.k8s import volumes
+from tests.k8s import log_server, volumes
 from tests.k8s.containers import now
 from tests.k8s.pod_worker import PodWorker
 
@@ -124,6 +126,7 @@ class NodeAgent:
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
         self.stopping = threading.Event()
+        self.log_port = 0
 
     # the Node
     def _conditions(self) -> list[dict[str, Any]]:
@@ -171,6 +174,8 @@ class NodeAgent:
             ],
             "nodeInfo": info,
         }
+        if self.log_port:
+            status["daemonEndpoints"] = {"kubeletEndpoint": {"Port": self.log_port}}
         node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": self.name, "labels": labels}}
         node["spec"] = {"taints": self.taints} if self.taints else {}
         try:
@@ -239,6 +244,18 @@ class NodeAgent:
                 worker.request_stop(float(pod["metadata"].get("deletionGracePeriodSeconds") or 0), DELETED)
             worker.update(pod)
 
+    def find_log(self, namespace: str, name: str, container: str) -> tuple[Path, Callable[[], bool]] | None:
+        """A container's log file for the log server, and whether its pod still runs."""
+        with self.lock:
+            workers = list(self.workers.values())
+        for worker in workers:
+            meta = worker.pod["metadata"]
+            if (meta["namespace"], meta["name"]) == (namespace, name):
+                specs = [*worker.pod["spec"].get("initContainers", []), *worker.pod["spec"]["containers"]]
+                if any(c["name"] == container for c in specs):
+                    return worker.dir / "logs" / f"{container}.log", worker.is_alive
+        return None
+
     def _forget(self, worker: PodWorker | None, uid: str) -> None:
         if worker:
             worker.request_stop(0)
@@ -305,9 +322,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", action="append", default=[], help="k=v, repeatable")
     parser.add_argument("--taint", action="append", default=[], help="k[=v]:Effect, repeatable")
     parser.add_argument("--disruption-on-delete", action="store_true")
+    parser.add_argument("--tls-cert", type=Path, help="serving certificate of the log endpoint")
+    parser.add_argument("--tls-key", type=Path)
+    parser.add_argument("--client-ca", type=Path, help="CA of the API server's kubelet-client certificate")
     args = parser.parse_args(argv)
     api = client.CoreV1Api(config.new_client_from_config(config_file=args.kubeconfig))
     agent = NodeAgent(api, args)
+    if args.tls_cert:
+        agent.log_port = log_server.serve(agent.find_log, args.tls_cert, args.tls_key, args.client_ca)
     agent.register()
     signal.signal(signal.SIGTERM, _exit)
     signal.signal(
