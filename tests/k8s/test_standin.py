@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import ssl
+import threading
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +21,7 @@ from tests.k8s import require_client
 
 require_client()
 
-from tests.k8s import podenv, volumes  # noqa: E402
+from tests.k8s import log_server, pki, podenv, volumes  # noqa: E402
 from tests.k8s.containers import Container  # noqa: E402
 
 needs_namespaces = pytest.mark.skipif(
@@ -188,3 +192,40 @@ def test_stop_sends_sigterm_then_sigkill_after_the_grace_period(tmp_path: Path) 
 
 def _wait_for_line(log: Path, line: str) -> None:
     wait_for(lambda: log.exists() and line in log.read_text().splitlines(), timeout=30)
+
+
+def test_log_server_serves_tail_and_follow_only_to_the_beds_clients(tmp_path: Path) -> None:
+    pki.make_ca(tmp_path)
+    cert, key = pki.issue(tmp_path, "serving", "node", serving=True)
+    client_cert, client_key = pki.issue(tmp_path, "client", "kube-apiserver-kubelet-client")
+    log = tmp_path / "c.log"
+    log.write_bytes(b"one\ntwo\n")
+    running = threading.Event()
+    running.set()
+    found = (log, running.is_set)
+    port = log_server.serve(
+        lambda ns, pod, c: found if (ns, pod, c) == ("ns", "p", "c") else None, cert, key, tmp_path / "ca.crt"
+    )
+    ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    ctx.load_cert_chain(client_cert, client_key)
+    base = f"https://127.0.0.1:{port}/containerLogs"
+
+    def get(path: str, context: ssl.SSLContext = ctx) -> bytes:
+        with urllib.request.urlopen(base + path, context=context, timeout=30) as resp:
+            return bytes(resp.read())
+
+    assert get("/ns/p/c") == b"one\ntwo\n"
+    assert get("/ns/p/c?tailLines=1") == b"two\n"
+
+    def finish() -> None:
+        with open(log, "ab") as out:
+            out.write(b"three\n")
+        running.clear()
+
+    threading.Timer(0.5, finish).start()
+    assert get("/ns/p/c?follow=true&tailLines=1") == b"two\nthree\n"  # ends when the container ends
+    with pytest.raises(urllib.error.HTTPError, match="404"):
+        get("/ns/p/other")
+    anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
+        get("/ns/p/c", anonymous)  # no client certificate of the bed: refused
