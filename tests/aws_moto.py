@@ -90,9 +90,22 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     )
     _reset(moto_endpoint)  # the server is shared with other test files (the syncer's buckets)
     _clear_s3fs()
+    default_vpc_internet()
     yield moto_endpoint
     _clear_s3fs()
     _reset(moto_endpoint)
+
+
+def default_vpc_internet(region: str = REGION) -> None:
+    """What a real default VPC has and moto's lacks: an internet gateway and the 0.0.0.0/0 route
+    (pre-flight refuses a default VPC without a way out)."""
+    ec2 = client("ec2") if region == REGION else __import__("boto3").client("ec2", region_name=region)
+    vpc = ec2.describe_vpcs(Filters=[{"Name": "isDefault", "Values": ["true"]}])["Vpcs"][0]["VpcId"]
+    gateway = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=gateway, VpcId=vpc)
+    main = [{"Name": "vpc-id", "Values": [vpc]}, {"Name": "association.main", "Values": ["true"]}]
+    table = ec2.describe_route_tables(Filters=main)["RouteTables"][0]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=gateway)
 
 
 def _reset(endpoint: str) -> None:
@@ -167,6 +180,8 @@ def agent_command(user_data: str, machine_dir: Path) -> list[str]:
     words = shlex.split(line)
     words[0] = sys.executable
     words[words.index("--machine-dir") + 1] = str(machine_dir)
+    if "--boot-log" in words:  # the machine's boot log, when the test wrote one
+        words[words.index("--boot-log") + 1] = str(machine_dir / "boot.log")
     return words
 
 

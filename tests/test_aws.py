@@ -190,12 +190,13 @@ def test_full_lifecycle_boot_path_and_destroy(
     release = next(s for s in policy["Statement"] if s["Sid"] == "ReleaseOwnInstance")
     assert release["Action"] == "autoscaling:TerminateInstanceInAutoScalingGroup"
     assert release["Condition"] == {"StringEquals": {"autoscaling:ResourceTag/tpi-task": task.id}}
-    # The group: spot capped at on-demand (no max price), rebalancing, across the default subnets.
+    # The group: spot capped at on-demand (no max price), across the default subnets.
     group = client("autoscaling").describe_auto_scaling_groups(AutoScalingGroupNames=[aws["group"]])[
         "AutoScalingGroups"][0]  # fmt: skip
     distribution = group["MixedInstancesPolicy"]["InstancesDistribution"]
     assert distribution["OnDemandPercentageAboveBaseCapacity"] == 0 and "SpotMaxPrice" not in distribution
-    assert group["CapacityRebalance"] is True and group["DesiredCapacity"] == 1
+    # No capacity rebalancing (issue 10): it terminates a running rank without a drain hook.
+    assert group["CapacityRebalance"] is False and group["DesiredCapacity"] == 1
     assert len(group["VPCZoneIdentifier"].split(",")) >= 2
     overrides = group["MixedInstancesPolicy"]["LaunchTemplate"]["Overrides"]
     assert overrides == [{"InstanceType": "g4dn.xlarge"}]
@@ -237,23 +238,31 @@ def test_full_lifecycle_boot_path_and_destroy(
 
 
 def fetch_agent_wheel(boot_script: str, tmp_path: Path) -> Path:
-    """Run the user data's download line (boto3 with the machine's credentials) against moto."""
-    line = next(line for line in boot_script.splitlines() if "download_file" in line)
+    """Run the boot script's own helper (boto3 with the machine's credentials) against moto to
+    fetch the wheel, as the machine does."""
     import shlex
 
+    helper = boot_script.split("<<'TPI_HELPER_END'\n", 1)[1].split("\nTPI_HELPER_END\n", 1)[0]
+    (tmp_path / "boot_helper.py").write_text(helper)
+    line = next(line for line in boot_script.splitlines() if "tpi_helper get " in line and ".whl" in line)
     words = shlex.split(line)
-    words[0] = sys.executable
+    key = words[words.index("get") + 1]
     target = tmp_path / "opt-tpi"
     target.mkdir()
-    words[2] = words[2].replace("/opt/tpi/", f"{target}/")
-    subprocess.run(words, check=True, timeout=60)
-    (wheel,) = target.glob("tpi_jupyter-*.whl")
+    wheel = target / key.rsplit("/", 1)[-1]
+    subprocess.run(
+        [sys.executable, str(tmp_path / "boot_helper.py"), "get", key, str(wheel)], check=True, timeout=60
+    )
     # The lock travels with the wheel and the boot script installs with it (pip -c).
+    line = next(line for line in boot_script.splitlines() if "tpi_helper get " in line and "lock.txt" in line)
+    lock_key = shlex.split(line)[shlex.split(line).index("get") + 1]
+    subprocess.run([sys.executable, str(tmp_path / "boot_helper.py"), "get", lock_key, str(target / "lock.txt")],
+                   check=True, timeout=60)  # fmt: skip
     lock = dict(line.split("==") for line in (target / "lock.txt").read_text().splitlines())
     import boto3
 
     assert lock["boto3"] == boto3.__version__ and "botocore" in lock and "fsspec" in lock
-    assert f"install -q -c /opt/tpi/lock.txt '/opt/tpi/{wheel.name}[aws]'" in boot_script
+    assert f'-c "$TPI_ROOT/lock.txt" "$TPI_ROOT/{wheel.name}[aws]"' in boot_script
     return wheel
 
 

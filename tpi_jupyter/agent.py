@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from . import layout
+from .agent_watch import Check, Watch, shutting_down, stop_requested
 from .backends.base import Timing
 from .sync import atomic_write_bytes, download, filesystem, is_local, local_manifest, upload
 
@@ -144,10 +145,21 @@ class Heartbeat:
         self._thread.join()
 
 
+def private_agent() -> bool:
+    """On a cloud machine the agent's venv is its own (TPI_PRIVATE_AGENT, set by the boot
+    script's unit): the script gets the machine's Python, HOME and a login shell instead."""
+    return bool(os.environ.get("TPI_PRIVATE_AGENT"))
+
+
 def script_environment(task: dict[str, Any], values: dict[str, str], rank: int) -> dict[str, str]:
     env = {name: os.environ[name] for name in BASE_ENVIRONMENT if name in os.environ}
     python_bin = os.path.dirname(sys.executable)
-    env["PATH"] = python_bin + os.pathsep + env.get("PATH", os.defpath)
+    if private_agent():  # a `pip install` in the script must not reach the agent's venv
+        path = [item for item in env.get("PATH", os.defpath).split(os.pathsep) if item and item != python_bin]
+        env["PATH"] = os.pathsep.join(path)
+        env.setdefault("HOME", os.path.expanduser("~"))
+    else:  # locally the script runs with the notebook's Python, as the user expects
+        env["PATH"] = python_bin + os.pathsep + env.get("PATH", os.defpath)
     env.update(values)
     env.update(
         TPI_TASK="true",
@@ -160,16 +172,47 @@ def script_environment(task: dict[str, Any], values: dict[str, str], rank: int) 
     return env
 
 
+def script_command(script: Path) -> list[str]:
+    shebang = script.read_bytes().startswith(b"#!")
+    if private_agent():  # a login shell: the image's profile (conda, CUDA paths) applies
+        return (
+            ["/bin/bash", "-l", "-c", 'exec "$0"', str(script)]
+            if shebang
+            else ["/bin/bash", "-l", str(script)]
+        )
+    return [str(script)] if shebang else ["/bin/bash", str(script)]
+
+
 class Agent:
-    def __init__(self, remote_url: str, rank: int, boot: int, machine_dir: str):
+    def __init__(self, remote_url: str, rank: int, boot: int, machine_dir: str, notice: Check | None = None):
         self.remote = Remote(remote_url)
         self.rank, self.boot = rank, boot
         self.machine_dir = Path(machine_dir)
         self.work = self.machine_dir / "work"
         self.private = self.machine_dir / "agent"
-        self.stopping = threading.Event()
+        self.stopping = threading.Event()  # a user stop: report "stopped", release
+        self.interrupted = threading.Event()  # the cloud takes the machine: push, no status, no release
+        self.notice = notice  # the cloud's interruption notice, when it has one
+        self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.reported: set[str] = set()  # sync warnings already logged
+
+    def interrupt(self, reason: str) -> None:
+        self.interruption = self.interruption or reason
+        self.interrupted.set()
+
+    def _watch(self, interval: float) -> Watch:
+        checks = {
+            "stop": (
+                stop_requested(lambda key: bool(self.remote.fs.exists(self.remote.key(key)))),
+                self.stopping,
+            )
+        }
+        if self.notice is not None:
+            checks["notice"] = (self.notice, self.interrupted)
+        watch = Watch(interval, checks)
+        watch.poll()  # a stop given before this machine started counts at once
+        return watch.start()
 
     # -- steps
 
@@ -223,7 +266,11 @@ class Agent:
                               timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
         self.log.start()
+        watch = self._watch(timing.heartbeat_interval)
         try:
+            if self.stopping.is_set():
+                self.log.line("[tpi] stop requested before the script started")
+                return {"result": "failure", "code": None, "reason": "stopped"}
             if time.time() >= deadline:
                 self.log.line("[tpi] the task's deadline has passed: not starting")
                 return {"result": "timeout", "code": None}
@@ -232,12 +279,13 @@ class Agent:
                 self.log.line(f"[tpi] machine respawned (boot {self.boot}): resuming from synced data")
             return self._run_script(deadline, timing.sync_interval)
         finally:
+            watch.close()
+            self.interruption = self.interruption or watch.reasons.get("notice", "")
             self.log.close()
             heartbeat.close()
 
     def _run_script(self, deadline: float, sync_interval: float) -> dict[str, Any]:
-        shebang = self.script.read_bytes().startswith(b"#!")
-        command = [str(self.script)] if shebang else ["/bin/bash", str(self.script)]
+        command = script_command(self.script)
         env = script_environment(self.task, self.values, self.rank)
         self.process = subprocess.Popen(
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
@@ -255,6 +303,11 @@ class Agent:
                 self._kill_script()
                 result = "timeout"
                 break
+            if self.interrupted.is_set():
+                self.log.line("[tpi] the cloud is taking this machine; syncing back, the rank respawns")
+                self._kill_script()
+                result = "interrupted"
+                break
             if self.stopping.is_set():
                 self.log.line("[tpi] stop requested; stopping the script")
                 self._kill_script()
@@ -271,6 +324,8 @@ class Agent:
         if result == "success" and code != 0:
             result = "failure"
         self.push()  # the last sync completes before the machine releases itself
+        if result == "interrupted":
+            return {"result": None, "interrupted": True}
         if result == "stopped":
             return {"result": "failure", "code": code, "reason": "stopped"}
         return {"result": result, "code": code}
@@ -348,6 +403,22 @@ def release(cloud: str, owner: str) -> None:
         _hooks(cloud).release(owner)
 
 
+def _on_sigterm(agent: Agent) -> None:
+    """SIGTERM while the OS shuts down is the cloud taking the machine, not a user stop."""
+    if shutting_down():
+        agent.interrupt("the machine is shutting down")
+    else:
+        agent.stopping.set()
+
+
+def copy_boot_log(agent: Agent, path: str) -> None:
+    if path and os.path.isfile(path):
+        try:
+            agent.remote.write(layout.boot_log(agent.rank, agent.boot), Path(path).read_bytes())
+        except Exception as error:  # the machine-id copy is already in the remote
+            print(f"tpi-agent: boot log copy failed: {error}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tpi_jupyter.agent")
     parser.add_argument("--remote", required=True)
@@ -356,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--machine-dir", required=True)
     parser.add_argument("--release", default="", metavar="CLOUD",
                         help="after reporting, release this machine from its group (aws)")  # fmt: skip
+    parser.add_argument("--boot-log", default="", help="the boot script's log, copied to the rank's boot")
     args = parser.parse_args(argv)
     owner = machine_id(args.release) if args.rank == "auto" or args.release else ""
     if args.rank == "auto":
@@ -368,15 +440,25 @@ def main(argv: list[str] | None = None) -> int:
         rank, boot = int(args.rank), args.boot
     else:
         parser.error("--rank takes a number (with --boot) or auto")
-    agent = Agent(args.remote, rank, boot, args.machine_dir)
-    signal.signal(signal.SIGTERM, lambda *_: agent.stopping.set())
+    notice = getattr(_hooks(args.release), "notice", None) if args.release else None
+    agent = Agent(args.remote, rank, boot, args.machine_dir, notice)
+    signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(agent))
+    copy_boot_log(agent, args.boot_log)
     try:
         agent.prepare()
         outcome = agent.run()
     except Exception as error:  # a status even then: a machine without one would be respawned forever
         outcome = {"result": "failure", "code": None, "reason": f"agent error: {error}"}
+    if outcome.get("interrupted"):  # no status, no release: the group respawns the rank
+        print(
+            f"tpi-agent: interrupted ({agent.interruption or 'shutdown'}); data synced, rank left to respawn"
+        )
+        return 0
     agent.report(outcome)
-    release(args.release, owner)  # only after the status is written; only this machine
+    try:
+        release(args.release, owner)  # only after the status is written; only this machine
+    except Exception as error:  # already leaving its group (a stop scaled it away): it powers off
+        print(f"tpi-agent: release failed: {error}", file=sys.stderr)
     return 0
 
 

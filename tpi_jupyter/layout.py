@@ -9,6 +9,10 @@
 <remote>/reports/<rank>/<boot>/log.NNNNNN one chunk per flush (object stores); the log is their
                                           concatenation in chunk order
 <remote>/reports/<rank>/<boot>/heartbeat  rewritten every few seconds while alive
+<remote>/reports/<rank>/<boot>/boot-log   the boot script's log, copied by the agent that claimed
+<remote>/.tpi/machines/<machine>/boot-log the boot script's log under the machine id (cloud
+<remote>/.tpi/machines/<machine>/failed   machines; see backends/kit/boot.py), and a failed boot
+<remote>/.tpi/control/stop                a user stop, watched by the agents (not a signal)
 <remote>/reports/<rank>/status.json       {"result": success|failure|timeout, "code": N, ...}
 <remote>/.tpi/sync/data/<writer>.json     per-writer sync metadata: modes, mtimes, empty dirs
                                           (writers: "client", "rank<r>-boot<b>"; see sync.py)
@@ -61,6 +65,11 @@ def log_chunk(log_key: str, number: int) -> str:
 
 def heartbeat(rank: int, boot: int) -> str:
     return f"{boot_dir(rank, boot)}/heartbeat"
+
+
+def boot_log(rank: int, boot: int) -> str:
+    """The boot script's log of the machine that took this boot (copied by its agent)."""
+    return f"{boot_dir(rank, boot)}/boot-log"
 
 
 def status(rank: int) -> str:

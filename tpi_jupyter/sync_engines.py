@@ -4,8 +4,8 @@
 
 - `LocalEngine` for a local directory remote: copies with `shutil.copyfile` (kernel copy).
 - `ObstoreEngine` for S3 through `obstore` (Rust object_store): chosen automatically when the
-  filesystem is s3fs, `obstore` is importable and the credentials are ones obstore reads the same
-  way (explicit keys, `AWS_*` variables, anonymous, or an instance role). It is several times
+  filesystem is s3fs and `obstore` is importable; it signs with the keys given to s3fs, or else
+  with boto3's own credential chain (obstore's `Boto3CredentialProvider`), as s3fs does. It is several times
   faster than s3fs for many small objects and uploads/downloads large ones in concurrent parts.
 - `FsspecEngine` for every other fsspec filesystem (memory, gcs, abfs, ...), and the fallback.
 
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import re
 import stat
@@ -385,6 +386,21 @@ def _run_async(coroutine: Coroutine[Any, Any, T]) -> T:
 
 
 _STORES: dict[tuple[str, tuple[tuple[str, str], ...]], Any] = {}
+BOTO3_CREDENTIALS = "tpi_credentials"  # a config marker: sign with boto3's credential chain
+
+
+def _s3_store(bucket: str, config: dict[str, Any], client: dict[str, Any]) -> Any:
+    from obstore.store import S3Store
+
+    options = dict(config)
+    provider = None
+    if options.pop(BOTO3_CREDENTIALS, None):
+        from obstore.auth.boto3 import Boto3CredentialProvider
+
+        provider = Boto3CredentialProvider()
+    return S3Store(bucket, config=options, client_options=client, credential_provider=provider)  # type: ignore[arg-type]
+
+
 _STORES_LOCK = threading.Lock()
 
 
@@ -404,7 +420,6 @@ class ObstoreEngine(Engine):
         self._lock = threading.Lock()
 
     def _store(self, path: str) -> tuple[Any, str]:
-        from obstore.store import S3Store
 
         bucket, _, key = path.strip("/").partition("/")
         with self._lock:
@@ -413,7 +428,7 @@ class ObstoreEngine(Engine):
                 with _STORES_LOCK:
                     if cache_key not in _STORES:  # one HTTP client per bucket and config, reused
                         client = {"allow_http": True, "pool_max_idle_per_host": "64"}
-                        _STORES[cache_key] = S3Store(bucket, config=self._config, client_options=client)  # type: ignore[arg-type]
+                        _STORES[cache_key] = _s3_store(bucket, self._config, client)
                     self._stores[bucket] = _STORES[cache_key]
             return self._stores[bucket], key
 
@@ -594,17 +609,11 @@ def obstore_config(fs: Any) -> dict[str, Any] | None:
         if token:
             config["token"] = token
         return config
-    if os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
-        config.update(
-            access_key_id=os.environ["AWS_ACCESS_KEY_ID"],
-            secret_access_key=os.environ["AWS_SECRET_ACCESS_KEY"],
-        )
-        if os.environ.get("AWS_SESSION_TOKEN"):
-            config["token"] = os.environ["AWS_SESSION_TOKEN"]
-        return config
-    if os.environ.get("AWS_PROFILE") or os.path.exists(os.path.expanduser("~/.aws/credentials")):
-        return None  # profiles and SSO: botocore's business
-    return config  # instance role / container credentials / web identity: obstore finds them
+    if importlib.util.find_spec("boto3") is None:
+        return None  # obstore's Boto3CredentialProvider needs boto3 (the `aws` extra)
+    # Environment, profiles, SSO, instance roles: boto3's own chain, as s3fs's botocore sees it.
+    config[BOTO3_CREDENTIALS] = "boto3"
+    return config
 
 
 def select_engine(fs: fsspec.AbstractFileSystem, engine: str | None = None, workers: int = WORKERS) -> Engine:

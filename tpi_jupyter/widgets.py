@@ -238,7 +238,7 @@ class TaskWidget(w.VBox):  # type: ignore[misc]
         cell = "<td style='padding:0 0.8em 0 0'>{}</td>"
         rows = "".join(
             "<tr>" + "".join(cell.format(value) for value in (
-                r.rank, r.state + (f" ({html.escape(r.reason)})" if r.reason else ""), r.boots,
+                r.rank, r.state + (f" ({html.escape(r.reason)})".replace(chr(10), "<br>") if r.reason else ""), r.boots,
                 "" if r.code is None else r.code)) + "</tr>"
             for r in snapshot.ranks
         )  # fmt: skip

@@ -18,17 +18,21 @@ task; `AWS_ENDPOINT_URL` points every client at another endpoint (moto in the te
 
 from __future__ import annotations
 
+import contextlib
+import time
 from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
-from ... import ranks
+from ... import layout, ranks
+from ...agent_watch import STOP_KEY
 from ...spec import TaskSpec
 from ...sync import filesystem
 from ..base import Capabilities, GroupState, Timing, pricing_text
-from ..kit import wheel
+from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import group, identity, network, storage
+from . import checks, group, identity, network, storage
 from . import sweep as aws_sweep
 from .boot import user_data
 from .common import AwsState, Clients, base_name, describe, not_found, tags
@@ -55,6 +59,8 @@ class AwsBackend:
     def __init__(self) -> None:
         self.clients = Clients()  # one boto3 session per task (a Task holds one backend)
         self._claims: dict[str, str] = {}
+        self._events = group.EventCache()
+        self._gave_up = False
 
     # ------------------------------------------------------------ names and plan
 
@@ -96,6 +102,11 @@ class AwsBackend:
     def create(self, spec: TaskSpec, state: AwsState, steps: Steps) -> None:
         preflight(self.clients, spec, state)  # SpecError before anything exists
         storage.choose(spec, state)
+        if spec.permission_set:  # needs the bucket's name: still nothing exists
+            checks.check_permission_set(
+                self.clients("iam", state.region), spec.permission_set, state.partition, state.bucket,
+                state.prefix, spec.id,
+            )  # fmt: skip
         shipped = wheel.keys(MACHINE_EXTRA)
         state.wheel_key, state.lock_key = (
             f"{state.prefix}/{shipped.wheel_key}",
@@ -111,7 +122,9 @@ class AwsBackend:
             "security group": lambda: network.create_security_group(self.clients, spec, state, labels),
             "IAM role and instance profile": lambda: identity.create_role(self.clients, spec, state, labels),
         })  # fmt: skip
-        boot_script = user_data(spec.id, self.remote_url(spec, state), state, _boto3_version())
+        boot_script = user_data(
+            spec.id, self.remote_url(spec, state), state, _boto3_version(), spec.parallelism
+        )
         steps.together({
             "agent wheel upload": lambda: wheel.ship(
                 lambda key, data: storage.put(self.clients, state, key, data), MACHINE_EXTRA),
@@ -135,11 +148,43 @@ class AwsBackend:
     def read(self, spec: TaskSpec, state: AwsState) -> GroupState:
         if not state.group:
             return GroupState(exists=False)
-        return group.read(self.clients, state, self._owners(spec, state))
+        if not self._gave_up and not state.stopped:
+            self._no_paid_loop(spec, state)
+        return group.read(self.clients, state, self._owners(spec, state), self._events)
+
+    def addresses(self, spec: TaskSpec, state: AwsState) -> dict[int, str]:
+        """rank -> address of its live machine (describe_instances: only for a face showing them)."""
+        found = group.read(self.clients, state, self._owners(spec, state), self._events, with_addresses=True)
+        return {m.rank: m.address for m in found.machines if m.alive and m.rank >= 0}
+
+    def _no_paid_loop(self, spec: TaskSpec, state: AwsState) -> None:
+        """Too many failed boots: every unreported rank fails with the boot log; the group goes to 0."""
+        fs, root = filesystem(self.remote_url(spec, state))
+        if boot_failures.give_up(fs, root, spec.parallelism) is not None:
+            self._gave_up = True
+            group.scale_to_zero(self.clients, state)
 
     def stop(self, spec: TaskSpec, state: AwsState) -> None:
-        if state.group:
-            group.stop(self.clients, state, self.STOP_WAIT, self.POLL)
+        """A user stop goes through the remote: agents see the key, stop the script, sync back,
+        report "stopped" and release themselves. Machines that do not report in time are scaled away."""
+        if not state.group:
+            return
+        fs, root = filesystem(self.remote_url(spec, state))
+        with contextlib.suppress(OSError):  # the bucket is gone (half deleted): scaling to 0 still stops
+            fs.pipe_file(layout.join(root, STOP_KEY), layout.timestamp().encode())
+        limit = time.monotonic() + self.STOP_WAIT
+        while time.monotonic() < limit and self._reporting(spec, state, fs, root):
+            time.sleep(self.POLL)
+        group.stop(self.clients, state, self.STOP_WAIT, self.POLL)
+
+    def _reporting(self, spec: TaskSpec, state: AwsState, fs: Any, root: str) -> bool:
+        """Whether a live machine holds a rank: it reports and releases itself (unclaimed ones are
+        scaled away)."""
+        found = group.describe_group(self.clients, state) or {}
+        live = {
+            i["InstanceId"] for i in found.get("Instances", []) if i["LifecycleState"] in group.ALIVE_STATES
+        }
+        return any(instance in live for instance in self._owners(spec, state))
 
     def preempt(self, spec: TaskSpec, state: AwsState, rank: int) -> None:
         group.preempt(self.clients, state, self._owners(spec, state), rank)
@@ -175,6 +220,8 @@ class AwsBackend:
             except Exception as error:
                 if not not_found(error):
                     failures.append(f"{label}: {describe(error)}")
+                    if label == "auto scaling group":
+                        break  # machines may still run: keep their role and bucket
         identity.remove_key_file(state)
         if failures:
             raise RuntimeError(

@@ -1,53 +1,84 @@
-"""The AWS boot script (user data): installs this client's agent with its lock, runs it.
+"""The AWS boot script (user data): the shared boot script (kit/boot.py) with AWS's fragment.
 
-It holds no secret: the machine reads the task (script, environment, data) from its bucket with
-its instance role.
+AWS contributes its region, boto3 at the client's version, and a helper that reads and writes
+the task's bucket prefix with the instance role, asks IMDSv2 for the instance id
+(`TPI_IMDS_URL` moves it, for tests), and releases the instance from its group. The script
+holds no secret: the machine reads the task (script, environment, data) from its bucket.
 """
 
 from __future__ import annotations
 
-import shlex
-
+from ..kit import boot_failures
+from ..kit.boot import BootPlan, CloudBoot, script
 from .common import AwsState
 
-MACHINE_DIR = "/opt/tpi"
+HELPER = """
+import os
+import urllib.request
+
+import boto3
+
+BUCKET = @BUCKET@
+PREFIX = @PREFIX@
+IMDS = os.environ.get("TPI_IMDS_URL") or "http://169.254.169.254/latest"
 
 
-def user_data(task_id: str, remote: str, state: AwsState, boto3_version: str) -> str:
-    region = state.region
-    wheel = f"{MACHINE_DIR}/{state.wheel_key.rsplit('/', 1)[-1]}"
-    lock = f"{MACHINE_DIR}/lock.txt"
-    download = (
-        "import boto3; s3 = boto3.client('s3'); "
-        f"s3.download_file({state.bucket!r}, {state.wheel_key!r}, {wheel!r}); "
-        f"s3.download_file({state.bucket!r}, {state.lock_key!r}, {lock!r})"
+def _imds(path):
+    ask = urllib.request.Request(
+        IMDS + "/api/token", method="PUT", headers={"X-aws-ec2-metadata-token-ttl-seconds": "300"}
     )
-    deadline = int(state.deadline)
-    pip = f"{MACHINE_DIR}/venv/bin/pip install -q -c {lock}"
-    agent = [f"{MACHINE_DIR}/venv/bin/python", "-m", "tpi_jupyter.agent", "--remote", remote,
-             "--rank", "auto", "--release", "aws", "--machine-dir", f"{MACHINE_DIR}/machine"]  # fmt: skip
-    return f"""#!/bin/bash
-# tpi-jupyter boot script for task {task_id}. It holds no secret: the machine reads the
-# task (script, environment, data) from its bucket with its instance role.
-set -u
-mkdir -p {MACHINE_DIR}
-exec >>/var/log/tpi-boot.log 2>&1
-export AWS_DEFAULT_REGION={region} AWS_REGION={region}
-# The deadline is absolute; give a late machine 10 minutes to report and release itself.
-left=$(( {deadline} + 600 - $(date +%s) )); [ "$left" -lt 600 ] && left=600
-( sleep "$left"; shutdown -h now ) &
-if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
-  if command -v apt-get >/dev/null; then
-    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -yq python3-venv python3-pip
-  elif command -v dnf >/dev/null; then dnf install -yq python3 python3-pip
-  else yum install -yq python3 python3-pip; fi
-fi
-python3 -m venv {MACHINE_DIR}/venv
-{MACHINE_DIR}/venv/bin/pip install -q 'boto3=={boto3_version}'
-{shlex.join([f"{MACHINE_DIR}/venv/bin/python", "-c", download])}
-# The exact versions this client runs (the lock), not whatever the ranges allow today.
-{pip} '{wheel}[aws]'
-{shlex.join(agent)}
-# The agent released this machine (or had nothing to do); if it could not, stop the machine.
-shutdown -h now
+    with urllib.request.urlopen(ask, timeout=5) as response:
+        token = response.read().decode()
+    get = urllib.request.Request(IMDS + "/meta-data/" + path, headers={"X-aws-ec2-metadata-token": token})
+    with urllib.request.urlopen(get, timeout=5) as response:
+        return response.read().decode()
+
+
+def machine_id():
+    return os.environ.get("TPI_INSTANCE_ID") or _imds("instance-id")
+
+
+def _key(key):
+    return PREFIX + "/" + key
+
+
+def read(key):
+    return boto3.client("s3").get_object(Bucket=BUCKET, Key=_key(key))["Body"].read()
+
+
+def write(key, data):
+    boto3.client("s3").put_object(Bucket=BUCKET, Key=_key(key), Body=data, ServerSideEncryption="AES256")
+
+
+def keys(prefix):
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=_key(prefix))
+    return [item["Key"][len(_key("")):] for page in pages for item in page.get("Contents", [])]
+
+
+def release(instance_id):
+    boto3.client("autoscaling").terminate_instance_in_auto_scaling_group(
+        InstanceId=instance_id, ShouldDecrementDesiredCapacity=True
+    )
 """
+
+
+def cloud_boot(region: str, bucket: str, prefix: str, boto3_version: str) -> CloudBoot:
+    helper = HELPER.replace("@BUCKET@", repr(bucket)).replace("@PREFIX@", repr(prefix.strip("/")))
+    return CloudBoot(
+        name="aws",
+        environment={"AWS_REGION": region, "AWS_DEFAULT_REGION": region},
+        bootstrap=(f"boto3=={boto3_version}",),
+        helper=helper,
+    )
+
+
+def _relative(state: AwsState, key: str) -> str:
+    return key[len(state.prefix) + 1 :] if key.startswith(f"{state.prefix}/") else key
+
+
+def user_data(task_id: str, remote: str, state: AwsState, boto3_version: str, parallelism: int = 1) -> str:
+    plan = BootPlan(
+        task_id=task_id, remote=remote, deadline=state.deadline, wheel_key=_relative(state, state.wheel_key),
+        lock_key=_relative(state, state.lock_key), failed_boot_limit=boot_failures.limit(parallelism),
+    )  # fmt: skip
+    return script(plan, cloud_boot(state.region, state.bucket, state.prefix, boto3_version))

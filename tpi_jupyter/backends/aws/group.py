@@ -6,11 +6,16 @@ from __future__ import annotations
 import base64
 import contextlib
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 from ...spec import TaskSpec
 from ..base import GroupState, Machine
-from .common import AwsState, Clients, describe, not_found, tag_list
+from ..kit.boot import GRACE
+from .common import AwsState, Clients, code, describe, not_found, tag_list
+
+DEADLINE_ACTION = "tpi-deadline"  # the group scales itself to 0 at deadline + grace
+EVENTS_MAX_AGE = 60.0  # seconds a cached list of scaling activities may be reused unchanged
 
 ALIVE_STATES = ("Pending", "Pending:Wait", "Pending:Proceed", "InService")
 
@@ -21,9 +26,10 @@ def create_launch_template(
     data: dict[str, Any] = {
         "ImageId": state.image, "InstanceType": state.instance_type, "KeyName": state.name,
         "SecurityGroupIds": [state.security_group], "IamInstanceProfile": {"Arn": state.profile_arn},
+        "InstanceInitiatedShutdownBehavior": "terminate",  # a machine that powers off stops costing
         "UserData": base64.b64encode(boot_script.encode()).decode(),
         "MetadataOptions": {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 1},
-        "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume")],
+        "TagSpecifications": [{"ResourceType": kind, "Tags": tag_list(tags)} for kind in ("instance", "volume", "network-interface")],
     }  # fmt: skip
     if spec.disk_size > 0:
         data["BlockDeviceMappings"] = [{"DeviceName": state.root_device, "Ebs": {
@@ -35,13 +41,18 @@ def create_launch_template(
     state.launch_template = template["LaunchTemplateId"]
 
 
+def fixed_price(price: float) -> str:
+    """A price in fixed notation (AWS refuses "1e-05")."""
+    return f"{price:.6f}".rstrip("0").rstrip(".")
+
+
 def group_request(spec: TaskSpec, state: AwsState, tags: dict[str, str]) -> dict[str, Any]:
     distribution: dict[str, Any] = {"OnDemandBaseCapacity": 0,
                                     "OnDemandPercentageAboveBaseCapacity": 100 if spec.spot < 0 else 0}  # fmt: skip
     if spec.spot >= 0:
         distribution["SpotAllocationStrategy"] = "price-capacity-optimized"
     if spec.spot > 0:
-        distribution["SpotMaxPrice"] = f"{spec.spot:g}"  # spot=0: no max price = the on-demand price
+        distribution["SpotMaxPrice"] = fixed_price(spec.spot)  # spot=0: no max price = the on-demand price
     return {
         "AutoScalingGroupName": state.name, "MinSize": 0, "MaxSize": spec.parallelism, "DesiredCapacity": 0,
         "VPCZoneIdentifier": ",".join(state.subnets),
@@ -50,7 +61,9 @@ def group_request(spec: TaskSpec, state: AwsState, tags: dict[str, str]) -> dict
                 "LaunchTemplateSpecification": {"LaunchTemplateId": state.launch_template, "Version": "$Latest"},
                 "Overrides": [{"InstanceType": state.instance_type}]},
             "InstancesDistribution": distribution},
-        "CapacityRebalance": spec.spot >= 0,
+        # Off: a rebalance terminates the old machine without a drain hook; a rebalance
+        # recommendation reaches the agent through IMDS instead, and it exits without a status.
+        "CapacityRebalance": False,
         "Tags": [{"Key": key, "Value": value, "PropagateAtLaunch": True, "ResourceId": state.name,
                   "ResourceType": "auto-scaling-group"} for key, value in tags.items()],
     }  # fmt: skip
@@ -67,12 +80,21 @@ def create_group(
             autoscaling.create_auto_scaling_group(**request)
             break
         except Exception as error:  # a fresh instance profile is "invalid" until IAM propagates
+            if code(error) == "AlreadyExists":
+                state.group = state.name  # a retried call that had worked: rollback must find it
+                raise
             if "profile" not in describe(error).lower() or time.monotonic() > give_up:
                 raise
             time.sleep(poll)
     state.group = state.name
     # Rebalancing across zones would terminate running ranks; interruptions are handled by claims.
     autoscaling.suspend_processes(AutoScalingGroupName=state.name, ScalingProcesses=["AZRebalance"])
+    # A stop that needs no client: the group scales itself to 0 after the deadline.
+    autoscaling.put_scheduled_update_group_action(
+        AutoScalingGroupName=state.name, ScheduledActionName=DEADLINE_ACTION,
+        StartTime=datetime.fromtimestamp(state.deadline + GRACE, tz=timezone.utc),
+        MinSize=0, MaxSize=0, DesiredCapacity=0,
+    )  # fmt: skip
 
 
 def set_capacity(clients: Clients, state: AwsState, count: int) -> None:
@@ -102,20 +124,47 @@ def _addresses(clients: Clients, state: AwsState, instances: list[str]) -> dict[
     return addresses
 
 
-def read(clients: Clients, state: AwsState, owners: dict[str, tuple[int, int]]) -> GroupState:
-    """The group's machines, ranked by `owners` (instance id -> (rank, boot) from the claims)."""
+class EventCache:
+    """Scaling activities, fetched again only when the group changed or the copy is old."""
+
+    def __init__(self) -> None:
+        self.signature: object = None
+        self.fetched = 0.0
+        self.events: list[dict[str, Any]] = []
+
+    def get(
+        self, clients: Clients, state: AwsState, owners: dict[str, tuple[int, int]], signature: object
+    ) -> list[dict[str, Any]]:
+        if signature != self.signature or time.monotonic() - self.fetched > EVENTS_MAX_AGE:
+            self.events = events(clients, state, owners)
+            self.signature, self.fetched = signature, time.monotonic()
+        return self.events
+
+
+def read(
+    clients: Clients,
+    state: AwsState,
+    owners: dict[str, tuple[int, int]],
+    cache: EventCache,
+    with_addresses: bool = False,
+) -> GroupState:
+    """The group's machines, ranked by `owners` (instance id -> (rank, boot) from the claims).
+
+    `describe_instances` is called only `with_addresses` (no face shows them; multi-node ranks
+    publish theirs in the remote)."""
     group = describe_group(clients, state)
     if group is None:
         return GroupState(exists=False)
     exists = group.get("Status") != "Delete in progress" and not state.stopped
     instances = {item["InstanceId"]: item["LifecycleState"] for item in group.get("Instances", [])}
-    addresses = _addresses(clients, state, list(instances)) if instances else {}
+    addresses = _addresses(clients, state, list(instances)) if instances and with_addresses else {}
     machines = []
     for instance, lifecycle in sorted(instances.items()):
         rank, boot = owners.get(instance, (-1, -1))  # -1: booting, no rank claimed yet
         machines.append(Machine(rank=rank, boot=boot, alive=lifecycle in ALIVE_STATES and exists,
                                 address=addresses.get(instance, "")))  # fmt: skip
-    return GroupState(exists=exists, machines=machines, events=events(clients, state, owners))
+    signature = (sorted(instances.items()), group.get("DesiredCapacity"), sorted(owners.items()))
+    return GroupState(exists=exists, machines=machines, events=cache.get(clients, state, owners, signature))
 
 
 def events(clients: Clients, state: AwsState, owners: dict[str, tuple[int, int]]) -> list[dict[str, Any]]:
@@ -133,8 +182,15 @@ def events(clients: Clients, state: AwsState, owners: dict[str, tuple[int, int]]
     return found
 
 
+def scale_to_zero(clients: Clients, state: AwsState) -> None:
+    """No machine may start again (MaxSize 0), whatever the desired capacity said."""
+    clients("autoscaling", state.region).update_auto_scaling_group(
+        AutoScalingGroupName=state.group, MinSize=0, MaxSize=0, DesiredCapacity=0
+    )
+
+
 def stop(clients: Clients, state: AwsState, wait: float, poll: float) -> None:
-    """Scale to 0: instances get shut down (the agent's SIGTERM: sync back, report "stopped")."""
+    """Scale to 0: instances shut down (agents still running push their data, without a status)."""
     group = describe_group(clients, state)
     if group is None:
         return

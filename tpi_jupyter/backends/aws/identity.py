@@ -39,7 +39,7 @@ def role_policy(partition: str, bucket: str, prefix: str, task_id: str) -> dict[
             {"Sid": "BucketRegion", "Effect": "Allow", "Action": "s3:GetBucketLocation",
              "Resource": f"arn:{partition}:s3:::{bucket}"},
             {"Sid": "ReadWriteTaskPrefix", "Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"],
+             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"],
              "Resource": f"arn:{partition}:s3:::{bucket}/{prefix}/*"},
             {"Sid": "ReleaseOwnInstance", "Effect": "Allow",
              "Action": "autoscaling:TerminateInstanceInAutoScalingGroup", "Resource": "*",

@@ -6,7 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import MACHINES, REGIONS, SpecError, TaskSpec
+from . import checks
 from .common import AwsState, Clients, describe
+
+PARTITION_HOMES = {"aws": "us-east-1", "aws-cn": "cn-north-1", "aws-us-gov": "us-gov-west-1"}
+
+
+def lookup_region(region: str) -> str:
+    """Where to ask STS and EC2 about the task: its own region when botocore knows it, else the
+    home region of its partition (an unknown name still gets a clear refusal)."""
+    import boto3
+
+    partition = checks.partition_of(region)
+    known = boto3.session.Session().get_available_regions("ec2", partition_name=partition)
+    return region if region in known else PARTITION_HOMES.get(partition, "us-east-1")
 
 
 def split_container(container: str) -> tuple[str, str]:
@@ -31,7 +44,7 @@ def caller_identity(clients: Clients, region: str = "us-east-1") -> dict[str, An
 def _check_region(clients: Clients, spec: TaskSpec, region: str) -> None:
     regions = {
         item["RegionName"]: item.get("OptInStatus", "opt-in-not-required")
-        for item in clients("ec2", "us-east-1").describe_regions(AllRegions=True)["Regions"]
+        for item in clients("ec2", lookup_region(region)).describe_regions(AllRegions=True)["Regions"]
     }
     if regions.get(region) in (None, "not-opted-in"):
         why = "is not enabled for this account" if region in regions else "is not an AWS region"
@@ -66,27 +79,27 @@ def _network(ec2: Any, spec: TaskSpec, region: str, zones: set[str], state: AwsS
             f"region: {region} has no default VPC; accepted: a region with one (aws ec2 create-default-vpc)"
         )
     state.vpc = vpcs[0]["VpcId"]
-    state.subnets = [
-        item["SubnetId"]
+    subnets = [
+        item
         for item in ec2.describe_subnets(Filters=[{"Name": "vpc-id", "Values": [state.vpc]}])["Subnets"]
         if item.get("DefaultForAz", True) and item["AvailabilityZone"] in zones
     ]
-    if not state.subnets:
+    if not subnets:
         raise SpecError(
             f"machine: {spec.native_machine} is offered in no availability zone of the default VPC in "
             f"{region}; accepted: another machine or region"
         )
+    state.subnets = checks.internet_subnets(ec2, region, state.vpc, subnets)
 
 
 def _image(ec2: Any, spec: TaskSpec, region: str, state: AwsState) -> None:
     user, _, rest = spec.native_image.partition("@")
     owner, architecture, pattern = rest.split(":", 2)
+    checks.check_image_owner(spec.image, owner)
     filters = [{"Name": "name", "Values": [pattern]}, {"Name": "state", "Values": ["available"]}]
     if architecture != "*":
         filters.append({"Name": "architecture", "Values": [architecture]})
-    query: dict[str, Any] = {"Filters": filters}
-    if owner != "*":
-        query["Owners"] = [owner]
+    query: dict[str, Any] = {"Filters": filters, "Owners": [owner]}
     images = sorted(ec2.describe_images(**query)["Images"], key=lambda item: item.get("CreationDate", ""))
     if not images:
         raise SpecError(
@@ -94,6 +107,8 @@ def _image(ec2: Any, spec: TaskSpec, region: str, state: AwsState) -> None:
             "or {user}@{owner}:{architecture}:{name pattern} of an available AMI"
         )
     newest = images[-1]
+    checks.check_image_python(spec.image, newest.get("Name", ""))
+    checks.check_disk(spec.disk_size, newest)
     state.image, state.user = newest["ImageId"], user
     state.root_device = newest.get("RootDeviceName", "/dev/sda1")
 
@@ -121,10 +136,20 @@ def _user_resources(clients: Clients, spec: TaskSpec, region: str) -> None:
             ) from None
 
 
+def _quota(clients: Clients, ec2: Any, spec: TaskSpec, region: str) -> None:
+    if checks.GPU_QUOTAS.get(checks.family(spec.native_machine)) is None:
+        return
+    found = ec2.describe_instance_types(InstanceTypes=[spec.native_machine])["InstanceTypes"]
+    vcpus = int(found[0]["VCpuInfo"]["DefaultVCpus"]) if found else 1
+    checks.check_gpu_quota(
+        clients("service-quotas", region), spec.native_machine, vcpus, spec.spot >= 0, region
+    )
+
+
 def preflight(clients: Clients, spec: TaskSpec, state: AwsState) -> None:
     """Fill `state` with what was looked up; SpecError (one line, naming the key) on a refusal."""
     region = spec.native_region
-    identity = caller_identity(clients)
+    identity = caller_identity(clients, lookup_region(region))
     state.account, state.creator = identity["Account"], identity["Arn"]
     state.partition = identity["Arn"].split(":")[1]
     _check_region(clients, spec, region)
@@ -134,6 +159,7 @@ def preflight(clients: Clients, spec: TaskSpec, state: AwsState) -> None:
     state.instance_type = spec.native_machine
     _network(ec2, spec, region, zones, state)
     _image(ec2, spec, region, state)
+    _quota(clients, ec2, spec, region)
     _user_resources(clients, spec, region)
 
 
