@@ -318,3 +318,25 @@ def test_a_claim_bound_by_the_real_volume_controller_is_mounted(
     pod = wait_for("claimant ended", lambda: _terminal(core.read_namespaced_pod("claimant", "default")))
     assert pod.status.phase == "Succeeded"
     assert (tmp_path / "out").read_text() == "on the claim\n"
+
+
+def test_a_failure_midway_through_up_stops_what_was_started(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any) -> None:
+        raise bed.BedError("controller-manager refused (injected)")
+
+    monkeypatch.setattr(bed, "_start_controllers", broken)  # etcd and the API server are up by then
+    spawned: list[dict[str, Any]] = []
+    real_spawn = bed.Bed.spawn
+
+    def spawn(self: bed.Bed, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
+        real_spawn(self, name, argv, env)
+        spawned.append(self.state()["processes"][-1])
+
+    monkeypatch.setattr(bed.Bed, "spawn", spawn)
+    with pytest.raises(bed.BedError, match="injected"):
+        bed.up(tmp_path / "bed")
+    assert [e["name"] for e in spawned] == ["etcd", "kube-apiserver"]
+    assert not [e for e in spawned if alive(e)]
+    assert not (tmp_path / "bed" / "state.json").exists()
