@@ -122,3 +122,33 @@ async def test_without_a_token_is_403(jp_fetch: Any, notebook_dir: Path) -> None
             await jp_fetch("tpi", *parts, method=method, body="" if method == "POST" else None,
                            headers={"Authorization": ""})  # fmt: skip
         assert error.value.code == 403
+
+
+async def test_a_name_that_could_be_a_path_is_400(
+    jp_fetch: Any,
+    http_server_client: Any,
+    jp_base_url: str,
+    jp_auth_header: dict[str, str],
+    notebook_dir: Path,
+) -> None:
+    # issue 11, item 16: a lookup never turns a name into a path. Sent already quoted (jp_fetch
+    # would quote the % again): tornado matches [^/]+ on the quoted path, then unquotes %2F to /.
+    for quoted in ("..%2Fx", "..%2F..%2Fetc%2Fpasswd", "a%5Cb", "nul%00here", "tab%09here", "a" * 256):
+        url = f"{jp_base_url}tpi/tasks/{quoted}"
+        for suffix, method in (("", "GET"), ("/logs", "GET"), ("/destroy", "POST")):
+            with pytest.raises(HTTPClientError) as error:
+                await http_server_client.fetch(url + suffix, method=method, headers=jp_auth_header,
+                                   body="" if method == "POST" else None)  # fmt: skip
+            assert error.value.code == 400, (quoted, suffix)
+            assert error.value.response is not None and "accepted" in error.value.response.reason
+
+
+async def test_a_registry_file_missing_fields_does_not_hide_the_others(
+    jp_fetch: Any, notebook_dir: Path, tpi_home: Path
+) -> None:
+    task = start(["name=visible"], "echo x")
+    (tpi_home / "tasks" / "tpi-broken-00000000-00000000.json").write_text(
+        '{"id": "tpi-broken-00000000-00000000"}'
+    )
+    assert [listed["name"] for listed in (await get(jp_fetch, "tasks"))["tasks"]] == ["visible"]
+    task.destroy()

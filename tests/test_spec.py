@@ -445,7 +445,7 @@ PERMISSION_SETS = [
 CONTAINERS = [
     ("local", "/tmp/tpi-remote"),
     ("local", "file:///tmp/tpi remote"),
-    ("local", "memory://bucket/prefix"),
+    ("local", "s3://bucket/prefix"),  # memory:// is refused for local: issue 11 item 17
     ("aws", "my-bucket"),
     ("aws", "my.bucket/some/prefix"),
     ("gcp", "my_bucket"),
@@ -745,9 +745,14 @@ def test_resolve_empty_value_imports_local() -> None:
     }
 
 
-def test_resolve_unset_local_variable_is_left_out() -> None:
-    assert resolve_environment({"NOT_SET_ANYWHERE": ""}, LOCAL_ENV) == {}
-    assert resolve_environment({"NOT_SET_ANYWHERE": "", "TOKEN": ""}, LOCAL_ENV) == {"TOKEN": "local-token"}
+def test_resolve_unset_local_variable_is_refused_by_name() -> None:
+    # issue 11 item 3: an import of an unset variable was silently dropped; now one line naming it
+    for requested in ({"NOT_SET_ANYWHERE": ""}, {"TOKEN": "", "NOT_SET_ANYWHERE": ""}):
+        with pytest.raises(SpecError) as caught:
+            resolve_environment(requested, LOCAL_ENV)
+        message = str(caught.value)
+        assert "\n" not in message and message.startswith("environment: NOT_SET_ANYWHERE=")
+        assert "not set here" in message and "accepted:" in message
 
 
 def test_resolve_glob_imports_all_matches() -> None:
@@ -1013,3 +1018,41 @@ def test_spec_error_is_a_value_error() -> None:
 def test_no_permission_set_or_container_is_fine_on_every_cloud(cloud: str) -> None:
     spec = build([f"cloud={cloud}", "permission_set=", "container="])
     assert spec.permission_set == "" and spec.container == ""
+
+
+# ---------------------------------------------------------------- issue 11: the one argument table
+
+
+def test_argument_table_defaults_are_the_spec_defaults(tmp_path: Path) -> None:
+    """Help shows the table's defaults; they must be what an empty line gives."""
+    from dataclasses import fields
+
+    assert tuple(a.name for a in spec_module.ARGUMENT_TABLE) == tuple(f.name for f in fields(TaskSpec))
+    empty = TaskSpec.from_args({}, cwd=tmp_path)
+    assert empty == TaskSpec()
+    stated = {a.name: a.default for a in spec_module.ARGUMENT_TABLE if a.default}
+    assert TaskSpec.from_args(stated, cwd=tmp_path) == empty
+
+
+@pytest.mark.parametrize(
+    ("words", "key"),
+    [(["parallelism=1001"], "parallelism"), (["parallelism=1_0"], "parallelism"), (["timeout=0"], "timeout"),
+     (["disk_size=65537"], "disk_size"), (["spot=1_0"], "spot"), (["name=a/b"], "name"),
+     (["name=" + "x" * 256], "name")],
+)  # fmt: skip
+def test_validator_messages_quote_the_table(words: list[str], key: str) -> None:
+    with pytest.raises(SpecError) as error:
+        build(words)
+    assert str(error.value).startswith(f"{key}: ")
+    assert str(error.value).endswith(f"accepted: {spec_module.ARGUMENT[key].accepted}")
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [(["parallelism=1000"], ("parallelism", 1000)), (["disk_size=65536"], ("disk_size", 65536)),
+     (["spot=.5"], ("spot", 0.5)), (["spot=-1.0"], ("spot", -1.0)), (["spot=2."], ("spot", 2.0)),
+     (["name=" + "x" * 255], ("name", "x" * 255)), (["name=Ünïcode 1"], ("name", "Ünïcode 1"))],
+)  # fmt: skip
+def test_edges_that_stay_accepted(words: list[str], expected: tuple[str, object]) -> None:
+    key, value = expected
+    assert getattr(build(words), key) == value

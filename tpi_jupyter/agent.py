@@ -14,6 +14,7 @@ No IPython or Jupyter imports here: this runs on bare machines.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -28,39 +29,111 @@ from typing import Any
 from . import layout
 from .agent_watch import Check, Watch, shutting_down, stop_requested
 from .backends.base import Timing
-from .sync import atomic_write_bytes, download, filesystem, is_local, local_manifest, upload
+from .output import MASK_MIN as MASK_MIN  # documented in the README
+from .output import Lines, mask, mask_values, read_output
 
 # Variables a machine's own environment contributes to the script; nothing else leaks in.
 BASE_ENVIRONMENT = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR")
 KILL_GRACE = 5.0
-MASK_MIN = 4  # shorter imported values are not masked: "1" would blank every digit
+PROCESS_MARK = "TPI_PROCESS_MARK"  # set by a supervisor that finds its processes by environment
+
+
+class RemoteGone(Exception):
+    """The task's remote was removed (the task was destroyed): nothing may recreate it."""
+
+
+def _sync() -> Any:
+    """The syncer, imported on first use: a plain local task starts without fsspec's import."""
+    from . import sync
+
+    return sync
+
+
+def write_atomic(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> None:
+    """Readers see the old or the new content; the directory must exist. `durable=False` skips
+    the fsync, for bookkeeping that a crash makes moot (a pid file)."""
+    temp = f"{path}.tmp-{os.getpid()}-{threading.get_ident()}"
+    with open(temp, "wb") as handle:
+        handle.write(data)
+        if durable:
+            handle.flush()
+            os.fsync(handle.fileno())
+    os.replace(temp, path)
 
 
 class Remote:
-    """The task's remote (bucket prefix or directory) as the agent writes to it."""
+    """The task's remote (bucket prefix or directory) as the agent writes to it.
+
+    A plain directory is reached with os calls (no fsspec import on the way to the script);
+    writes there never create the remote's root, so a destroyed task stays destroyed.
+    """
 
     def __init__(self, url: str):
-        self.fs, self.root = filesystem(url)
+        self.url, self.local = url, "://" not in url
+        self.gone = False  # set once the remote was seen removed: from then on nothing is written
+        self._fs: Any = None
+        if self.local:
+            self.root = os.path.abspath(url)
+        else:
+            self._fs, self.root = _sync().filesystem(url)
+
+    @property
+    def fs(self) -> Any:
+        if self._fs is None:
+            self._fs, _ = _sync().filesystem(self.url)
+        return self._fs
+
+    @fs.setter
+    def fs(self, fs: Any) -> None:  # a test may wrap it (to count requests)
+        self._fs = fs
 
     def key(self, key: str) -> str:
         return layout.join(self.root, key)
 
     def read_text(self, key: str) -> str:
+        if self.local:
+            return Path(self.key(key)).read_text(encoding="utf-8")
         return self.fs.cat_file(self.key(key)).decode("utf-8")  # type: ignore[no-any-return]
 
+    def exists(self, key: str) -> bool:
+        return os.path.exists(self.key(key)) if self.local else bool(self.fs.exists(self.key(key)))
+
+    def names(self, key: str) -> list[str]:
+        """The entries directly below key (none when it does not exist)."""
+        try:
+            if self.local:
+                return os.listdir(self.key(key))
+            return [
+                str(entry).rstrip("/").rsplit("/", 1)[-1] for entry in self.fs.ls(self.key(key), detail=False)
+            ]
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+
+    def check(self, thorough: bool = False) -> None:
+        """Raise RemoteGone if the remote was removed; `thorough` asks an object store too."""
+        if not self.gone and (self.local or thorough):
+            self.gone = not self.exists(layout.TASK_JSON)
+        if self.gone:
+            raise RemoteGone(f"the task's remote {self.url} was removed")
+
+    def _local_parent(self, key: str) -> str:
+        path = self.key(key)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return path
+
     def write(self, key: str, data: bytes) -> None:
-        if is_local(self.fs):
-            atomic_write_bytes(self.key(key), data)
+        self.check()
+        if self.local:
+            write_atomic(self._local_parent(key), data)
         else:
             self.fs.pipe_file(self.key(key), data)  # one put: atomic on object stores
 
     def append(self, key: str, data: bytes, number: int) -> None:
         """Local files grow by appending; object stores get chunk `number` as a new object
         (`log.000017`), so the bytes uploaded grow with the log, not with its square."""
-        if is_local(self.fs):
-            path = self.key(key)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with open(path, "ab") as handle:
+        self.check()
+        if self.local:
+            with open(self._local_parent(key), "ab") as handle:
                 handle.write(data)
         else:
             self.fs.pipe_file(self.key(layout.log_chunk(key, number)), data)
@@ -78,11 +151,13 @@ class LogStream:
         secrets: tuple[str, ...] | list[str] = (),
     ):
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
-        self.secrets = sorted(set(secrets), key=len, reverse=True)
+        self.secrets = mask_values(secrets)
         self._pending: list[bytes] = []
         self._chunks = 0  # chunks flushed so far: the next chunk's number
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()  # a line after a quiet spell is flushed at once
+        self._flushed_at = 0.0
         self._thread = threading.Thread(target=self._loop, name="tpi-log", daemon=True)
         local_copy.parent.mkdir(parents=True, exist_ok=True)
         local_copy.write_bytes(b"")
@@ -91,14 +166,16 @@ class LogStream:
         self._thread.start()
 
     def line(self, text: str) -> None:
-        for secret in self.secrets:
-            text = text.replace(secret, "***")
+        text = mask(text, self.secrets)
         stamped = f"{layout.timestamp()} {text.rstrip(chr(10))}\n".encode("utf-8", "replace")
         with self._lock:
             self._pending.append(stamped)
+        if time.monotonic() - self._flushed_at >= self.interval:
+            self._wake.set()
 
     def flush(self) -> None:
         with self._lock:
+            self._flushed_at = time.monotonic()
             chunk, self._pending = b"".join(self._pending), []
             if not chunk:
                 return
@@ -108,7 +185,9 @@ class LogStream:
             self._chunks += 1
 
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            self._wake.clear()
             try:
                 self.flush()
             except Exception as error:  # a flaky remote must not kill the task; retry next tick
@@ -116,6 +195,7 @@ class LogStream:
 
     def close(self) -> None:
         self._stop.set()
+        self._wake.set()
         self._thread.join()
         self.flush()
 
@@ -160,6 +240,9 @@ def script_environment(task: dict[str, Any], values: dict[str, str], rank: int) 
         env.setdefault("HOME", os.path.expanduser("~"))
     else:  # locally the script runs with the notebook's Python, as the user expects
         env["PATH"] = python_bin + os.pathsep + env.get("PATH", os.defpath)
+    env["PYTHONUNBUFFERED"] = "1"  # lines reach the live log as a terminal would show them
+    if os.environ.get(PROCESS_MARK):  # how the local group finds every process of the task
+        env[PROCESS_MARK] = os.environ[PROCESS_MARK]
     env.update(values)
     env.update(
         TPI_TASK="true",
@@ -196,6 +279,8 @@ class Agent:
         self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.reported: set[str] = set()  # sync warnings already logged
+        self._next_control = 0.0
+        self._stop_outcome: dict[str, Any] = {}
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -204,7 +289,7 @@ class Agent:
     def _watch(self, interval: float) -> Watch:
         checks = {
             "stop": (
-                stop_requested(lambda key: bool(self.remote.fs.exists(self.remote.key(key)))),
+                stop_requested(self.remote.exists),  # a local remote: no fsspec on the way
                 self.stopping,
             )
         }
@@ -234,13 +319,23 @@ class Agent:
             self.values = {}
 
     def pull(self) -> None:
-        download(self.remote.fs, self.remote.key(layout.DATA), self.work, exclude=self.exclude)
-        self.manifest = local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
+        self.manifest: Any = None  # None: the work directory started empty
+        if self.remote.local and not self.remote.names(layout.DATA):
+            return  # nothing to fetch: the syncer is imported at the first push
+        sync = _sync()
+        sync.download(self.remote.fs, self.remote.key(layout.DATA), self.work, exclude=self.exclude)
+        self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
     def push(self) -> None:
         """Sync the work directory back; files it cannot sync are skipped and logged once each."""
-        result = upload(
+        self.remote.check()
+        sync = _sync()
+        if self.manifest is None:  # what local_manifest says of an empty directory
+            self.manifest = sync.Manifest(
+                str(self.private / "manifest.json"), f"rank{self.rank}-boot{self.boot}"
+            )
+        result = sync.upload(
             self.work,
             self.remote.fs,
             self.remote.key(layout.DATA),
@@ -255,11 +350,7 @@ class Agent:
     def run(self) -> dict[str, Any]:
         timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch
         deadline = float(self.task["deadline"])
-        secrets = [
-            self.values[name]
-            for name in self.task.get("masked", [])
-            if len(self.values.get(name, "")) >= MASK_MIN
-        ]
+        secrets = [self.values[name] for name in self.task.get("masked", []) if name in self.values]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
                              timing.log_interval, secrets)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
@@ -277,6 +368,10 @@ class Agent:
             self.pull()
             if self.boot > 0:
                 self.log.line(f"[tpi] machine respawned (boot {self.boot}): resuming from synced data")
+            why = self._stop_reason()
+            if why:  # a rank failed (or the task was stopped) before this one started
+                self.log.line(f"[tpi] {why}; not starting the script")
+                return {"result": "failure", "code": None, **self._stop_outcome}
             return self._run_script(deadline, timing.sync_interval)
         finally:
             watch.close()
@@ -291,9 +386,12 @@ class Agent:
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        atomic_write_bytes(self.machine_dir / "script.pid", str(self.process.pid).encode())
-        reader = threading.Thread(target=self._read_output, name="tpi-output", daemon=True)
+        exited, (wake_read, wake_write) = threading.Event(), os.pipe()
+        reader = threading.Thread(
+            target=self._read_output, args=(exited, wake_read), name="tpi-output", daemon=True
+        )
         reader.start()
+        write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode(), durable=False)
         result = "success"
         next_sync = time.time() + sync_interval
         while self.process.poll() is None:
@@ -308,17 +406,24 @@ class Agent:
                 self._kill_script()
                 result = "interrupted"
                 break
-            if self.stopping.is_set():
-                self.log.line("[tpi] stop requested; stopping the script")
+            why = self._stop_reason()
+            if why:
+                self.log.line(f"[tpi] {why}; stopping the script")
                 self._kill_script()
                 result = "stopped"
                 break
             if now >= next_sync:
                 self._push_quietly()
                 next_sync = time.time() + sync_interval
-            time.sleep(min(0.2, max(0.01, deadline - now)))
+            time.sleep(min(0.05, max(0.01, deadline - now)))
         code = self.process.wait()
-        reader.join(timeout=10)
+        # The task ends with the script, not when its background children close the pipe.
+        exited.set()
+        os.write(wake_write, b"x")
+        reader.join()
+        self._end_leftovers()
+        for end in (wake_read, wake_write):
+            os.close(end)
         if code < 0:
             code = 128 - code  # shell convention for a signal
         if result == "success" and code != 0:
@@ -327,8 +432,38 @@ class Agent:
         if result == "interrupted":
             return {"result": None, "interrupted": True}
         if result == "stopped":
-            return {"result": "failure", "code": code, "reason": "stopped"}
+            return {"result": "failure", "code": code, **self._stop_outcome}
         return {"result": result, "code": code}
+
+    def _stop_reason(self) -> str:
+        """Why the script must stop now (a user stop, a failed rank, a destroyed task), or ""."""
+        if self.stopping.is_set():
+            self._stop_outcome = {"reason": "stopped"}
+            return "stop requested"
+        now = time.monotonic()
+        if now < self._next_control:
+            return ""
+        timing = Timing(**self.task.get("timing", {}))  # a local disk is looked at as often as logs
+        self._next_control = now + (timing.log_interval if self.remote.local else timing.heartbeat_interval)
+        try:
+            names = self.remote.names(".tpi")
+            if "task.json" not in names and not self.remote.exists(layout.TASK_JSON):  # asked twice
+                self.remote.gone = True
+                self._stop_outcome = {"reason": "stopped: the task was destroyed"}
+                return "the task's remote was removed (destroyed)"
+            if "control" not in names:
+                return ""
+            request = json.loads(self.remote.read_text(layout.CONTROL_FAILED))
+        except (FileNotFoundError, ValueError):
+            return ""
+        except Exception as error:  # a flaky remote: look again next time
+            print(f"tpi-agent: reading the stop request failed: {error}", file=sys.stderr)
+            return ""
+        failed = request.get("rank")
+        if not isinstance(failed, int) or failed == self.rank:
+            return ""
+        self._stop_outcome = {"reason": f"stopped: rank {failed} failed", "stopped_by": failed}
+        return f"rank {failed} failed; policy: a failed rank stops the others"
 
     def _push_quietly(self) -> None:
         try:
@@ -336,10 +471,17 @@ class Agent:
         except Exception as error:  # try again at the next interval; the final push is strict
             self.log.line(f"[tpi] sync back failed, will retry: {error}")
 
-    def _read_output(self) -> None:
+    def _read_output(self, exited: threading.Event, wake_fd: int) -> None:
         assert self.process is not None and self.process.stdout is not None
-        for raw in iter(self.process.stdout.readline, b""):
-            self.log.line(raw.decode("utf-8", "replace"))
+        interval = Timing(**self.task.get("timing", {})).log_interval
+        read_output(self.process.stdout.fileno(), Lines(self.log.line, interval), exited, wake_fd)
+        self.process.stdout.close()  # a background child still writing gets EPIPE, not a full pipe
+
+    def _end_leftovers(self) -> None:
+        """The script has exited: what it left running in its process group ends with it."""
+        assert self.process is not None
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.process.pid, signal.SIGTERM)
 
     def _kill_script(self) -> None:
         assert self.process is not None
@@ -355,8 +497,22 @@ class Agent:
                 continue
 
     def report(self, outcome: dict[str, Any]) -> None:
+        self.remote.check(thorough=True)  # one look before the last write: never recreate it
         outcome.update(rank=self.rank, boot=self.boot, finished=layout.timestamp())
+        parallelism = int(self.task["spec"]["parallelism"]) if hasattr(self, "task") else 1
+        stop_others(self.remote, self.rank, parallelism, outcome)
         self.remote.write(layout.status(self.rank), json.dumps(outcome).encode())
+
+
+def stop_others(remote: Remote, rank: int, parallelism: int, outcome: dict[str, Any]) -> None:
+    """The task's policy: a rank that failed on its own stops the others (they bill on a cloud).
+
+    One stop request in the remote, which every agent watches; the first failure names it.
+    """
+    failed = outcome.get("result") == "failure" and not str(outcome.get("reason", "")).startswith("stopped")
+    if parallelism > 1 and failed and not remote.exists(layout.CONTROL_FAILED):
+        request = {"rank": rank, "reason": f"rank {rank} failed", "time": layout.timestamp()}
+        remote.write(layout.CONTROL_FAILED, json.dumps(request).encode())
 
 
 # ---------------------------------------------------------------- scaling-group machines
@@ -454,7 +610,10 @@ def main(argv: list[str] | None = None) -> int:
             f"tpi-agent: interrupted ({agent.interruption or 'shutdown'}); data synced, rank left to respawn"
         )
         return 0
-    agent.report(outcome)
+    try:
+        agent.report(outcome)
+    except RemoteGone as error:  # destroyed meanwhile: report nothing, recreate nothing
+        print(f"tpi-agent: {error}; not reporting", file=sys.stderr)
     try:
         release(args.release, owner)  # only after the status is written; only this machine
     except Exception as error:  # already leaving its group (a stop scaled it away): it powers off

@@ -1,130 +1,70 @@
-"""The verbs shared by `%tpi` / `%%tpi` and the `tpi` command: one grammar, one behaviour."""
+"""The verbs shared by `%tpi` / `%%tpi` and the `tpi` command: one behaviour (grammar.py: the words)."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
-import shlex
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, NoReturn
+from dataclasses import asdict, dataclass
+from typing import Any
 
-from .spec import SpecError, TaskSpec, parse_assignments
+from .grammar import (
+    UsageFailure,
+    cell_parser,
+    magic_help,
+    parse_cell_line,
+    parse_words,
+    run_parser,
+    split,
+    strip_comment,
+    verb_parser,
+)
+from .spec import SpecError, TaskSpec, check_name, parse_assignments
 from .sync import ProgressCallback
-from .task import FINAL, LogTail, Plan, Task, TaskError, format_line, launch
+from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, failure_text, format_line, launch
 from .task import sweep as sweep_task
 from .textview import clock, event_text
 
 Printer = Callable[[str], None]
 
 
-class UsageFailure(Exception):
-    """Bad command words; the message is one line."""
-
-
 class TaskFailed(Exception):
     """A task waited on ended failed or timed out; the message carries the log tail."""
 
-    def __init__(self, task: Task, status: str, tail: str):
-        self.task, self.status, self.tail = task, status, tail
+    def __init__(self, task: Task, status: str, tail: str | None):
+        self.task, self.status, self.tail = task, status, tail  # tail None: the log was just shown
         super().__init__(f"task {task.name} ended {status}")
 
     def lines(self) -> list[str]:
-        ranks = [r for r in self.task.read().ranks if r.state in ("failed", "timeout")]
-        detail = "; ".join(
-            f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "") + (f" ({r.reason})" if r.reason else "")
-            for r in ranks
-        )  # fmt: skip
-        return [f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}",
-                "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]  # fmt: skip
+        detail = failure_text(self.task.read().ranks)
+        head = f"TaskFailed: task {self.task.name} ({self.task.id}) ended {self.status}: {detail}"
+        if self.tail is None:
+            return [head]
+        return [head, "--- last log lines ---", *(self.tail.splitlines() or ["(no log)"])]
 
     def _render_traceback_(self) -> list[str]:  # IPython shows this instead of a traceback
         return self.lines()
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
-        raise UsageFailure(f"{message}; usage: {usage}")
+class WaitInterrupted(Exception):
+    """Ctrl-C (or the kernel's interrupt) while waiting: the task itself goes on running."""
+
+    def __init__(self, task: Task, prog: str):
+        self.task = task
+        super().__init__(
+            f"interrupted: task {task.name} ({task.id}) is still running; "
+            f"stop it with {prog} stop {task.name}, or remove it with {prog} destroy {task.name}"
+        )
+
+    def _render_traceback_(self) -> list[str]:
+        return [str(self)]
 
 
-VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt",
-         "sweep")  # fmt: skip
-
-
-def _launch_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("assignments", nargs="*", metavar="key=value")
-    parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
-    parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
-    parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
-
-
-def cell_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="%%tpi", add_help=False)
-    _launch_options(parser)
-    parser.add_argument("-o", dest="bind", metavar="NAME", help="bind the task handle to NAME")
-    return parser
-
-
-def verb_parser(prog: str = "tpi") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, add_help=prog == "tpi")
-    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}", parser_class=_Parser)
-    verbs.required = True
-    verbs.add_parser("run", help="launch a task: tpi run key=value ... --script FILE [--wait] [--dry-run]")
-    verbs.add_parser("list", help="every task in the registry")
-    verbs.add_parser("panel", help="every task with live status (a widget in notebooks)")
-    for verb, text in (("status", "status, ranks and events"), ("events", "the task's events"),
-                       ("stop", "stop the machines (they sync back first)"),
-                       ("pull", "download output into the workdir"),
-                       ("destroy", "download output, then remove every resource"),
-                       ("attach", "show the task again (after a kernel restart)")):  # fmt: skip
-        verbs.add_parser(verb, help=text).add_argument("task", metavar="NAME")
-    logs = verbs.add_parser("logs", help="the task's logs")
-    logs.add_argument("task", metavar="NAME")
-    logs.add_argument("--follow", "-f", action="store_true", help="stream until the task ends")
-    logs.add_argument("--timestamps", "-t", action="store_true", help="prefix each line with its UTC time")
-    preempt = verbs.add_parser("preempt", help="interrupt a rank's machine as a spot reclaim would")
-    preempt.add_argument("task", metavar="NAME")
-    preempt.add_argument("--rank", type=int, default=0)
-    sweep = verbs.add_parser(
-        "sweep", help="list resources tagged tpi-task whose task is gone; delete with --yes"
-    )
-    sweep.add_argument("cloud", metavar="CLOUD")
-    sweep.add_argument("--yes", "-y", action="store_true", help="delete what is found without asking")
-    sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
-    sweep.add_argument("--all", dest="everyone", action="store_true",
-                       help="include other creators' orphans (default: only yours)")  # fmt: skip
-    return parser
-
-
-def run_parser(prog: str = "tpi run") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog)
-    _launch_options(parser)
-    parser.add_argument("--script", required=True, metavar="FILE", help="the script to run ('-' for stdin)")
-    return parser
-
-
-def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
-    """Verbs and their options; `run` takes key=value words and flags in any order."""
-    if words and words[0] == "run":
-        args = run_parser(f"{prog} run").parse_intermixed_args(list(words[1:]))
-        args.verb = "run"
-        return args
-    return verb_parser(prog).parse_args(list(words))
-
-
-def split(line: str) -> list[str]:
-    try:
-        return shlex.split(line)
-    except ValueError as error:
-        raise UsageFailure(
-            f"malformed line: {error} in {line!r}; accepted: key=value words, quoted with ' or \""
-        ) from None
-
-
-def parse_cell_line(line: str) -> argparse.Namespace:
-    return cell_parser().parse_intermixed_args(split(line))
+def find_task(name: str) -> Task:
+    """A task by name or id as the user typed it; a name that could be a path is refused."""
+    return Task.find(check_name(name, key="NAME"))
 
 
 def build_spec(assignments: Sequence[str], defaults: Mapping[str, Any], cwd: str | None = None) -> TaskSpec:
@@ -142,17 +82,29 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
-    files: bool = False,
+    files: bool = False, prog: str = "tpi",
 ) -> Launched:  # fmt: skip
     spec = build_spec(assignments, defaults, cwd)
+    try:
+        script.encode("utf-8")
+    except UnicodeEncodeError as error:  # a lone surrogate: the machines could not read it
+        raise UsageFailure(
+            f"script: character {script[error.start]!r} at offset {error.start} is not valid text; "
+            "accepted: UTF-8 text"
+        ) from None
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
         out(result.text(all_files=files))
         return Launched(None, result)
+    for warning in result.record.get("warnings", []):  # before the widget or the log: seen first
+        out(f"warning: {warning}")
     if wait:
-        out(result.summary())
         width = int(result.spec["parallelism"])
-        status = result.wait(on_line=lambda rank, _stamp, text: out(format_line(rank, text, width)))
+        try:
+            out(result.summary())
+            status = result.wait(on_line=lambda rank, _stamp, text: out(format_line(rank, text, width)))
+        except KeyboardInterrupt:
+            raise WaitInterrupted(result, prog) from None
         if status != "succeeded":
             raise TaskFailed(result, status, result.tail_text(tail_lines))
     return Launched(result, None)
@@ -174,6 +126,25 @@ def list_text() -> str:
     return "\n".join(
         "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
     )
+
+
+def task_json(task: Task, snapshot: Snapshot | None, error: Exception | None = None,
+              detail: bool = False) -> dict[str, Any]:  # fmt: skip
+    """A task as `tpi list --json` (and with detail, `tpi status --json`) prints it."""
+    spec = task.spec
+    entry: dict[str, Any] = {
+        "id": task.id, "name": task.name, "cloud": spec["cloud"], "machine": spec["machine"],
+        "parallelism": spec["parallelism"], "spot": spec["spot"], "created": task.record["created"],
+        "workdir": task.record.get("workdir", ""), "output": spec.get("output", ""),
+    }  # fmt: skip
+    if snapshot is None:  # one unreadable task must not hide the others
+        entry.update(status="unknown", error=f"{error.__class__.__name__}: {error}")
+        return entry
+    entry.update(status=snapshot.status, elapsed=round(task.elapsed(snapshot), 3))
+    if detail:
+        entry["ranks"] = [asdict(rank) for rank in snapshot.ranks]
+        entry["events"] = task.events(snapshot)
+    return entry
 
 
 def _duration(seconds: float) -> str:
@@ -233,32 +204,35 @@ def run_verb(
 ) -> Task | None:
     """Carry out a verb other than `run`; returns the task for `attach`."""
     if args.verb in ("list", "panel"):
-        out(list_text())
+        as_json = getattr(args, "json", False)
+        listed = (
+            [task_json(item.task, item.snapshot, item.error) for item in Task.all_safe()] if as_json else []
+        )
+        out(json.dumps(listed, indent=1) if as_json else list_text())
         return None
     if args.verb == "sweep":
         sweep(args.cloud, args.yes, args.region, out, confirm, args.everyone)
         return None
-    task = Task.find(args.task)
+    if args.verb == "destroy":
+        destroy(args.task, out, progress)
+        return None
+    task = find_task(args.task)
     if args.verb == "status":
-        out(status_text(task))
+        out(
+            json.dumps(task_json(task, task.read(), detail=True), indent=1)
+            if args.json
+            else status_text(task)
+        )
     elif args.verb == "events":
         out(events_text(task))
     elif args.verb == "logs":
-        width = int(task.spec["parallelism"])
-        lines = task.follow() if args.follow else iter(LogTail(task).poll())
-        for rank, stamp, text in lines:
-            out(format_line(rank, f"{stamp} {text}" if args.timestamps else text, width))
+        logs(task, args.follow, args.timestamps, out)
     elif args.verb == "stop":
         task.stop()
         out(f"task {task.name}: stopped ({task.status})")
     elif args.verb == "pull":
         task.pull(progress)
         out(f"task {task.name}: pulled {_pulled(task)} into {task.record.get('workdir') or '(no workdir)'}")
-    elif args.verb == "destroy":
-        task.destroy(progress)
-        out(
-            f"task {task.name}: destroyed; pulled {_pulled(task)} of {task.spec.get('output') or '(no output)'}"
-        )
     elif args.verb == "preempt":
         task.preempt(args.rank)
         out(f"task {task.name}: rank {args.rank} preempted; the group respawns it")
@@ -267,5 +241,44 @@ def run_verb(
     return None
 
 
+def logs(task: Task, follow: bool, timestamps: bool, out: Printer) -> None:
+    """Print the log; with follow, until the task ends, and fail (TaskFailed) if it did not succeed."""
+    width = int(task.spec["parallelism"])
+    lines = task.follow() if follow else iter(LogTail(task).poll())
+    for rank, stamp, text in lines:
+        out(format_line(rank, f"{stamp} {text}" if timestamps else text, width))
+    if follow:
+        status = task.status
+        if status != "succeeded":
+            raise TaskFailed(task, status, None)
+
+
+def destroy(names: Sequence[str], out: Printer, progress: ProgressCallback | None = None) -> None:
+    """Destroy each task; one already gone is not an error, so destroy can be repeated."""
+    for name in names:
+        check_name(name, key="NAME")
+    failures = []
+    for name in names:
+        try:
+            task = Task.find(name)
+        except TaskError:
+            out(f"task {name}: not in the registry; nothing to destroy (already gone)")
+            continue
+        try:
+            task.destroy(progress)
+        except TaskError as error:
+            failures.append(str(error))
+            continue
+        out(
+            f"task {task.name}: destroyed; pulled {_pulled(task)} of {task.spec.get('output') or '(no output)'}"
+        )
+    if failures:
+        raise TaskError("; ".join(failures))
+
+
 ERRORS = (SpecError, TaskError, UsageFailure)
-__all__ = ["ERRORS", "FINAL", "TaskFailed", "UsageFailure", "run_task", "run_verb"]
+__all__ = [
+    "ERRORS", "FINAL", "TaskFailed", "UsageFailure", "WaitInterrupted", "cell_parser", "magic_help",
+    "parse_cell_line", "parse_words", "run_parser", "run_task", "run_verb", "split", "strip_comment",
+    "verb_parser",
+]  # fmt: skip

@@ -13,6 +13,7 @@
 <remote>/.tpi/machines/<machine>/boot-log the boot script's log under the machine id (cloud
 <remote>/.tpi/machines/<machine>/failed   machines; see backends/kit/boot.py), and a failed boot
 <remote>/.tpi/control/stop                a user stop, watched by the agents (not a signal)
+<remote>/.tpi/control/failed              {"rank": N, ...}: a rank failed, the others stop (policy)
 <remote>/reports/<rank>/status.json       {"result": success|failure|timeout, "code": N, ...}
 <remote>/.tpi/sync/data/<writer>.json     per-writer sync metadata: modes, mtimes, empty dirs
                                           (writers: "client", "rank<r>-boot<b>"; see sync.py)
@@ -32,6 +33,7 @@ DATA = "data"
 TASK_JSON = ".tpi/task.json"
 SCRIPT = ".tpi/script"
 ENV = ".tpi/env"
+CONTROL_FAILED = ".tpi/control/failed"  # the first rank that failed; every agent watches it
 REPORTS = "reports"
 RESULTS = ("success", "failure", "timeout")
 LOG = "log"

@@ -5,16 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, magics_class
-from traitlets import Dict, Int, Unicode
+from IPython.core.magic import Magics, line_cell_magic, magics_class, no_var_expand
+from traitlets import Dict, Int, TraitError, Unicode, validate
 
 from . import commands
 from .task import format_line
 from .textview import text_report, widgets_enabled
 
-HELP = """%%tpi key=value ... [--wait] [-o NAME] [--dry-run]   (cell body: the script)
-%tpi list | panel | status NAME | logs NAME [--follow] | events NAME | stop NAME | pull NAME
-     | destroy NAME | attach NAME | preempt NAME [--rank N] | sweep CLOUD [--yes] [--all] [--region R]"""
+
+class SettingError(TraitError):
+    """A bad `%config TpiMagics.*` value: IPython shows this one line, not a traceback."""
+
+    def _render_traceback_(self) -> list[str]:
+        return [f"{self.__class__.__name__}: {self}"]
 
 
 @magics_class
@@ -28,12 +31,26 @@ class TpiMagics(Magics):
         config=True
     )
 
+    @validate("log_tail_lines", "widget_log_lines")
+    def _not_negative(self, proposal: Any) -> int:
+        name, value = proposal["trait"].name, proposal["value"]
+        if value < 0:
+            raise SettingError(f"TpiMagics.{name}: {value} is out of range; accepted: a whole number >= 0")
+        return int(value)
+
+    # The line is taken literally, like the CLI's words: no `$var` / `{expr}` expansion, which
+    # would turn shell syntax meant for the machines (environment=X=$HOME) into local values.
     @line_cell_magic
+    @no_var_expand
     def tpi(self, line: str, cell: str | None = None) -> Any:
         try:
             return self._cell(line, cell) if cell is not None else self._line(line)
         except commands.ERRORS as error:
             raise UsageError(str(error)) from None
+        except SystemExit:  # --help printed the usage
+            return None
+
+    tpi.__doc__ = commands.magic_help()
 
     def _cell(self, line: str, cell: str) -> Any:
         args = commands.parse_cell_line(line)
@@ -43,10 +60,16 @@ class TpiMagics(Magics):
             from .widgets import TaskWidget
 
             view = TaskWidget(title="launching", tail_lines=self.widget_log_lines)
-        launched = commands.run_task(
-            args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run, files=args.files,
-            out=print, tail_lines=self.log_tail_lines, progress=view.upload_progress if view else None,
-        )  # fmt: skip
+        try:
+            launched = commands.run_task(
+                args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
+                files=args.files, out=print, tail_lines=self.log_tail_lines, prog="%tpi",
+                progress=view.upload_progress if view else None,
+            )  # fmt: skip
+        except (commands.WaitInterrupted, commands.TaskFailed) as error:
+            if args.bind:
+                self.shell.user_ns[args.bind] = error.task  # type: ignore[union-attr]
+            raise
         handle = launched.task or launched.plan
         if args.bind:
             self.shell.user_ns[args.bind] = handle  # type: ignore[union-attr]
@@ -59,7 +82,7 @@ class TpiMagics(Magics):
     def _line(self, line: str) -> Any:
         words = commands.split(line)
         if not words or words[0] in ("help", "-h", "--help"):
-            print(HELP)
+            print(commands.magic_help())
             return None
         if words[0] == "run":
             raise commands.UsageFailure(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import hashlib
+import importlib.util
 import os
 import random
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
@@ -20,6 +22,7 @@ GENERIC_MACHINES = (
 )  # fmt: skip
 GENERIC_REGIONS = ("us-west", "us-east", "eu-north", "eu-west")
 GENERIC_IMAGES = ("ubuntu", "nvidia")
+DEFAULT_TIMEOUT = 86400
 
 # Generic machine types per cloud. K80 machines (p2, NC v1, nvidia-tesla-k80) are retired
 # everywhere: `*+k80` maps to the nearest current T4 machine with at least the same CPU and RAM.
@@ -126,13 +129,64 @@ NATIVE_CONTAINER: dict[str, tuple[str, str]] = {
     "k8s": (r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", "a PersistentVolumeClaim name"),
 }  # fmt: skip
 
-ARGUMENTS = (
-    "cloud", "machine", "image", "region", "disk_size", "spot", "parallelism", "timeout",
-    "environment", "tags", "name", "permission_set", "workdir", "output", "exclude", "container",
+MAX_PARALLELISM = 1000  # a ceiling against typos (parallelism=10000000); raise it here if needed
+MAX_DISK_GB = 65536  # the largest disk any supported cloud attaches (64 TiB)
+MAX_NAME_BYTES = 255  # the usual file name limit; a name is never used as a path, but stays short
+
+
+@dataclass(frozen=True)
+class Argument:
+    """One `key=value` argument: its default (as written) and what is accepted, in words.
+
+    The validator's messages and every help text (`tpi run --help`, `%tpi?`) read this table.
+    """
+
+    name: str
+    default: str  # the value assumed when the key is absent ("" = none)
+    shown: str  # the default as help shows it
+    accepted: str
+
+
+ARGUMENT_TABLE = (
+    Argument("cloud", "local", "local", "local, aws, gcp, az, k8s"),
+    Argument("machine", "m", "m", "generic " + " ".join(GENERIC_MACHINES) + ", or a native type: "
+             "AWS g4dn.xlarge, GCP n2-custom-8-32768[+nvidia-tesla-t4*1], Azure Standard_F8s_v2, "
+             "Kubernetes {cpu}-{memory}[+{accelerator}*{count}]"),
+    Argument("image", "ubuntu", "ubuntu", "ubuntu, nvidia, or native: AWS {user}@{owner}:{arch}:{name}, "
+             "GCP {user}@{project}/{family}, Azure {user}@{publisher}:{offer}:{sku}:{version}, "
+             "Kubernetes any image"),
+    Argument("region", "us-west", "us-west", " ".join(GENERIC_REGIONS) + ", or native: AWS region, "
+             "GCP zone, Azure region, Kubernetes node labels k=v,k2=v2"),
+    Argument("disk_size", "-1", "-1", f"-1 (automatic) or a size in GB from 1 to {MAX_DISK_GB}"),
+    Argument("spot", "-1", "-1", "-1 (on-demand), 0 (spot at automatic price) or a maximum price "
+             "in USD per hour > 0, written with ASCII digits and an optional decimal point"),
+    Argument("parallelism", "1", "1", f"a whole number of machines from 1 to {MAX_PARALLELISM}"),
+    Argument("timeout", str(DEFAULT_TIMEOUT), str(DEFAULT_TIMEOUT),
+             "a whole number of seconds >= 1, an absolute deadline from creation"),
+    Argument("environment", "", "none", "environment=NAME=value, NAME= to import the local value, "
+             "or GLOB= (AWS_*=) to import every match; repeat the key for more"),
+    Argument("tags", "", "none", "tags=KEY=value, repeat the key; keys of 1-63 letters, digits, "
+             "space and _.:/=+@-, not starting with tpi-"),
+    Argument("name", "", "a random readable name", f"text of 1-{MAX_NAME_BYTES} bytes (UTF-8) with "
+             "at least one of a-z, A-Z, 0-9; no / or \\ and no control characters"),
+    Argument("permission_set", "", "none", "AWS instance profile ARN, GCP service account"
+             "[,scopes=...], Azure identity ids, Kubernetes service account"),
+    Argument("workdir", "", "none (nothing uploaded)", "an existing directory, relative to the "
+             "notebook's (or the shell's) directory"),
+    Argument("output", "", "none (nothing downloaded)", "a path inside workdir, such as results"),
+    Argument("exclude", "", "none", "comma-separated gitignore patterns or TPI '+ rule'/'- rule' "
+             "lines; repeat the key for more"),
+    Argument("container", "", "none", "an existing bucket or container to use instead of a new "
+             "one; for local, a directory or an fsspec URL other processes can reach"),
 )  # fmt: skip
+ARGUMENT = {argument.name: argument for argument in ARGUMENT_TABLE}
+ARGUMENTS = tuple(ARGUMENT)
+# Optional dependencies (pyproject extras) a cloud or a storage URL needs, by import name.
+EXTRA_MODULES = {"aws": ("boto3", "s3fs"), "s3": ("s3fs",), "gcs": ("gcsfs",), "azure": ("adlfs",)}
+PROTOCOL_EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure",
+                  "abfss": "azure"}  # fmt: skip
 LIST_ARGUMENTS = ("exclude",)
 MAP_ARGUMENTS = ("environment", "tags")
-DEFAULT_TIMEOUT = 86400
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 ENV_GLOB = re.compile(r"[A-Za-z0-9_*?]+")
 # Set by the product on every machine; a user cannot override them.
@@ -310,28 +364,31 @@ class TaskSpec:
         unknown = [key for key in raw if key not in ARGUMENTS]
         if unknown:
             raise SpecError(f"unknown argument {unknown[0]!r}; accepted: {_one_of(ARGUMENTS)}")
-        cloud = _choice("cloud", str(raw.get("cloud", "local")), CLOUDS)
+
+        def get(key: str) -> Any:
+            return raw.get(key, ARGUMENT[key].default)
+
+        cloud = _choice("cloud", str(get("cloud")), CLOUDS)
         spec = cls(
             cloud=cloud,
-            machine=_catalogued("machine", str(raw.get("machine", "m")), cloud, MACHINES, NATIVE_MACHINE),
-            image=_catalogued("image", str(raw.get("image", "ubuntu")), cloud, IMAGES, NATIVE_IMAGE),
-            region=_catalogued("region", str(raw.get("region", "us-west")), cloud, REGIONS, NATIVE_REGION),
-            disk_size=_integer("disk_size", raw.get("disk_size", -1), minimum=-1, forbid_zero=True,
-                               accepted="-1 (automatic) or a size in GB >= 1"),
-            spot=_spot(raw.get("spot", -1)),
-            parallelism=_integer("parallelism", raw.get("parallelism", 1), minimum=1,
-                                 accepted="a whole number >= 1"),
-            timeout=_integer("timeout", raw.get("timeout", DEFAULT_TIMEOUT), minimum=1,
-                             accepted="a whole number of seconds >= 1"),
+            machine=_catalogued("machine", str(get("machine")), cloud, MACHINES, NATIVE_MACHINE),
+            image=_catalogued("image", str(get("image")), cloud, IMAGES, NATIVE_IMAGE),
+            region=_catalogued("region", str(get("region")), cloud, REGIONS, NATIVE_REGION),
+            disk_size=_integer("disk_size", get("disk_size"), minimum=-1, maximum=MAX_DISK_GB,
+                               forbid_zero=True),
+            spot=_spot(get("spot")),
+            parallelism=_integer("parallelism", get("parallelism"), minimum=1, maximum=MAX_PARALLELISM),
+            timeout=_integer("timeout", get("timeout"), minimum=1),
             environment=_environment(raw.get("environment", {})),
             tags=_tags(raw.get("tags", {})),
-            name=_name(str(raw.get("name", ""))),
-            permission_set=_native_only("permission_set", str(raw.get("permission_set", "")), cloud,
+            name=check_name(str(get("name")), allow_empty=True),
+            permission_set=_native_only("permission_set", str(get("permission_set")), cloud,
                                         NATIVE_PERMISSION_SET),
-            container=_native_only("container", str(raw.get("container", "")), cloud, NATIVE_CONTAINER),
+            container=_container(str(get("container")), cloud),
             exclude=_exclude(raw.get("exclude", ())),
         )  # fmt: skip
-        workdir, output = _storage(str(raw.get("workdir", "")), str(raw.get("output", "")), cwd)
+        _check_extra(cloud)
+        workdir, output = _storage(str(get("workdir")), str(get("output")), cwd)
         return replace(spec, workdir=workdir, output=output)
 
     @classmethod
@@ -390,7 +447,7 @@ def _catalogued(
     generic = _one_of(catalogue[cloud])
     if cloud in native:
         pattern, description = native[cloud]
-        if re.fullmatch(pattern, value):
+        if re.fullmatch(pattern, value, re.ASCII):
             return value
         raise SpecError(
             f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}, or {description}"
@@ -404,30 +461,32 @@ def _native_only(key: str, value: str, cloud: str, native: dict[str, tuple[str, 
     if cloud not in native:
         raise SpecError(f"{key}: not supported for cloud={cloud}; accepted: empty")
     pattern, description = native[cloud]
-    if not re.fullmatch(pattern, value):
+    if not re.fullmatch(pattern, value, re.ASCII):
         raise SpecError(f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {description}")
     return value
 
 
-def _integer(key: str, value: Any, *, minimum: int, accepted: str, forbid_zero: bool = False) -> int:
+def _integer(key: str, value: Any, *, minimum: int, maximum: int | None = None,
+             forbid_zero: bool = False) -> int:  # fmt: skip
+    accepted = ARGUMENT[key].accepted
     text = str(value).strip()
-    if not re.fullmatch(r"[+-]?\d+", text):
+    # ASCII digits only: int() also takes "1_0" and other scripts' digits, which nobody means.
+    if not re.fullmatch(r"[+-]?[0-9]+", text):
         raise SpecError(f"{key}: {value!r} is not a whole number; accepted: {accepted}")
     number = int(text)
-    if number < minimum or (forbid_zero and number == 0):
+    if number < minimum or (maximum is not None and number > maximum) or (forbid_zero and number == 0):
         raise SpecError(f"{key}: {number} is out of range; accepted: {accepted}")
     return number
 
 
 def _spot(value: Any) -> float:
-    accepted = "-1 (on-demand), 0 (spot at automatic price) or a maximum price in USD per hour > 0"
-    try:
-        number = float(str(value).strip())
-    except ValueError:
-        raise SpecError(f"spot: {value!r} is not a number; accepted: {accepted}") from None
-    if number != number or number in (float("inf"), float("-inf")) or (number < 0 and number != -1):
-        raise SpecError(f"spot: {value!r} is out of range; accepted: {accepted}")
-    return number
+    accepted = ARGUMENT["spot"].accepted
+    text = str(value).strip()
+    # float() also takes "1_0", "inf", "1e3" and other scripts' digits: only plain decimals here.
+    if not re.fullmatch(r"-1(\.0*)?|([0-9]+(\.[0-9]*)?|\.[0-9]+)", text):
+        problem = "is out of range" if re.fullmatch(r"-[0-9.]+", text) else "is not a number"
+        raise SpecError(f"spot: {value!r} {problem}; accepted: {accepted}")
+    return float(text)
 
 
 def _environment(value: Any) -> dict[str, str]:
@@ -473,12 +532,54 @@ def _tags(value: Any) -> dict[str, str]:
     return result
 
 
-def _name(value: str) -> str:
-    if value and not normalize_name(value):
+def check_name(value: str, *, allow_empty: bool = False, key: str = "name") -> str:
+    """A task name or id as typed: never a path, never a control character, at most 255 bytes."""
+    accepted = ARGUMENT["name"].accepted
+    if not value:
+        if allow_empty:
+            return value
+        raise SpecError(f"{key}: empty; accepted: {accepted}")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES:
         raise SpecError(
-            f"name: {value!r} has no letter or digit; accepted: a name with at least one of a-z, 0-9"
+            f"{key}: {value[:40]!r}... is longer than {MAX_NAME_BYTES} bytes; accepted: {accepted}"
         )
+    bad = next((char for char in value if char in "/\\" or unicodedata.category(char) in ("Cc", "Cs")), None)
+    if bad is not None:
+        raise SpecError(f"{key}: {value!r} contains {bad!r}; accepted: {accepted}")
+    if not normalize_name(value):
+        raise SpecError(f"{key}: {value!r} has no letter or digit; accepted: {accepted}")
     return value
+
+
+def _container(value: str, cloud: str) -> str:
+    value = _native_only("container", value, cloud, NATIVE_CONTAINER)
+    protocol = value.partition("://")[0] if "://" in value else ""
+    if cloud == "local" and protocol == "memory":
+        raise SpecError(
+            f"container: {value!r} lives in this process only, and local machines are other processes; "
+            f"accepted: {ARGUMENT['container'].accepted}"
+        )
+    if protocol in PROTOCOL_EXTRA:
+        _check_extra(PROTOCOL_EXTRA[protocol], key="container", value=value)
+    return value
+
+
+def _check_extra(extra: str, *, key: str = "cloud", value: str = "") -> None:
+    """A cloud or storage URL whose optional dependencies are missing: say which extra to install."""
+    missing = [module for module in EXTRA_MODULES.get(extra, ()) if not _importable(module)]
+    if missing:
+        value = value or extra
+        raise SpecError(
+            f"{key}: {value!r} needs {', '.join(missing)}, which is not installed; "
+            f"accepted: {key}={value} after pip install 'tpi-jupyter[{extra}]'"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules holds None (import blocked)
+        return False
 
 
 def _exclude(value: Any) -> tuple[str, ...]:
@@ -519,7 +620,8 @@ def _storage(workdir: str, output: str, cwd: str | os.PathLike[str] | None) -> t
 def resolve_environment(requested: Mapping[str, str], local: Mapping[str, str]) -> dict[str, str]:
     """Values for the machines: `NAME=` imports the local value, a glob imports every match.
 
-    Explicit entries win over globs; a variable that is not set locally is left out.
+    Explicit entries win over globs. Importing a variable that is not set here is an error: a
+    silently missing credential would only show up on the machine, as a failed run.
     """
     values: dict[str, str] = {}
     for pattern in (name for name in requested if "*" in name or "?" in name):
@@ -535,4 +637,9 @@ def resolve_environment(requested: Mapping[str, str], local: Mapping[str, str]) 
             values[name] = value
         elif name in local:
             values[name] = local[name]
+        else:
+            raise SpecError(
+                f"environment: {name}= imports {name}, which is not set here; "
+                f"accepted: set {name} before launching, or give a value ({name}=value)"
+            )
     return values

@@ -5,15 +5,21 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import platformdirs
 
-from .spec import task_id
+from .spec import is_task_id, task_id
 from .sync import atomic_write_bytes
+
+log = logging.getLogger(__name__)
+_ID_SHAPE = re.compile(r"tpi-[a-z0-9-]+")
+_warned: set[tuple[str, str]] = set()
 
 
 def home() -> Path:
@@ -28,6 +34,8 @@ def tasks_dir() -> Path:
 
 
 def _path(task_id: str) -> Path:
+    if not _ID_SHAPE.fullmatch(task_id):
+        raise ValueError(f"not a task id: {task_id!r}")
     return tasks_dir() / f"{task_id}.json"
 
 
@@ -73,22 +81,64 @@ def delete(task_id: str) -> None:
     (tasks_dir() / f".{task_id}.lock").unlink(missing_ok=True)
 
 
+# What every face reads from a record; a file without them is skipped (with a warning).
+REQUIRED: dict[str, type | tuple[type, ...]] = {
+    "id": str,
+    "cloud": str,
+    "spec": dict,
+    "created": (int, float),
+    "deadline": (int, float),
+}
+REQUIRED_SPEC = ("cloud", "machine", "parallelism", "spot")
+
+
+def _problem(path: Path, record: Any) -> str:
+    """Why a registry file cannot be used, or "" when it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    missing = [key for key, kind in REQUIRED.items() if not isinstance(record.get(key), kind)]
+    missing += (
+        [f"spec.{key}" for key in REQUIRED_SPEC if key not in record.get("spec", {})] if not missing else []
+    )
+    if missing:
+        return f"missing or invalid {', '.join(missing)}"
+    if not _ID_SHAPE.fullmatch(record["id"]):
+        return f"{record['id']!r} is not a task id"
+    return "" if record["id"] == path.stem else f"its id {record['id']!r} is not its file name"
+
+
 def records() -> list[dict[str, Any]]:
-    """Every task, oldest first; an unreadable file is skipped, not fatal."""
+    """Every task, oldest first; an unreadable or incomplete file is skipped with a warning."""
     found = []
     for path in sorted(tasks_dir().glob("tpi-*.json")) if tasks_dir().is_dir() else []:
         try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            continue  # destroyed while listing
+        except (OSError, ValueError) as error:
+            record, problem = None, f"unreadable ({error})"
+        else:
+            problem = _problem(path, record)
+        if problem:
+            if (str(path), problem) not in _warned:  # once per process: panels list every few seconds
+                _warned.add((str(path), problem))
+                log.warning("tpi: skipping registry file %s: %s", path, problem)
             continue
-    return sorted(found, key=lambda record: record.get("created", 0))
+        found.append(record)
+    return sorted(found, key=lambda record: record["created"])
+
+
+def known_ids() -> set[str]:
+    """Every id with a registry file, readable or not: what a sweep must never treat as gone."""
+    return {path.stem for path in tasks_dir().glob("tpi-*.json")} if tasks_dir().is_dir() else set()
 
 
 def find(name_or_id: str) -> dict[str, Any] | None:
     """A task by id, by name, or by the id its name gives (newest first on a name clash)."""
     if not name_or_id:
         return None
-    record = load(name_or_id) or load(task_id(name_or_id))
+    # Only an id ever names a file: a name such as ../x is never joined to a path.
+    record = (load(name_or_id) if is_task_id(name_or_id) else None) or load(task_id(name_or_id))
     if record:
         return record
     matches = [r for r in records() if r.get("name") == name_or_id]

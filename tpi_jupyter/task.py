@@ -20,11 +20,13 @@ from .backends.base import Backend, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
+from .output import MASK_MIN
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
 FINAL = ("succeeded", "failed", "timeout", "destroyed")
 RESULT_STATE = {"success": "succeeded", "failure": "failed", "timeout": "timeout"}
+FAST_POLL, YOUNG = 0.025, 5.0  # seconds: how often, and how long after launch, faces poll fast
 PLAN_FILES = 50  # upload lines a dry run shows without --files
 TIMEOUT_GRACE = 120.0  # seconds past the deadline before an unreported task counts as timed out
 
@@ -41,11 +43,12 @@ class TaskError(Exception):
 @dataclass
 class RankState:
     rank: int
-    state: str  # queued provisioning running preempted succeeded failed timeout lost
+    state: str  # queued provisioning running preempted succeeded failed stopped timeout lost
     boots: int = 0
     code: int | None = None
     reason: str = ""
     finished: float | None = None  # when the rank reported, epoch seconds
+    stopped_by: int | None = None  # the failed rank that stopped this one (the task's policy)
 
 
 @dataclass
@@ -312,8 +315,14 @@ class Task:
                 finished = None
                 with contextlib.suppress(KeyError, ValueError):
                     finished = layout.parse_timestamp(outcome["finished"])
-                ranks.append(RankState(rank, RESULT_STATE.get(outcome.get("result", ""), "failed"), count,
-                                       outcome.get("code"), outcome.get("reason", ""), finished))  # fmt: skip
+                stopped_by = outcome.get("stopped_by")
+                result = (
+                    "stopped"
+                    if isinstance(stopped_by, int)
+                    else RESULT_STATE.get(outcome.get("result", ""), "failed")
+                )
+                ranks.append(RankState(rank, result, count, outcome.get("code"), outcome.get("reason", ""),
+                                       finished, stopped_by if isinstance(stopped_by, int) else None))  # fmt: skip
             elif rank in alive:
                 ranks.append(RankState(rank, "running" if count else "provisioning", count))
             elif group.exists:
@@ -324,7 +333,7 @@ class Task:
 
     def _collapse(self, ranks: list[RankState], group: GroupState) -> str:
         states = [rank.state for rank in ranks]
-        if "failed" in states:
+        if "failed" in states or "stopped" in states:
             return "failed"
         if "timeout" in states:
             return "timeout"
@@ -345,10 +354,12 @@ class Task:
         return self.read().status
 
     def events(self, snapshot: Snapshot | None = None) -> list[dict[str, Any]]:
-        """Client events (created, pulled, ...) merged with the machine group's, oldest first."""
+        """Client events (created, pulled, ...) merged with the machine group's and the ranks'
+        outcomes (which rank failed, which were stopped for it), oldest first."""
         snapshot = snapshot or self.read()
         group = snapshot.group.events if snapshot.group else []
-        return sorted([*self.record.get("events", []), *group], key=lambda event: event["time"])
+        ranks = rank_events(snapshot.ranks)
+        return sorted([*self.record.get("events", []), *group, *ranks], key=lambda event: event["time"])
 
     def logs(self) -> list[str]:
         """The whole log of every rank (all boots), one string per machine as in TPI."""
@@ -373,7 +384,15 @@ class Task:
             left = None if until is None else until - time.monotonic()
             if left is not None and left <= 0:
                 return
-            time.sleep(poll if left is None else min(poll, left))
+            pause = self.next_poll(poll, tail)
+            time.sleep(pause if left is None else min(pause, left))
+
+    def next_poll(self, interval: float, tail: LogTail) -> float:
+        """A face's next poll: fast in the task's first seconds until its first line was read, so
+        that line shows at once (a poll of a local task costs well under a millisecond of CPU)."""
+        young = time.time() - float(self.record["created"]) < YOUNG
+        fast = max(self.poll_interval, min(interval, FAST_POLL))  # never faster than the backend allows
+        return fast if young and not tail.offsets else interval
 
     def wait(
         self, timeout: float | None = None, on_line: Callable[[int, str, str], None] | None = None
@@ -467,7 +486,10 @@ class Task:
         self.backend.stop(spec, backend_state)
         self._save_state()
         fetched = self._pull(progress, "destroy") if self.record.get("remote") else []
-        self.backend.delete(spec, backend_state)
+        try:
+            self.backend.delete(spec, backend_state)
+        except RuntimeError as error:  # e.g. a process of the task survived: say so, keep the entry
+            raise TaskError(f"task {self.name}: destroy incomplete: {error}") from None
         state.delete(self.id)
         _RECENT.pop(self.id, None)
         self.record["status"] = "destroyed"
@@ -492,10 +514,14 @@ class Task:
         spec = self.spec
         snapshot = self.read()
         pricing = pricing_text(float(spec["spot"]))
+        outcome = failure_text(snapshot.ranks) if snapshot.status in ("failed", "timeout") else ""
         lines = [
             f"Task {self.name}  {self.id}",
-            f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}",
+            f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}"
+            + (f": {outcome}" if outcome else ""),
         ]
+        if int(spec["parallelism"]) > 1:
+            lines.append(f"policy: {FAILURE_POLICY}")
         if not self.record.get("shebang", True):
             lines.append("note: the script has no shebang, so it runs under /bin/bash")
         lines.append(f"logs: %tpi logs {self.name} --follow · results: %tpi destroy {self.name}")
@@ -506,6 +532,37 @@ class Task:
 
     def _repr_pretty_(self, printer: Any, cycle: bool) -> None:
         printer.text(self.summary())
+
+
+FAILURE_POLICY = "a rank that fails stops the other ranks"
+
+
+def failure_text(ranks: list[RankState]) -> str:
+    """Which rank failed, and which were stopped for it: "rank 1 failed with code 3; ..."."""
+    parts = [
+        f"rank {r.rank} {r.state}" + (f" with code {r.code}" if r.code is not None else "")
+        + (f" ({r.reason})" if r.reason else "")
+        for r in ranks if r.state in ("failed", "timeout")
+    ]  # fmt: skip
+    stopped = [str(r.rank) for r in ranks if r.state == "stopped"]
+    if stopped:
+        parts.append(f"rank(s) {', '.join(stopped)} stopped ({FAILURE_POLICY})")
+    return "; ".join(parts)
+
+
+def rank_events(ranks: list[RankState]) -> list[dict[str, Any]]:
+    """Events that the ranks' reports tell: a failure, and the ranks it stopped."""
+    events = []
+    multi = len(ranks) > 1
+    for r in ranks:
+        if r.state == "failed" and multi and not r.reason.startswith("stopped"):
+            code = f"code {r.code}" if r.code is not None else (r.reason or "no code")
+            events.append({"time": r.finished or 0.0, "kind": "rank-failed", "rank": r.rank,
+                           "detail": f"{code}; the other ranks are stopped ({FAILURE_POLICY})"})  # fmt: skip
+        elif r.state == "stopped":
+            events.append({"time": r.finished or 0.0, "kind": "rank-stopped", "rank": r.rank,
+                           "detail": f"because rank {r.stopped_by} failed"})  # fmt: skip
+    return events
 
 
 def format_line(rank: int, text: str, world_size: int) -> str:
@@ -543,15 +600,19 @@ def launch(
             f"accepted: a new name, or destroy it first (%tpi destroy {spec.name})"
         )
     values = resolve_environment(spec.environment, os.environ if local_env is None else local_env)
+    masked = sorted(name for name in values if not spec.environment.get(name))
     now = time.time()
     record: dict[str, Any] = {
         "id": spec.id, "name": spec.name, "cloud": spec.cloud, "spec": spec.public_dict(),
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
         # imported from the local environment (likely credentials): masked in logs by the agent
-        "masked": sorted(name for name in values if not spec.environment.get(name)),
+        "masked": masked, "warnings": short_secrets(masked, values),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
+    record["events"] += [
+        {"time": now, "kind": "warning", "rank": None, "detail": w} for w in record["warnings"]
+    ]
     if backend is None:
         return _plan(spec, None, None)
     backend_state = backend.new_state(spec, record["deadline"])
@@ -588,6 +649,14 @@ def _create(
             raise TaskError(f"launch of {spec.name} failed: {error}; {cleaned}") from error
         raise
     return Task(record, backend)
+
+
+def short_secrets(masked: list[str], values: Mapping[str, str]) -> list[str]:
+    """Imported values too short to be masked in logs (names only, never values)."""
+    return [
+        f"environment: {name} is shorter than {MASK_MIN} characters, so logs do not mask it"
+        for name in masked if len(values[name].strip()) < MASK_MIN
+    ]  # fmt: skip
 
 
 def _write_remote(
@@ -685,7 +754,7 @@ def sweep(cloud: str, *, delete: bool, region: str | None = None, everyone: bool
             f"sweep: cloud {cloud} leaves nothing to sweep; accepted: a cloud backend such as aws"
         )
     sweeper: Sweepable = backend  # type: ignore[assignment]
-    live = {record["id"] for record in state.records()}
+    live = state.known_ids()  # every registry file, even one too broken to list, counts as live
     try:
         return kit_sweep.sweep(sweeper, live, region=region, everyone=everyone, delete=delete)
     except RuntimeError as error:

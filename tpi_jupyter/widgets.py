@@ -110,7 +110,7 @@ class Poller:
             except Exception as error:  # shown in the widget; keep polling, slower
                 self.on_error(error)
                 interval = MAX_INTERVAL
-            if self._wake.wait(interval):
+            if self._wake.wait(self.task.next_poll(interval, self.tail)):
                 self._wake.clear()
                 interval = fastest
 

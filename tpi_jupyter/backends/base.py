@@ -9,12 +9,12 @@ record that `destroy` can finish.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
-from ..spec import SpecError, TaskSpec
-
+# The agent imports Timing from here on every machine start: entry points and the spec module
+# are imported where they are used, so that start does not pay for them (issue 11, item 12).
 if TYPE_CHECKING:
+    from ..spec import TaskSpec
     from .kit.steps import Steps
     from .kit.sweep import Orphan
 
@@ -120,10 +120,16 @@ class Sweepable(Protocol):
 
 
 def available() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
     return {entry.name: entry.value for entry in entry_points(group=ENTRY_POINT_GROUP)}
 
 
 def get_backend(cloud: str) -> Backend[Any]:
+    from importlib.metadata import entry_points
+
+    from ..spec import SpecError
+
     found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
     if cloud not in found:
         raise SpecError(
@@ -135,6 +141,10 @@ def get_backend(cloud: str) -> Backend[Any]:
 
 def machine_hooks(cloud: str) -> Any:
     """The module with a cloud's machine-side hooks, found by entry point."""
+    from importlib.metadata import entry_points
+
+    from ..spec import SpecError
+
     found = {entry.name: entry for entry in entry_points(group=MACHINE_GROUP)}
     if cloud not in found:
         raise SpecError(f"release: {cloud!r} has no machine hooks; accepted: {', '.join(sorted(found))}")

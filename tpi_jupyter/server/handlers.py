@@ -22,6 +22,7 @@ from jupyter_server.base.handlers import APIHandler
 from jupyter_server.utils import url_path_join
 
 from .. import layout
+from ..spec import SpecError, check_name
 from ..task import FINAL, LogTail, Snapshot, Task, TaskError
 
 T = TypeVar("T")
@@ -125,6 +126,10 @@ class TpiHandler(APIHandler):  # type: ignore[misc]
         return await asyncio.get_running_loop().run_in_executor(None, function, *args)
 
     async def find(self, task_id: str) -> Task:
+        try:
+            check_name(task_id, key="task")  # a name is never a path: ../x, NUL, > 255 bytes
+        except SpecError as error:
+            raise tornado.web.HTTPError(400, reason=str(error)) from None
         try:
             return await self.blocking(Task.find, task_id)
         except TaskError as error:
