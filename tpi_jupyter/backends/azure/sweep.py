@@ -1,0 +1,20 @@
+"""Finding what forgotten tasks left on Azure: resource groups tagged `tpi-task` (a task's
+resources all live in its group, so deleting the group deletes them)."""
+
+from __future__ import annotations
+
+from ..kit.sweep import Orphan
+from ..kit.tags import CREATOR, TASK
+from .clients import Clients
+
+
+def orphans(clients: Clients, region: str | None) -> list[Orphan]:
+    found = []
+    for group in clients("resource").resource_groups.list(filter=f"tagName eq '{TASK}'"):
+        labels = dict(group.tags or {})
+        if TASK not in labels or (region not in (None, "all") and group.location != region):
+            continue
+        handle = {"group": group.name, "subscription": clients.subscription, "region": group.location}
+        found.append(Orphan(labels[TASK], str(group.location), labels.get(CREATOR, ""),
+                            {"resource group": str(group.name)}, handle))  # fmt: skip
+    return found
