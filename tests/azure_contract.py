@@ -39,7 +39,7 @@ OK = ("Succeeded",)
 
 
 def _models() -> dict[str, type]:
-    from azure.mgmt.authorization import models as auth
+    from azure.mgmt.authorization.v2022_04_01 import models as auth
     from azure.mgmt.compute import models as compute
     from azure.mgmt.msi import models as msi
     from azure.mgmt.network import models as network
@@ -90,7 +90,9 @@ class ScaleSet:
         self.name = rid.rsplit("/", 1)[-1]
         self.next_id = 0
         self.instances: dict[str, Played | None] = {}  # instance id -> played machine
-        self.custom_data = base64.b64decode(body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]).decode()
+        self.custom_data = base64.b64decode(
+            body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+        ).decode()
 
     @property
     def capacity(self) -> int:
@@ -102,7 +104,11 @@ class ScaleSet:
             instance = str(self.next_id)
             self.next_id += 1
             name = f"{self.name}_{instance}"
-            self.instances[instance] = Played(name, self.custom_data, self.server.machines, self.server.machine_env) if self.server.play else None
+            self.instances[instance] = (
+                Played(name, self.custom_data, self.server.machines, self.server.machine_env)
+                if self.server.play
+                else None
+            )
         while len(self.instances) > count:  # Azure removes the newest first (default scale-in)
             self.remove(max(self.instances, key=int), lower=False)
 
@@ -147,7 +153,9 @@ class ContractServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
                 body = json.loads(raw) if raw else None
-                status, answer = server.handle(self.command, self.path, body, self.headers.get("Authorization", ""))
+                status, answer = server.handle(
+                    self.command, self.path, body, self.headers.get("Authorization", "")
+                )
                 data = json.dumps(answer).encode() if answer is not None else b""
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -176,17 +184,23 @@ class ContractServer:
             with self.lock:
                 return self._route(method, path, body, query)
         except Exception as error:  # a body the SDK's model refuses, a shape we do not know
-            return 400, {"error": {"code": "InvalidRequestContent", "message": f"{error.__class__.__name__}: {error}"}}
+            return 400, {
+                "error": {"code": "InvalidRequestContent", "message": f"{error.__class__.__name__}: {error}"}
+            }
 
     def _route(self, method: str, path: str, body: Any, query: dict[str, list[str]]) -> tuple[int, Any]:
         lower = path.lower()
         kind = _kind(lower)
         fault = self.fail.get(f"{method} {kind}")
         if fault:
-            return fault, {"error": {"code": "InjectedFault", "message": f"{method} {kind} refused by the test"}}
+            return fault, {
+                "error": {"code": "InjectedFault", "message": f"{method} {kind} refused by the test"}
+            }
         if lower.endswith("/providers/microsoft.compute") and method == "GET":
-            return 200, {"namespace": "Microsoft.Compute", "resourceTypes": [
-                {"resourceType": "virtualMachineScaleSets", "locations": LOCATIONS}]}
+            return 200, {
+                "namespace": "Microsoft.Compute",
+                "resourceTypes": [{"resourceType": "virtualMachineScaleSets", "locations": LOCATIONS}],
+            }
         if lower.endswith("/providers/microsoft.compute/skus"):
             return 200, {"value": [{"resourceType": "virtualMachines", "name": n, "family": f, "locations": ["westus2"],
                                     "restrictions": []} for n, f in SIZES.items()]}  # fmt: skip
@@ -206,7 +220,9 @@ class ContractServer:
         if method == "PATCH" and kind == "virtualmachinescalesets":
             problems = check(body, _models()["virtualmachinescalesets/patch"])
             if problems:
-                return 400, {"error": {"code": "InvalidRequestContent", "message": f"unknown properties: {problems}"}}
+                return 400, {
+                    "error": {"code": "InvalidRequestContent", "message": f"unknown properties: {problems}"}
+                }
             found = self.scale_sets[lower]
             if "sku" in body and "capacity" in body["sku"]:
                 found.resize(int(body["sku"]["capacity"]))
@@ -227,17 +243,31 @@ class ContractServer:
             return 404, {"error": {"code": "NoRoute", "message": f"PUT {path} is not part of this contract"}}
         problems = check(body, model)
         if problems:
-            return 400, {"error": {"code": "InvalidRequestContent", "message": f"unknown properties: {problems}"}}
+            return 400, {
+                "error": {"code": "InvalidRequestContent", "message": f"unknown properties: {problems}"}
+            }
         lower = path.lower()
         group = re.search(r"/resourcegroups/([^/]+)", lower)
-        if kind != "resourcegroups" and kind != "roleassignments" and (not group or f"/subscriptions/{lower.split('/')[2]}/resourcegroups/{group.group(1)}" not in self.resources):
+        if (
+            kind != "resourcegroups"
+            and kind != "roleassignments"
+            and (
+                not group
+                or f"/subscriptions/{lower.split('/')[2]}/resourcegroups/{group.group(1)}"
+                not in self.resources
+            )
+        ):
             return 404, {"error": {"code": "ResourceGroupNotFound", "message": "resource group not found"}}
         stored = json.loads(json.dumps(body))
         stored.update(id=path, name=path.rsplit("/", 1)[-1])
         properties = stored.setdefault("properties", {})
         properties["provisioningState"] = "Succeeded"
         if kind == "userassignedidentities":
-            properties.update(clientId=f"client-{stored['name']}", principalId=f"principal-{stored['name']}", tenantId="tenant")
+            properties.update(
+                clientId=f"client-{stored['name']}",
+                principalId=f"principal-{stored['name']}",
+                tenantId="tenant",
+            )
         if kind == "virtualnetworks":
             for subnet in properties.get("subnets", []):
                 subnet["id"] = f"{path}/subnets/{subnet['name']}"
@@ -294,10 +324,18 @@ class ContractServer:
 
     def tagged(self, task_id: str) -> list[str]:
         with self.lock:
-            return [rid for rid, body in self.resources.items() if (body.get("tags") or {}).get("tpi-task") == task_id]
+            return [
+                rid
+                for rid, body in self.resources.items()
+                if (body.get("tags") or {}).get("tpi-task") == task_id
+            ]
 
     def bodies(self, kind: str) -> list[dict[str, Any]]:
-        return [body for method, path, body in self.calls if method in ("PUT", "PATCH") and _kind(path.lower()) == kind and body]
+        return [
+            body
+            for method, path, body in self.calls
+            if method in ("PUT", "PATCH") and _kind(path.lower()) == kind and body
+        ]
 
     def played(self) -> list[Played]:
         with self.lock:

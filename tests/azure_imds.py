@@ -27,7 +27,9 @@ class AzureImds:
                     return self._send(400, {"error": "Metadata header missing"})
                 if self.path.startswith("/metadata/scheduledevents"):
                     with imds.lock:
-                        return self._send(200, {"DocumentIncarnation": len(imds.events), "Events": list(imds.events)})
+                        return self._send(
+                            200, {"DocumentIncarnation": len(imds.events), "Events": list(imds.events)}
+                        )
                 if self.path.startswith("/metadata/identity/oauth2/token"):
                     with imds.lock:
                         imds.tokens += 1

@@ -24,8 +24,9 @@ def _hints(cls: type) -> dict[str, Any]:
 
 
 def _is_new_model(tp: Any) -> bool:
-    return isinstance(tp, type) and hasattr(tp, "_attr_to_rest_field") or (
-        isinstance(tp, type) and any(base.__name__ == "Model" and "model_base" in base.__module__ for base in tp.__mro__)
+    return (isinstance(tp, type) and hasattr(tp, "_attr_to_rest_field")) or (
+        isinstance(tp, type)
+        and any(base.__name__ == "Model" and "model_base" in base.__module__ for base in tp.__mro__)
     )
 
 
@@ -35,7 +36,11 @@ def unknown_new(data: Any, tp: Any, path: str = "") -> list[str]:
         options = [arg for arg in typing.get_args(tp) if arg is not type(None)]
         return unknown_new(data, options[0], path) if len(options) == 1 else []
     if origin is list and isinstance(data, list):
-        return [bad for i, item in enumerate(data) for bad in unknown_new(item, typing.get_args(tp)[0], f"{path}[{i}]")]
+        return [
+            bad
+            for i, item in enumerate(data)
+            for bad in unknown_new(item, typing.get_args(tp)[0], f"{path}[{i}]")
+        ]
     if origin is dict and isinstance(data, dict):
         value_type = typing.get_args(tp)[1]
         return [bad for key, item in data.items() for bad in unknown_new(item, value_type, f"{path}.{key}")]
@@ -61,9 +66,17 @@ def _split(key: str) -> list[str]:
 
 def unknown_msrest(data: Any, type_name: str, models: Any, path: str = "") -> list[str]:
     if type_name.startswith("[") and isinstance(data, list):
-        return [bad for i, item in enumerate(data) for bad in unknown_msrest(item, type_name[1:-1], models, f"{path}[{i}]")]
+        return [
+            bad
+            for i, item in enumerate(data)
+            for bad in unknown_msrest(item, type_name[1:-1], models, f"{path}[{i}]")
+        ]
     if type_name.startswith("{") and isinstance(data, dict):
-        return [bad for k, item in data.items() for bad in unknown_msrest(item, type_name[1:-1], models, f"{path}.{k}")]
+        return [
+            bad
+            for k, item in data.items()
+            for bad in unknown_msrest(item, type_name[1:-1], models, f"{path}.{k}")
+        ]
     cls = getattr(models, type_name, None)
     if cls is None or not hasattr(cls, "_attribute_map"):
         return []
@@ -96,6 +109,8 @@ def check(body: dict[str, Any], model: type) -> list[str]:
     """Unknown property paths of body for model; also proves the model deserializes it."""
     if hasattr(model, "_attribute_map"):
         model.deserialize(body)
-        return unknown_msrest(body, model.__name__, importlib.import_module(model.__module__.rsplit(".", 1)[0]))
+        return unknown_msrest(
+            body, model.__name__, importlib.import_module(model.__module__.rsplit(".", 1)[0])
+        )
     model(body)
     return unknown_new(body, model)

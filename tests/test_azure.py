@@ -59,7 +59,9 @@ def imds() -> Iterator[AzureImds]:
 
 
 @pytest.fixture
-def arm(azurite: str, imds: AzureImds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpi_home: Path) -> Iterator[ContractServer]:
+def arm(
+    azurite: str, imds: AzureImds, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpi_home: Path
+) -> Iterator[ContractServer]:
     server = ContractServer(azurite, tmp_path / "machines", imds)
     for name in ("AZURE_CLIENT_ID", "AZURE_TENANT_ID", "AZURE_CLIENT_SECRET", "AZURE_CONFIG_DIR"):
         monkeypatch.delenv(name, raising=False)
@@ -72,7 +74,9 @@ def arm(azurite: str, imds: AzureImds, tmp_path: Path, monkeypatch: pytest.Monke
     monkeypatch.setattr(AzureBackend, "POLL", 0.05)
     monkeypatch.setattr(AzureBackend, "STOP_WAIT", 20.0)
     fast = Timing(log_interval=0.25, heartbeat_interval=1, sync_interval=1)
-    monkeypatch.setattr(AzureBackend, "capabilities", replace(AzureBackend.capabilities, timing=fast, poll_interval=0.3))
+    monkeypatch.setattr(
+        AzureBackend, "capabilities", replace(AzureBackend.capabilities, timing=fast, poll_interval=0.3)
+    )
     import os
 
     server.machine_env = dict(os.environ)
@@ -118,7 +122,9 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert properties["overprovision"] is False and properties["orchestrationMode"] == "Uniform"
     assert profile["priority"] == "Spot" and profile["evictionPolicy"] == "Delete"
     assert profile["billingProfile"] == {"maxPrice": -1}
-    assert created["identity"]["type"] == "UserAssigned" and list(created["identity"]["userAssignedIdentities"]) == [az["identity_id"]]
+    assert created["identity"]["type"] == "UserAssigned" and list(
+        created["identity"]["userAssignedIdentities"]
+    ) == [az["identity_id"]]
     assert created["tags"] == {"team": "ml", "tpi-task": task.id, "tpi-creator": CALLER}
     scaled = [b for b in arm.bodies("virtualmachinescalesets") if "location" not in b]
     assert scaled == [{"sku": {"capacity": 1}}]
@@ -126,10 +132,18 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert order.index("PATCH virtualMachineScaleSets") > order.index("PUT virtualMachineScaleSets")
     # Storage: no shared keys, no public blobs; the identity may use this container only.
     (account,) = arm.bodies("storageaccounts")
-    assert account["properties"]["allowSharedKeyAccess"] is False and account["properties"]["allowBlobPublicAccess"] is False
-    roles = {b["properties"]["roleDefinitionId"].rsplit("/", 1)[-1]: p for m, p, b in arm.calls if b and "roleAssignments" in p}
+    assert (
+        account["properties"]["allowSharedKeyAccess"] is False
+        and account["properties"]["allowBlobPublicAccess"] is False
+    )
+    roles = {
+        b["properties"]["roleDefinitionId"].rsplit("/", 1)[-1]: p
+        for m, p, b in arm.calls
+        if b and "roleAssignments" in p
+    }
     assert roles["ba92f5b4-2d11-453d-a403-e96b0029c9fe"].startswith(
-        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}/providers/Microsoft.Storage/storageAccounts/{az['account']}/blobServices/default/containers/tpi/")
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}/providers/Microsoft.Storage/storageAccounts/{az['account']}/blobServices/default/containers/tpi/"
+    )
     # No inbound rule.
     (security,) = arm.bodies("networkSecurityGroups".lower())
     assert security["properties"]["securityRules"] == []
@@ -153,3 +167,170 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert arm.tagged(task.id) == [] and state.load(task.id) is None
     assert not Path(az["key_file"]).exists()
     AzureBackend().delete(task.task_spec, task.backend_state)  # idempotent
+
+
+# ---------------------------------------------------------------- ranks, self-release, eviction
+
+PARALLEL_SCRIPT = """#!/bin/bash
+mkdir -p results
+# rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
+if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
+"""
+
+
+def status_of(task: Task, rank: int) -> str:
+    try:
+        return str(json.loads(read_key(task, layout.status(rank)))["result"])
+    except FileNotFoundError:
+        return ""
+
+
+def test_parallelism_two_each_rank_deletes_only_its_own_instance(
+    arm: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=az-par",
+                  f"environment=GO_FILE={go}"], PARALLEL_SCRIPT)  # fmt: skip
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    profile = created["properties"]["virtualMachineProfile"]
+    assert (
+        profile["priority"] == "Regular"
+        and "billingProfile" not in profile
+        and "evictionPolicy" not in profile
+    )
+    wait_for(lambda: status_of(task, 0) == "success", timeout=60)
+    fs, root = filesystem(task.record["remote"])
+    wait_for(lambda: len(ranks.read_claims(fs, root)) == 2, timeout=30)
+    claims = ranks.read_claims(fs, root)
+    assert sorted(claims) == [(0, 0), (1, 0)], [p.output() for p in arm.played()]
+    (scale_set,) = arm.scale_sets.values()
+    rank_one = claims[(1, 0)]
+    # Rank 0 deleted its own instance only: rank 1's machine still runs; the set is at 1, not 0.
+    wait_for(lambda: [f"{scale_set.name}_{i}" for i in scale_set.instances] == [rank_one], timeout=30)
+    assert scale_set.capacity == 1, [(m, p, b) for m, p, b in arm.calls if m in ("PATCH", "DELETE")]
+    assert task.read(fresh=True).ranks[1].state == "running"
+    deletes = [p for m, p, _ in arm.calls if m == "DELETE" and "/virtualMachines/" in p]
+    assert deletes == [f"{scale_set.rid}/virtualMachines/{claims[(0, 0)].rsplit('_', 1)[1]}"]
+    assert [b for b in arm.bodies("virtualmachinescalesets") if "location" not in b] == [
+        {"sku": {"capacity": 2}}
+    ]
+    go.touch()
+    assert task.wait(timeout=60) == "succeeded"
+    wait_for(lambda: scale_set.instances == {} and scale_set.capacity == 0, timeout=30)
+    task.destroy()
+    assert arm.tagged(task.id) == []
+
+
+EVICT_SCRIPT = """#!/bin/bash
+mkdir -p results
+echo "boot of rank $TPI_RANK" >> results/boots.txt
+while [ ! -e "$GO_FILE" ]; do sleep 0.1; done
+echo "finished"
+"""
+
+
+def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: Path, tmp_path: Path) -> None:
+    go = tmp_path / "go"
+    task = start(
+        ["workdir=.", "output=results", "spot=0.5", "name=az-evict", f"environment=GO_FILE={go}"],
+        EVICT_SCRIPT,
+    )
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    assert created["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": 0.5}
+    (scale_set,) = arm.scale_sets.values()
+    wait_for(lambda: task.read(fresh=True).ranks[0].state == "running", timeout=60)
+    first = next(iter(scale_set.instances.values()))
+    assert first is not None
+    task.preempt(0)  # Azure's simulateEviction: a Scheduled Events Preempt, then the instance goes
+    assert any(m == "POST" and p.endswith("/simulateEviction") for m, p, _ in arm.calls)
+    assert first.process.wait(timeout=60) == 0, first.output()
+    assert "interrupted" in first.output()
+    # The evicted instance is gone and lowered the capacity; the client, reading, raises it back.
+    wait_for(lambda: task.read(fresh=True) and "1" in scale_set.instances, timeout=60, interval=0.3)
+    assert "0" not in scale_set.instances
+    go.touch()
+    assert task.wait(timeout=90) == "succeeded"
+    fs, root = filesystem(task.record["remote"])
+    claims = ranks.read_claims(fs, root)
+    assert claims == {(0, 0): f"{scale_set.name}_0", (0, 1): f"{scale_set.name}_1"}
+    assert task.read(fresh=True).ranks[0].boots == 2
+    assert status_of(task, 0) == "success"
+    task.destroy()
+    assert arm.tagged(task.id) == []
+
+
+# ---------------------------------------------------------------- failures: before and midway
+
+
+@pytest.mark.parametrize(
+    ("words", "key", "setup"),
+    [
+        (["region=southpole"], "region", ""),
+        (["machine=Standard_Z99_v9"], "machine", ""),
+        (["machine=m", "spot=0"], "machine", "quota"),
+        ([], "cloud", "no-credentials"),
+        ([], "cloud", "no-subscription"),
+    ],
+)
+def test_preflight_refuses_in_one_line_before_creating_anything(
+    arm: ContractServer,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    words: list[str],
+    key: str,
+    setup: str,
+) -> None:
+    if setup == "quota":
+        arm.quota_zero = True
+    if setup == "no-subscription":
+        monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+        monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "no-azure-cli"))
+    if setup == "no-credentials":
+
+        class NoCredential:
+            def get_token(self, *scopes: str, **kwargs: Any) -> Any:
+                from azure.core.exceptions import ClientAuthenticationError
+
+                raise ClientAuthenticationError("DefaultAzureCredential failed to retrieve a token")
+
+        monkeypatch.setattr(clients, "credential", NoCredential)
+    with pytest.raises(SpecError) as raised:
+        start(["name=pre", *words], "#!/bin/bash\ntrue\n")
+    message = str(raised.value)
+    assert message.startswith(f"{key}: ") and "accepted:" in message and "\n" not in message, message
+    assert [call for call in arm.calls if call[0] != "GET"] == [] and state.records() == []
+    if setup == "quota":
+        assert "quota" in message and "Spot vCPUs" in message
+
+
+def test_failure_midway_rolls_back_everything(arm: ContractServer, workdir: Path, tpi_home: Path) -> None:
+    from tpi_jupyter.task import TaskError
+
+    arm.fail["PUT virtualmachinescalesets"] = 400
+    with pytest.raises(TaskError) as raised:
+        start(["name=az-roll"], "#!/bin/bash\ntrue\n")
+    assert "scale set" in str(raised.value) and "InjectedFault" in str(raised.value)
+    assert any(m == "DELETE" and "/resourcegroups/" in p.lower() for m, p, _ in arm.calls)
+    assert arm.resources == {} and state.records() == []
+    assert not list((tpi_home / "tasks").glob("*.ssh-key"))
+    from azure.storage.blob import BlobServiceClient
+
+    names = [c.name for c in BlobServiceClient.from_connection_string(arm.azurite).list_containers()]
+    assert "tpi" not in names
+
+
+def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer, workdir: Path) -> None:
+    from tpi_jupyter.task import sweep
+
+    task = start(["name=az-sweep", "machine=s"], "#!/bin/bash\ntrue\n")
+    assert task.wait(timeout=60) == "succeeded"
+    state.delete(task.id)  # the registry forgets it: its resource group is an orphan
+    lines = sweep("az", delete=False)
+    assert lines == [
+        f"orphan {task.id} (westus2): resource group {task.record['backend']['group']}; created by {CALLER}"
+    ]
+    assert arm.tagged(task.id) != []
+    lines = sweep("az", delete=True)
+    assert lines[0].startswith(f"deleted {task.id}") and arm.tagged(task.id) == []
+    assert sweep("az", delete=True) == []

@@ -116,6 +116,7 @@ class AzureBackend:
     def _create_group(self, state: AzState, labels: dict[str, str]) -> None:
         from azure.mgmt.resource.resources import models
 
+        state.group_asked = True
         self.clients("resource").resource_groups.create_or_update(
             state.group, models.ResourceGroup(location=state.region, tags=labels)
         )
@@ -145,7 +146,9 @@ class AzureBackend:
     def _restore(self, spec: TaskSpec, state: AzState, fs: Any, root: str) -> None:
         """An evicted Spot instance is deleted and lowers the capacity: raise it back to the ranks
         still without a status (never lower it: that could remove a running rank's machine)."""
-        reported = sum(1 for rank in range(spec.parallelism) if fs.exists(layout.join(root, layout.status(rank))))
+        reported = sum(
+            1 for rank in range(spec.parallelism) if fs.exists(layout.join(root, layout.status(rank)))
+        )
         wanted = spec.parallelism - reported
         if wanted > 0 and scaleset.capacity(self.clients, state) < wanted:
             scaleset.set_capacity(self.clients, state, wanted)
@@ -160,7 +163,9 @@ class AzureBackend:
             fs.pipe_file(layout.join(root, STOP_KEY), layout.timestamp().encode())
         state.stopped = True
         limit = time.monotonic() + self.STOP_WAIT
-        while time.monotonic() < limit and set(scaleset.instances(self.clients, state)) & set(self._owners(spec, state)):
+        while time.monotonic() < limit and set(scaleset.instances(self.clients, state)) & set(
+            self._owners(spec, state)
+        ):
             time.sleep(self.POLL)
         with contextlib.suppress(Exception):
             scaleset.set_capacity(self.clients, state, 0)
@@ -189,7 +194,7 @@ class AzureBackend:
                 fs, root = filesystem(self.remote_url(spec, state))
                 with contextlib.suppress(FileNotFoundError):
                     fs.rm(root, recursive=True)
-            if state.subscription and state.region:
+            if state.group_asked:
                 try:
                     self.clients("resource").resource_groups.begin_delete(state.group).result()
                 except Exception as error:

@@ -74,10 +74,12 @@ def cloud_boot(state: AzState, versions: dict[str, str]) -> CloudBoot:
     return CloudBoot(
         name="az",
         environment={
-            "AZURE_CLIENT_ID": state.identity_client_id, "AZURE_STORAGE_ANON": "false",
-            "TPI_AZ_SUBSCRIPTION": state.subscription, "TPI_AZ_GROUP": state.group,
+            "AZURE_CLIENT_ID": state.identity_client_id,
+            "AZURE_STORAGE_ANON": "false",
+            "TPI_AZ_SUBSCRIPTION": state.subscription,
+            "TPI_AZ_GROUP": state.group,
             "TPI_AZ_SCALE_SET": state.name,
-        },  # fmt: skip
+        },
         bootstrap=tuple(f"{name}=={version}" for name, version in sorted(versions.items())),
         helper=helper,
     )

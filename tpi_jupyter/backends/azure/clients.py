@@ -71,7 +71,7 @@ def client_options(cred: Any) -> dict[str, Any]:
         return {}
     from azure.core.pipeline.policies import SansIOHTTPPolicy
 
-    class Policy(_PlainBearer, SansIOHTTPPolicy):  # type: ignore[misc]
+    class Policy(_PlainBearer, SansIOHTTPPolicy[Any, Any]):  # type: ignore[misc]
         pass
 
     return {"base_url": endpoint, "authentication_policy": Policy(cred)}

@@ -22,6 +22,7 @@ class AzState:
     image: str = ""  # publisher:offer:sku:version
     user: str = ""
     group: str = ""  # the resource group: deleting it deletes everything else
+    group_asked: bool = False  # its creation was requested (it may exist even if the answer failed)
     account: str = ""
     container: str = ""
     prefix: str = ""

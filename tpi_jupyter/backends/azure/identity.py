@@ -33,7 +33,7 @@ def create_identity(clients: Clients, state: AzState, labels: dict[str, str]) ->
 
 
 def assignment_body(state: AzState, role: str) -> Any:
-    from azure.mgmt.authorization import models
+    from azure.mgmt.authorization.v2022_04_01 import models
 
     return models.RoleAssignmentCreateParameters(
         role_definition_id=f"/subscriptions/{state.subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}",

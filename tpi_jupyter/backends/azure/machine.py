@@ -57,9 +57,15 @@ def release(name: str) -> None:
     from .clients import client_options
 
     credential = ManagedIdentityCredential(client_id=os.environ.get("AZURE_CLIENT_ID"))
-    subscription, group, scale_set = (os.environ.get(k, "") for k in ("TPI_AZ_SUBSCRIPTION", "TPI_AZ_GROUP", "TPI_AZ_SCALE_SET"))
+    subscription, group, scale_set = (
+        os.environ.get(k, "") for k in ("TPI_AZ_SUBSCRIPTION", "TPI_AZ_GROUP", "TPI_AZ_SCALE_SET")
+    )
     if not (subscription and group and scale_set):
         compute = _compute()
-        subscription, group, scale_set = compute["subscriptionId"], compute["resourceGroupName"], compute["vmScaleSetName"]
+        subscription, group, scale_set = (
+            compute["subscriptionId"],
+            compute["resourceGroupName"],
+            compute["vmScaleSetName"],
+        )
     client = ComputeManagementClient(credential, subscription, **client_options(credential))
     client.virtual_machine_scale_set_vms.begin_delete(group, scale_set, name.rsplit("_", 1)[-1]).result()

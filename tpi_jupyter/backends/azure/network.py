@@ -14,7 +14,9 @@ def security_group_body(state: AzState, labels: dict[str, str]) -> Any:
     from azure.mgmt.network import models
 
     return models.NetworkSecurityGroup(
-        location=state.region, tags=labels, properties=models.NetworkSecurityGroupPropertiesFormat(security_rules=[])
+        location=state.region,
+        tags=labels,
+        properties=models.NetworkSecurityGroupPropertiesFormat(security_rules=[]),
     )
 
 

@@ -21,7 +21,9 @@ def caller(clients: Clients) -> str:
     except SpecError:
         raise
     except Exception as error:
-        raise SpecError(f"cloud: az found no usable credentials ({error.__class__.__name__}); accepted: {CREDENTIALS}") from None
+        raise SpecError(
+            f"cloud: az found no usable credentials ({error.__class__.__name__}); accepted: {CREDENTIALS}"
+        ) from None
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
@@ -56,7 +58,9 @@ def check_size(clients: Clients, region: str, size: str) -> Any:
             offered[str(sku.name)] = sku
     if size not in offered:
         sample = ", ".join(sorted(offered)[:8])
-        raise SpecError(f"machine: {size!r} is not offered in {region} to this subscription; accepted: {sample}")
+        raise SpecError(
+            f"machine: {size!r} is not offered in {region} to this subscription; accepted: {sample}"
+        )
     return offered[size]
 
 
@@ -83,4 +87,6 @@ def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
     except SpecError:
         raise
     except Exception as error:
-        raise SpecError(f"cloud: az pre-flight checks failed ({describe(error)}); accepted: {CREDENTIALS}") from None
+        raise SpecError(
+            f"cloud: az pre-flight checks failed ({describe(error)}); accepted: {CREDENTIALS}"
+        ) from None

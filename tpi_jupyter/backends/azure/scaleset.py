@@ -76,7 +76,9 @@ def scale_set_id(state: AzState) -> str:
             f"Microsoft.Compute/virtualMachineScaleSets/{state.name}")  # fmt: skip
 
 
-def create(clients: Clients, spec: TaskSpec, state: AzState, labels: dict[str, str], custom_data: str) -> None:
+def create(
+    clients: Clients, spec: TaskSpec, state: AzState, labels: dict[str, str], custom_data: str
+) -> None:
     compute = clients("compute")
     compute.virtual_machine_scale_sets.begin_create_or_update(
         state.group, state.name, body(spec, state, labels, custom_data)
@@ -109,7 +111,9 @@ def instances(clients: Clients, state: AzState) -> dict[str, str]:
 
 def read(clients: Clients, state: AzState, owners: dict[str, tuple[int, int]]) -> GroupState:
     live = instances(clients, state)
-    machines = [Machine(rank=owners[name][0], boot=owners[name][1], alive=True) for name in live if name in owners]
+    machines = [
+        Machine(rank=owners[name][0], boot=owners[name][1], alive=True) for name in live if name in owners
+    ]
     machines += [Machine(rank=-1, boot=-1, alive=True) for name in live if name not in owners]
     return GroupState(exists=not state.stopped, machines=machines)
 

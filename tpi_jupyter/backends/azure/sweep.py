@@ -14,7 +14,12 @@ def orphans(clients: Clients, region: str | None) -> list[Orphan]:
         labels = dict(group.tags or {})
         if TASK not in labels or (region not in (None, "all") and group.location != region):
             continue
-        handle = {"group": group.name, "subscription": clients.subscription, "region": group.location}
+        handle = {
+            "group": group.name,
+            "group_asked": True,
+            "subscription": clients.subscription,
+            "region": group.location,
+        }
         found.append(Orphan(labels[TASK], str(group.location), labels.get(CREATOR, ""),
                             {"resource group": str(group.name)}, handle))  # fmt: skip
     return found
