@@ -35,7 +35,7 @@ from .azure_models import check
 LOCATIONS = ["West US 2", "East US", "North Europe", "West Europe"]
 SIZES = {"Standard_B1s": "standardBSFamily", "Standard_F8s_v2": "standardFSv2Family",
          "Standard_NC4as_T4_v3": "standardNCASv3_T4Family", "Standard_NC24ads_A100_v4": "standardNCADSA100v4Family"}  # fmt: skip
-OK = ("Succeeded",)
+AUTHORIZATION = ("roleassignments", "roledefinitions")
 
 
 def _models() -> dict[str, type]:
@@ -49,7 +49,7 @@ def _models() -> dict[str, type]:
     return {
         "resourcegroups": resource.ResourceGroup, "storageaccounts": storage.StorageAccountCreateParameters,
         "containers": storage.BlobContainer, "userassignedidentities": msi.Identity,
-        "roleassignments": auth.RoleAssignmentCreateParameters,
+        "roleassignments": auth.RoleAssignmentCreateParameters, "roledefinitions": auth.RoleDefinition,
         "networksecuritygroups": network.NetworkSecurityGroup, "virtualnetworks": network.VirtualNetwork,
         "virtualmachinescalesets": compute.VirtualMachineScaleSet,
         "virtualmachinescalesets/patch": compute.VirtualMachineScaleSetUpdate,
@@ -232,9 +232,15 @@ class ContractServer:
                 return 200, self._vmss_view(self.scale_sets[lower])
             if lower in self.resources:
                 return 200, self.resources[lower]
+            listed = [body for rid, body in self.resources.items() if rid.rsplit("/", 1)[0] == lower]
+            if listed or lower.endswith(("/storageaccounts", "/userassignedidentities")):
+                return 200, {"value": listed}
             return 404, {"error": {"code": "ResourceNotFound", "message": f"{path} not found"}}
         if method == "DELETE" and kind == "resourcegroups":
             return self._delete_group(lower)
+        if method == "DELETE" and kind in AUTHORIZATION:
+            gone = self.resources.pop(lower, None)
+            return (200, gone) if gone else (204, None)
         return 404, {"error": {"code": "NoRoute", "message": f"{method} {path} is not part of this contract"}}
 
     def _put(self, path: str, kind: str, body: Any) -> tuple[int, Any]:
@@ -273,7 +279,10 @@ class ContractServer:
                 subnet["id"] = f"{path}/subnets/{subnet['name']}"
         if kind == "containers":
             self._azurite_container(path.rsplit("/", 1)[-1], create=True)
+        created = lower not in self.resources
         self.resources[lower] = stored
+        if kind in AUTHORIZATION:  # documented: 201 Created for a new role object
+            return (201 if created else 200), stored
         if kind == "virtualmachinescalesets":
             self.scale_sets[lower] = ScaleSet(self, path, stored)
             self.scale_sets[lower].resize(stored["sku"].get("capacity", 0))
@@ -305,7 +314,9 @@ class ContractServer:
     def _delete_group(self, lower: str) -> tuple[int, Any]:
         if lower not in self.resources:
             return 404, {"error": {"code": "ResourceGroupNotFound", "message": "not found"}}
-        for rid in [r for r in self.resources if r == lower or r.startswith(lower + "/")]:
+        # Role definitions and assignments are the subscription's, not the group's: they stay.
+        inside = [r for r in self.resources if r == lower or r.startswith(lower + "/")]
+        for rid in [r for r in inside if _kind(r) not in AUTHORIZATION]:
             if rid in self.scale_sets:
                 self.scale_sets.pop(rid).resize(0)
             if _kind(rid) == "containers":
@@ -329,6 +340,10 @@ class ContractServer:
                 for rid, body in self.resources.items()
                 if (body.get("tags") or {}).get("tpi-task") == task_id
             ]
+
+    def authorization_left(self) -> list[str]:
+        with self.lock:
+            return [rid for rid in self.resources if _kind(rid) in AUTHORIZATION]
 
     def bodies(self, kind: str) -> list[dict[str, Any]]:
         return [

@@ -165,6 +165,7 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert fetched == ["results/out.txt"]
     assert (workdir / "results" / "out.txt").read_text() == "hello from the workdir\n"
     assert arm.tagged(task.id) == [] and state.load(task.id) is None
+    assert arm.authorization_left() == []  # the subscription's role objects too
     assert not Path(az["key_file"]).exists()
     AzureBackend().delete(task.task_spec, task.backend_state)  # idempotent
 
@@ -312,7 +313,7 @@ def test_failure_midway_rolls_back_everything(arm: ContractServer, workdir: Path
         start(["name=az-roll"], "#!/bin/bash\ntrue\n")
     assert "scale set" in str(raised.value) and "InjectedFault" in str(raised.value)
     assert any(m == "DELETE" and "/resourcegroups/" in p.lower() for m, p, _ in arm.calls)
-    assert arm.resources == {} and state.records() == []
+    assert arm.resources == {} and state.records() == []  # role objects too
     assert not list((tpi_home / "tasks").glob("*.ssh-key"))
     from azure.storage.blob import BlobServiceClient
 
@@ -333,4 +334,5 @@ def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer,
     assert arm.tagged(task.id) != []
     lines = sweep("az", delete=True)
     assert lines[0].startswith(f"deleted {task.id}") and arm.tagged(task.id) == []
+    assert arm.authorization_left() == []  # its custom role and assignments, found by their derived names
     assert sweep("az", delete=True) == []

@@ -110,8 +110,8 @@ class AzureBackend:
         })  # fmt: skip
         boot_script = custom_data(spec.id, remote, state, bootstrap_versions(), spec.parallelism)
         steps.run("scale set", lambda: scaleset.create(self.clients, spec, state, labels, boot_script))
-        steps.run("scale set role assignment", lambda: identity.assign(
-            self.clients, state, scaleset.scale_set_id(state), identity.VM_CONTRIBUTOR))  # fmt: skip
+        steps.run("release role", lambda: identity.create_release_role(
+            self.clients, state, scaleset.scale_set_id(state)))  # fmt: skip
 
     def _create_group(self, state: AzState, labels: dict[str, str]) -> None:
         from azure.mgmt.resource.resources import models
@@ -195,11 +195,13 @@ class AzureBackend:
                 with contextlib.suppress(FileNotFoundError):
                     fs.rm(root, recursive=True)
             if state.group_asked:
+                identity.delete_assignments(self.clients, state)
                 try:
                     self.clients("resource").resource_groups.begin_delete(state.group).result()
                 except Exception as error:
                     if not not_found(error):
                         raise
+                identity.delete_release_role(self.clients, state)
         except Exception as error:
             raise RuntimeError(
                 f"az: task {task_id} could not be fully deleted ({describe(error)}); "
@@ -215,7 +217,11 @@ class AzureBackend:
 
     def delete_orphan(self, orphan: Orphan) -> None:
         known = {item.name for item in fields(AzState)}
-        self._delete(AzState(**{k: v for k, v in orphan.handle.items() if k in known}), orphan.task_id)
+        found = AzState(**{k: v for k, v in orphan.handle.items() if k in known})
+        found.name = found.scale_set = found.group
+        found.account, found.container = az_sweep.storage_of(self.clients, found)
+        identity.recover(self.clients, found, storage.container_id(found), scaleset.scale_set_id(found))
+        self._delete(found, orphan.task_id)
 
 
 def _put(remote: str, key: str, data: bytes) -> None:

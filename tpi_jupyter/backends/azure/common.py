@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ...spec import TaskSpec, short_id
 from ..kit import tags as kit_tags
@@ -34,6 +34,8 @@ class AzState:
     key_file: str = ""
     ssh_public_key: str = ""
     scale_set: str = ""
+    release_role: str = ""  # the custom role definition's name (a uuid), in the subscription
+    assignments: list[str] = field(default_factory=list)  # role assignment ids
     wheel_key: str = ""  # keys relative to the remote
     lock_key: str = ""
     stopped: bool = False

@@ -1,6 +1,10 @@
 """The machines' identity: a user-assigned managed identity with Storage Blob Data Contributor on
-this task's container only, and a role on this task's scale set only (to delete its own
-instance); and a fresh ed25519 SSH key (Azure requires one for Linux machines), private half 0600."""
+this task's container only, and a custom role on this task's scale set only that reads and
+deletes its instances (nothing else: no scaling, no reimaging); and a fresh ed25519 SSH key
+(Azure requires one for Linux machines), private half 0600.
+
+A custom role definition lives in the subscription, not the resource group: `delete` removes
+its assignment and the definition itself after the group."""
 
 from __future__ import annotations
 
@@ -15,7 +19,11 @@ from .clients import Clients
 from .common import AzState
 
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
-VM_CONTRIBUTOR = "9980e02c-c2be-4d73-94e8-173b1dc7cf3c"
+RELEASE_ACTIONS = [
+    "Microsoft.Compute/virtualMachineScaleSets/read",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete",
+]
 
 
 def identity_body(state: AzState, labels: dict[str, str]) -> Any:
@@ -32,18 +40,93 @@ def create_identity(clients: Clients, state: AzState, labels: dict[str, str]) ->
     state.identity_principal_id = str(made.principal_id)
 
 
+def role_id(state: AzState, role: str) -> str:
+    return f"/subscriptions/{state.subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+
+
+def group_id(state: AzState) -> str:
+    return f"/subscriptions/{state.subscription}/resourceGroups/{state.group}"
+
+
+def release_role_body(state: AzState, scale_set_id: str) -> Any:
+    from azure.mgmt.authorization.v2022_04_01 import models
+
+    return models.RoleDefinition(
+        role_name=f"tpi-release-{state.name}", role_type="CustomRole",
+        description=f"tpi-jupyter task machines: delete instances of scale set {state.name} only",
+        permissions=[models.Permission(actions=RELEASE_ACTIONS)], assignable_scopes=[scale_set_id],
+    )  # fmt: skip
+
+
+def release_role_name(scale_set_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scale_set_id}|release"))
+
+
+def _assignment_name(scope: str, role: str, principal: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}|{role}|{principal}"))
+
+
+def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id: str) -> None:
+    """For a sweep: the role objects a forgotten task made, from the names they are derived from."""
+    state.release_role = release_role_name(scale_set_id)
+    try:
+        found = clients("msi").user_assigned_identities.get(state.group, state.name)
+    except Exception as error:
+        if getattr(error, "status_code", None) == 404:
+            return
+        raise
+    state.identity_principal_id = str(found.principal_id)
+    state.assignments = [
+        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, state.identity_principal_id)}"
+        for scope, role in ((container_scope, BLOB_DATA_CONTRIBUTOR), (scale_set_id, state.release_role))
+    ]
+
+
+def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> None:
+    """The custom role, then its assignment to the identity on the scale set."""
+    name = release_role_name(scale_set_id)
+    state.release_role = name  # recorded before the request: delete removes it even if the answer fails
+    clients("authorization").role_definitions.create_or_update(
+        group_id(state), name, release_role_body(state, scale_set_id)
+    )
+    assign(clients, state, scale_set_id, name)
+
+
+def delete_release_role(clients: Clients, state: AzState) -> None:
+    if state.release_role:
+        try:
+            clients("authorization").role_definitions.delete(group_id(state), state.release_role)
+        except Exception as error:
+            if getattr(error, "status_code", None) != 404:
+                raise
+
+
 def assignment_body(state: AzState, role: str) -> Any:
     from azure.mgmt.authorization.v2022_04_01 import models
 
     return models.RoleAssignmentCreateParameters(
-        role_definition_id=f"/subscriptions/{state.subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}",
+        role_definition_id=role_id(state, role),
         principal_id=state.identity_principal_id, principal_type="ServicePrincipal",
     )  # fmt: skip
 
 
 def assign(clients: Clients, state: AzState, scope: str, role: str) -> None:
-    name = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}|{role}|{state.identity_principal_id}"))
+    name = _assignment_name(scope, role, state.identity_principal_id)
     clients("authorization").role_assignments.create(scope, name, assignment_body(state, role))
+    state.assignments = [
+        *state.assignments,
+        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}",
+    ]
+
+
+def delete_assignments(clients: Clients, state: AzState) -> None:
+    """Role assignments outlive the resources they are on: removed first, one by one."""
+    for assignment in state.assignments:
+        try:
+            clients("authorization").role_assignments.delete_by_id(assignment)
+        except Exception as error:
+            if getattr(error, "status_code", None) != 404:
+                raise
 
 
 def create_key(task_id: str, state: AzState) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from ..kit.sweep import Orphan
 from ..kit.tags import CREATOR, TASK
 from .clients import Clients
+from .common import AzState
 
 
 def orphans(clients: Clients, region: str | None) -> list[Orphan]:
@@ -23,3 +24,10 @@ def orphans(clients: Clients, region: str | None) -> list[Orphan]:
         found.append(Orphan(labels[TASK], str(group.location), labels.get(CREATOR, ""),
                             {"resource group": str(group.name)}, handle))  # fmt: skip
     return found
+
+
+def storage_of(clients: Clients, state: AzState) -> tuple[str, str]:
+    """The task's own storage account in the group (its container is always `tpi`), or none."""
+    for account in clients("storage").storage_accounts.list_by_resource_group(state.group):
+        return str(account.name), "tpi"
+    return "", ""
