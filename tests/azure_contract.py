@@ -114,10 +114,10 @@ class ScaleSet:
 
     def remove(self, instance: str, lower: bool = True) -> None:
         played = self.instances.pop(instance, None)
-        if played is not None and played.process.poll() is None:
-            played.kill()
         if lower:
             self.body["sku"]["capacity"] = max(0, self.capacity - 1)
+        if played is not None and played.process.poll() is None:
+            played.kill()  # the machine goes with its instance, as on Azure
 
     def evict(self, instance: str) -> None:
         played = self.instances.get(instance)

@@ -208,7 +208,12 @@ def test_parallelism_two_each_rank_deletes_only_its_own_instance(
     (scale_set,) = arm.scale_sets.values()
     rank_one = claims[(1, 0)]
     # Rank 0 deleted its own instance only: rank 1's machine still runs; the set is at 1, not 0.
-    wait_for(lambda: [f"{scale_set.name}_{i}" for i in scale_set.instances] == [rank_one], timeout=30)
+    wait_for(
+        lambda: (
+            [f"{scale_set.name}_{i}" for i in scale_set.instances] == [rank_one] and scale_set.capacity == 1
+        ),
+        timeout=30,
+    )
     assert scale_set.capacity == 1, [(m, p, b) for m, p, b in arm.calls if m in ("PATCH", "DELETE")]
     assert task.read(fresh=True).ranks[1].state == "running"
     deletes = [p for m, p, _ in arm.calls if m == "DELETE" and "/virtualMachines/" in p]
