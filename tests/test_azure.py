@@ -341,3 +341,26 @@ def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer,
     assert lines[0].startswith(f"deleted {task.id}") and arm.tagged(task.id) == []
     assert arm.authorization_left() == []  # its custom role and assignments, found by their derived names
     assert sweep("az", delete=True) == []
+
+
+def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -> None:
+    from .azure_contract import _kind, _models
+    from .azure_models import check
+
+    plan = launch(build_spec(["name=az-plan", "spot=0", "parallelism=2", "machine=m+v100"], {"cloud": "az"}),
+                  "#!/bin/bash\ntrue\n", dry_run=True)  # fmt: skip
+    text = str(plan)
+    requests = [
+        line.split("request: ", 1)[1].split(" ", 2) for line in text.splitlines() if "request: " in line
+    ]
+    kinds = [_kind(path.lower()) for _, path, _ in requests]
+    assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
+                     "storageaccounts", "containers", "roleassignments", "virtualmachinescalesets",
+                     "roledefinitions", "roleassignments"]  # fmt: skip
+    models = _models()
+    for (method, _, body), kind in zip(requests, kinds, strict=True):
+        assert method == "PUT" and check(json.loads(body), models[kind]) == [], body
+    scale_set = json.loads(requests[kinds.index("virtualmachinescalesets")][2])
+    assert scale_set["sku"] == {"name": "Standard_NC24ads_A100_v4", "tier": "Standard", "capacity": 0}
+    assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": -1}
+    assert arm.calls == [] and state.records() == []  # nothing asked of Azure, nothing recorded

@@ -30,7 +30,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import identity, network, scaleset, storage
+from . import identity, network, requests, scaleset, storage
 from . import sweep as az_sweep
 from .boot import bootstrap_versions, custom_data
 from .clients import Clients
@@ -80,6 +80,7 @@ class AzureBackend:
             f"machines: Uniform scale set {base}, 0 then {spec.parallelism} x {size}, {pricing_text(spec.spot)}, "
             "no overprovisioning, custom data installs this tpi-jupyter's agent (locked versions, no secret)",
             f"tags: {tag_text}",
+            *requests.lines(spec, state),
         ]
 
     # ------------------------------------------------------------ create / start
