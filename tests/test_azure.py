@@ -120,6 +120,7 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     properties = created["properties"]
     profile = properties["virtualMachineProfile"]
     assert properties["overprovision"] is False and properties["orchestrationMode"] == "Uniform"
+    assert properties["spotRestorePolicy"] == {"enabled": True}
     assert profile["priority"] == "Spot" and profile["evictionPolicy"] == "Delete"
     assert profile["billingProfile"] == {"maxPrice": -1}
     assert created["identity"]["type"] == "UserAssigned" and list(
@@ -277,6 +278,14 @@ def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: P
         (["machine=m", "spot=0"], "machine", "quota"),
         ([], "cloud", "no-credentials"),
         ([], "cloud", "no-subscription"),
+        (["container=devstoreaccount1/mine"], "container", ""),
+        (
+            [
+                "permission_set=/subscriptions/x/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i"
+            ],
+            "permission_set",
+            "",
+        ),
     ],
 )
 def test_preflight_refuses_in_one_line_before_creating_anything(

@@ -75,7 +75,18 @@ def check_quota(clients: Clients, region: str, size: str, family: str, spot: boo
             )
 
 
+def unsupported(spec: TaskSpec) -> None:
+    """Modes this version of the Azure backend does not have yet: refused before anything exists."""
+    if spec.container:
+        raise SpecError("container: cloud=az does not use an existing container in this version; accepted: none "
+                        "(each task gets its own storage account)")  # fmt: skip
+    if spec.permission_set:
+        raise SpecError("permission_set: cloud=az does not take your identities in this version; accepted: none "
+                        "(each task gets its own managed identity)")  # fmt: skip
+
+
 def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
+    unsupported(spec)
     state.creator = caller(clients)
     state.subscription = clients.subscription
     state.region, state.size = spec.native_region, spec.native_machine
