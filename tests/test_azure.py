@@ -31,6 +31,7 @@ from .conftest import wait_for
 SECRET = "s3cr3t-value-that-must-not-leak"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000cafe"
 CALLER = "11111111-2222-3333-4444-555555555555"
+BLOB_ROLE = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
 
 
 class StandInCredential:
@@ -145,6 +146,26 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert roles["ba92f5b4-2d11-453d-a403-e96b0029c9fe"].startswith(
         f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}/providers/Microsoft.Storage/storageAccounts/{az['account']}/blobServices/default/containers/tpi/"
     )
+    assignments = [(b["properties"], p) for m, p, b in arm.calls if m == "PUT" and "roleAssignments" in p]
+    callers = [
+        props["roleDefinitionId"].rsplit("/", 1)[-1]
+        for props, _ in assignments
+        if props["principalId"] == CALLER
+    ]
+    assert callers == [BLOB_ROLE]  # the caller uploads with Entra ID too: a data role on this container only
+    # Releasing: a custom role that reads and deletes this scale set's instances, nothing more.
+    (release,) = arm.bodies("roledefinitions")
+    assert release["properties"]["permissions"] == [{"actions": [
+        "Microsoft.Compute/virtualMachineScaleSets/read",
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+        "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete"]}]  # fmt: skip
+    scale_set_path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}/providers/"
+                      f"Microsoft.Compute/virtualMachineScaleSets/{az['scale_set']}")  # fmt: skip
+    assert release["properties"]["assignableScopes"] == [scale_set_path]
+    machine_roles = sorted((props["roleDefinitionId"].rsplit("/", 1)[-1], path.rsplit("/providers/Microsoft.Authorization", 1)[0])
+                           for props, path in assignments if props["principalId"] == az["identity_principal_id"])  # fmt: skip
+    assert machine_roles == sorted([(BLOB_ROLE, roles[BLOB_ROLE].rsplit("/providers/Microsoft.Authorization", 1)[0]),
+                                    (az["release_role"], scale_set_path)])  # fmt: skip
     # No inbound rule.
     (security,) = arm.bodies("networkSecurityGroups".lower())
     assert security["properties"]["securityRules"] == []
@@ -166,6 +187,7 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     assert fetched == ["results/out.txt"]
     assert (workdir / "results" / "out.txt").read_text() == "hello from the workdir\n"
     assert arm.tagged(task.id) == [] and state.load(task.id) is None
+    assert arm.authorization_left() == []  # the subscription's role objects too
     assert arm.authorization_left() == []  # the subscription's role objects too
     assert not Path(az["key_file"]).exists()
     AzureBackend().delete(task.task_spec, task.backend_state)  # idempotent
@@ -364,7 +386,7 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     ]
     kinds = [_kind(path.lower()) for _, path, _ in requests]
     assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
-                     "storageaccounts", "containers", "roleassignments", "virtualmachinescalesets",
+                     "storageaccounts", "containers", "roleassignments", "roleassignments", "virtualmachinescalesets",
                      "roledefinitions", "roleassignments"]  # fmt: skip
     models = _models()
     for (method, _, body), kind in zip(requests, kinds, strict=True):

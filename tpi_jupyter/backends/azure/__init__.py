@@ -49,6 +49,7 @@ class AzureBackend:
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
     )  # fmt: skip
     STOP_WAIT = 180.0
+    ROLE_PROPAGATION = 300.0  # a new role assignment can take minutes to apply
     POLL = 5.0
 
     def __init__(self) -> None:
@@ -104,15 +105,35 @@ class AzureBackend:
             parts["storage account and container"] = lambda: storage.create(self.clients, state, labels)
         steps.together(parts)
         remote = self.remote_url(spec, state)
-        steps.together({
-            "storage role assignment": lambda: identity.assign(
-                self.clients, state, storage.container_id(state), identity.BLOB_DATA_CONTRIBUTOR),
-            "agent wheel upload": lambda: wheel.ship(lambda key, data: _put(remote, key, data), MACHINE_EXTRA),
-        })  # fmt: skip
+        steps.run("storage role assignments", lambda: self._storage_roles(state))
+        steps.run("agent wheel upload", lambda: self._ship(remote))
         boot_script = custom_data(spec.id, remote, state, bootstrap_versions(), spec.parallelism)
         steps.run("scale set", lambda: scaleset.create(self.clients, spec, state, labels, boot_script))
         steps.run("release role", lambda: identity.create_release_role(
             self.clients, state, scaleset.scale_set_id(state)))  # fmt: skip
+
+    def _storage_roles(self, state: AzState) -> None:
+        """The machines' identity and the caller both read and write the container with Entra ID
+        (shared keys are off): Storage Blob Data Contributor on this container only."""
+        scope = storage.container_id(state)
+        identity.assign(self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR)
+        if state.creator != "unknown":
+            identity.assign(
+                self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
+            )
+
+    def _ship(self, remote: str) -> None:
+        """The wheel, once the caller's new role works (assignments take a while to apply)."""
+        limit = time.monotonic() + self.ROLE_PROPAGATION
+        while True:
+            try:
+                _put(remote, ".tpi/probe", b"")
+                break
+            except PermissionError:
+                if time.monotonic() > limit:
+                    raise
+                time.sleep(self.POLL)
+        wheel.ship(lambda key, data: _put(remote, key, data), MACHINE_EXTRA)
 
     def _create_group(self, state: AzState, labels: dict[str, str]) -> None:
         from azure.mgmt.resource.resources import models

@@ -76,9 +76,13 @@ def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id
             return
         raise
     state.identity_principal_id = str(found.principal_id)
+    wanted = [(container_scope, BLOB_DATA_CONTRIBUTOR, state.identity_principal_id),
+              (scale_set_id, state.release_role, state.identity_principal_id)]  # fmt: skip
+    if state.creator and state.creator != "unknown":
+        wanted.append((container_scope, BLOB_DATA_CONTRIBUTOR, state.creator))
     state.assignments = [
-        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, state.identity_principal_id)}"
-        for scope, role in ((container_scope, BLOB_DATA_CONTRIBUTOR), (scale_set_id, state.release_role))
+        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, principal)}"
+        for scope, role, principal in wanted
     ]
 
 
@@ -101,18 +105,25 @@ def delete_release_role(clients: Clients, state: AzState) -> None:
                 raise
 
 
-def assignment_body(state: AzState, role: str) -> Any:
+def assignment_body(
+    state: AzState, role: str, principal: str = "", kind: str | None = "ServicePrincipal"
+) -> Any:
     from azure.mgmt.authorization.v2022_04_01 import models
 
     return models.RoleAssignmentCreateParameters(
         role_definition_id=role_id(state, role),
-        principal_id=state.identity_principal_id, principal_type="ServicePrincipal",
+        principal_id=principal or state.identity_principal_id, principal_type=kind,  # type: ignore[arg-type]
     )  # fmt: skip
 
 
-def assign(clients: Clients, state: AzState, scope: str, role: str) -> None:
-    name = _assignment_name(scope, role, state.identity_principal_id)
-    clients("authorization").role_assignments.create(scope, name, assignment_body(state, role))
+def assign(clients: Clients, state: AzState, scope: str, role: str, principal: str = "") -> None:
+    """`role` on `scope` for the task's identity (or another principal: the caller)."""
+    principal = principal or state.identity_principal_id
+    name = _assignment_name(scope, role, principal)
+    kind = "ServicePrincipal" if principal == state.identity_principal_id else None
+    clients("authorization").role_assignments.create(
+        scope, name, assignment_body(state, role, principal, kind)
+    )
     state.assignments = [
         *state.assignments,
         f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}",

@@ -18,6 +18,7 @@ def orphans(clients: Clients, region: str | None) -> list[Orphan]:
         handle = {
             "group": group.name,
             "group_asked": True,
+            "creator": labels.get(CREATOR, ""),
             "subscription": clients.subscription,
             "region": group.location,
         }
