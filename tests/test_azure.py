@@ -395,3 +395,32 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     assert scale_set["sku"] == {"name": "Standard_NC24ads_A100_v4", "tier": "Standard", "capacity": 0}
     assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": -1}
     assert arm.calls == [] and state.records() == []  # nothing asked of Azure, nothing recorded
+
+
+def test_upload_waits_until_the_callers_new_data_role_applies(
+    arm: ContractServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tpi_jupyter.backends.azure as backend_module
+
+    real_put, refused = backend_module._put, []
+
+    def put(remote: str, key: str, data: bytes) -> None:  # 403 twice, as a fresh assignment does
+        if len(refused) < 2:
+            refused.append(key)
+            raise PermissionError("AuthorizationPermissionMismatch")
+        real_put(remote, key, data)
+
+    monkeypatch.setattr(backend_module, "_put", put)
+    task = start(["name=az-propagation", "machine=s"], "#!/bin/bash\ntrue\n")
+    assert refused == [".tpi/probe", ".tpi/probe"]
+    assert task.wait(timeout=60) == "succeeded"
+    monkeypatch.setattr(AzureBackend, "ROLE_PROPAGATION", 0.0)
+    refused.clear()
+    monkeypatch.setattr(
+        backend_module, "_put", lambda *a: (_ for _ in ()).throw(PermissionError("denied for good"))
+    )
+    from tpi_jupyter.task import TaskError
+
+    with pytest.raises(TaskError, match="agent wheel upload failed"):
+        start(["name=az-denied", "machine=s"], "#!/bin/bash\ntrue\n")
+    assert arm.tagged(task.id) != [] and len(state.records()) == 1  # the denied launch rolled back

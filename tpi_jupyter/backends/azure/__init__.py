@@ -129,8 +129,9 @@ class AzureBackend:
             try:
                 _put(remote, ".tpi/probe", b"")
                 break
-            except PermissionError:
-                if time.monotonic() > limit:
+            except Exception as error:  # 403 AuthorizationPermissionMismatch until the role applies
+                denied = isinstance(error, PermissionError) or getattr(error, "status_code", None) == 403
+                if not denied or time.monotonic() > limit:
                     raise
                 time.sleep(self.POLL)
         wheel.ship(lambda key, data: _put(remote, key, data), MACHINE_EXTRA)
