@@ -369,6 +369,7 @@ open("/r/out", "w").write(f"{web.strip()}|{host}|{version}")
 
 def _running_with_ip(core: client.CoreV1Api, name: str) -> Any:
     pod = core.read_namespaced_pod(name, "default")
+    assert pod.status.phase not in ("Succeeded", "Failed"), pod.status
     return pod if pod.status.phase == "Running" and pod.status.pod_ip else None
 
 
@@ -377,7 +378,8 @@ def test_pods_get_own_addresses_talk_to_each_other_and_the_api_server_proxies_to
 ) -> None:
     core = client.CoreV1Api(api)
     subnet = ipaddress.ip_network(cluster.network["subnet"])
-    core.create_namespaced_pod("default", pod_with_results("web", tmp_path / "unused", WEB))
+    (tmp_path / "web").mkdir()
+    core.create_namespaced_pod("default", pod_with_results("web", tmp_path / "web", WEB))
     web = wait_for("web running", lambda: _running_with_ip(core, "web"))
     assert ipaddress.ip_address(web.status.pod_ip) in subnet and web.status.pod_ip != cluster.gateway
     # The API server's pod proxy reaches the pod's server by its address (it refuses loopback).
@@ -388,8 +390,9 @@ def test_pods_get_own_addresses_talk_to_each_other_and_the_api_server_proxies_to
     assert answer == (200, b"served by web\n")
 
     # Another pod reaches it by its pod IP, and the API server at KUBERNETES_SERVICE_HOST (TLS verified).
-    script = f"exec python3 -c '{CLIENT}' {web.status.pod_ip}"
-    core.create_namespaced_pod("default", pod_with_results("caller", tmp_path, script))
+    body = pod_with_results("caller", tmp_path, "")
+    body["spec"]["containers"][0]["command"] = ["python3", "-c", CLIENT, web.status.pod_ip]
+    core.create_namespaced_pod("default", body)
     caller = wait_for("caller ended", lambda: _terminal(core.read_namespaced_pod("caller", "default")))
     assert caller.status.phase == "Succeeded", _log(core, "caller")
     assert (tmp_path / "out").read_text() == f"served by web|{cluster.gateway}|200"

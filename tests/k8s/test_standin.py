@@ -306,3 +306,30 @@ def run_in(work: Path, netns: str, script: str, env: dict[str, str] | None = Non
     environ = {"PATH": os.environ["PATH"], **(env or {})}
     container.start(["/bin/sh", "-c", script], environ, mounts, "pod", log, netns)
     return container, log
+
+
+def test_mount_targets_resolve_symlinks_inside_the_container_root(tmp_path: Path) -> None:
+    from tests.k8s.container_init import inside
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # as on Debian: absolute, so relative to the root
+    (root / "var" / "rel").symlink_to("../run")
+    assert inside(root, "/var/run/secrets/token") == root / "run" / "secrets" / "token"
+    assert inside(root, "/var/rel/x") == root / "run" / "x"
+    assert inside(root, "/../../etc") == root / "etc"
+
+
+@needs_namespaces
+@pytest.mark.skipif(not Path("/var/run").is_symlink(), reason="needs /var/run as a symlink (Debian)")
+def test_a_volume_under_var_run_is_seen_by_the_container_not_mounted_on_this_machine(tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    (volume / "token").write_text("tok\n")
+    target = "/var/run/tpi-standin-test-secrets"
+    mounts = [{"source": str(volume), "target": target, "read_only": True}]
+    container, log = run(tmp_path, f"cat {target}/token", mounts)
+    wait_for(lambda: container.poll() is not None, timeout=60)
+    assert (container.poll(), log.read_text()) == (0, "tok\n")
+    assert not Path("/run/tpi-standin-test-secrets").exists()
