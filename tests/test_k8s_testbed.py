@@ -399,13 +399,16 @@ def test_pods_get_own_addresses_talk_to_each_other_and_the_api_server_proxies_to
     assert caller.status.pod_ip not in (web.status.pod_ip, "127.0.0.1")
     assert ipaddress.ip_address(caller.status.pod_ip) in subnet
 
-    # Deleting the pod removes its namespace (and with it its veth pair) and frees its address.
-    names = {f"{cluster.network['prefix']}{p.metadata.uid}" for p in (web, caller)}
-    assert names <= set(podnet.namespaces(cluster.network))
+    # A finished pod's namespace is gone (as the kubelet tears its sandbox down); deleting a
+    # running pod removes its namespace and veth pair, and frees its address.
+    web_ns, caller_ns = (f"{cluster.network['prefix']}{p.metadata.uid}" for p in (web, caller))
+    wait_for("caller's namespace removed", lambda: caller_ns not in podnet.namespaces(cluster.network))
+    assert web_ns in podnet.namespaces(cluster.network) and podnet.link_exists(podnet.veth(web_ns))
     core.delete_namespaced_pod("web", "default", grace_period_seconds=1)
     core.delete_namespaced_pod("caller", "default")
-    wait_for("pod namespaces removed", lambda: not names & set(podnet.namespaces(cluster.network)))
+    wait_for("web's namespace removed", lambda: web_ns not in podnet.namespaces(cluster.network))
     wait_for("addresses freed", lambda: not (Path(cluster.network["ips"]) / web.status.pod_ip).exists())
+    names = (web_ns, caller_ns)
     assert not [n for n in names if podnet.link_exists(podnet.veth(n))]
 
 
