@@ -3,8 +3,10 @@
 `build` compiles kube-apiserver, kube-controller-manager, kube-scheduler (module
 k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3) from tests/k8s/testbed/go.mod into a
 cache keyed by their versions. `up DIR` starts them with client-certificate authentication,
-Node+RBAC authorisation and their own kubeconfigs, then one or more node agents: stand-ins for
-the kubelet (tests/k8s/node_agent.py), the one part that is not real. `down DIR` stops all of it.
+Node+RBAC authorisation and their own kubeconfigs, the default StorageClass with its provisioner
+stand-in (provisioner.py), then one or more node agents: stand-ins for the kubelet
+(tests/k8s/node_agent.py), the one part that is not real. Pods get a network namespace and an
+address each on the bed's bridge (podnet.py). `down DIR` stops and removes all of it.
 
 Command line: scripts/k8s-testbed (build | up DIR [--nodes N] | down DIR | env DIR).
 """

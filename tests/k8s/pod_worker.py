@@ -83,7 +83,7 @@ class PodWorker(threading.Thread):
         self._status(
             {"containerStatuses": [waiting(c, "ContainerCreating") for c in self.pod["spec"]["containers"]]}
         )
-        if self.node.network:
+        if self.node.network and not self.pod["spec"].get("hostNetwork"):
             self.netns, self.ip = podnet.attach(self.node.network, self.pod["metadata"]["uid"])
         while not self.stop_requested.is_set():
             try:
