@@ -502,3 +502,16 @@ def test_down_removes_the_pod_network_even_after_a_node_agent_was_killed_hard(tm
     assert not podnet.link_exists(network["bridge"])
     assert podnet.dnat_rules(network) == []
     assert not list(Path(network["ips"]).iterdir())
+
+
+def test_a_host_network_pod_shares_this_machines_network(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
+) -> None:
+    core = client.CoreV1Api(api)
+    body = pod_with_results("hostnet", tmp_path, "ip -o -4 addr show > /r/addrs")
+    body["spec"]["hostNetwork"] = True
+    core.create_namespaced_pod("default", body)
+    pod = wait_for("hostnet ended", lambda: _terminal(core.read_namespaced_pod("hostnet", "default")))
+    assert (pod.status.phase, pod.status.pod_ip) == ("Succeeded", "127.0.0.1")
+    assert f"{cluster.gateway}/24" in (tmp_path / "addrs").read_text()  # it sees the bed's bridge
+    core.delete_namespaced_pod("hostnet", "default")
