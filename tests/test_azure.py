@@ -424,3 +424,28 @@ def test_upload_waits_until_the_callers_new_data_role_applies(
     with pytest.raises(TaskError, match="agent wheel upload failed"):
         start(["name=az-denied", "machine=s"], "#!/bin/bash\ntrue\n")
     assert arm.tagged(task.id) != [] and len(state.records()) == 1  # the denied launch rolled back
+
+
+def test_backend_and_machine_hooks_are_found_by_entry_point() -> None:
+    from tpi_jupyter.backends.base import get_backend, machine_hooks
+
+    found = get_backend("az").capabilities
+    assert (found.ranks, found.sweep, found.preemption) == ("claims", True, True)
+    hooks = machine_hooks("az")
+    assert (
+        hooks.__name__ == "tpi_jupyter.backends.azure.machine"
+        and callable(hooks.release)
+        and callable(hooks.notice)
+    )
+
+
+def test_notice_sees_only_this_machines_preempt(imds: AzureImds, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpi_jupyter.backends.azure import machine
+
+    monkeypatch.setenv("TPI_IMDS_URL", imds.url)
+    monkeypatch.setenv("TPI_INSTANCE_ID", "tpi-x_3")
+    assert machine.notice() is None
+    imds.preempt("tpi-x_4")  # another machine's eviction
+    assert machine.notice() is None
+    imds.preempt("tpi-x_3")
+    assert (machine.notice() or "").startswith("scheduled event Preempt")
