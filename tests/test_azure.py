@@ -449,3 +449,41 @@ def test_notice_sees_only_this_machines_preempt(imds: AzureImds, monkeypatch: py
     assert machine.notice() is None
     imds.preempt("tpi-x_3")
     assert (machine.notice() or "").startswith("scheduled event Preempt")
+
+
+def test_user_stop_goes_through_the_remote_and_the_set_ends_at_zero(
+    arm: ContractServer, workdir: Path
+) -> None:
+    task = start(["name=az-stop", "machine=s"], "#!/bin/bash\necho started\nsleep 60\n")
+    wait_for(lambda: task.read(fresh=True).ranks[0].state == "running", timeout=60)
+    (scale_set,) = arm.scale_sets.values()
+    task.stop()
+    # The agent saw the stop key, reported and deleted its own instance; the set is at 0.
+    assert scale_set.instances == {} and scale_set.capacity == 0
+    assert "stop" in json.loads(read_key(task, layout.status(0))).get(
+        "reason", ""
+    )  # a failure, reason: the stop
+    assert any(m == "DELETE" and "/virtualMachines/" in p for m, p, _ in arm.calls)
+    assert task.read(fresh=True).status in ("failed", "stopped")
+    task.destroy()
+    assert arm.tagged(task.id) == [] and arm.authorization_left() == []
+
+
+def test_the_shipped_agent_wheel_has_the_az_extra_and_its_lock(
+    arm: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    import zipfile
+
+    task = start(["name=az-wheel", "machine=s"], "#!/bin/bash\ntrue\n")
+    assert task.wait(timeout=60) == "succeeded"
+    lock = dict(line.split("==") for line in read_key(task, ".tpi/agent/lock.txt").decode().splitlines())
+    assert {"azure-identity", "azure-mgmt-compute", "adlfs", "azure-storage-blob"} <= set(lock)
+    fs, root = filesystem(task.record["remote"])
+    (wheel_key,) = [k for k in fs.ls(layout.join(root, ".tpi/agent")) if k.endswith(".whl")]
+    (tmp_path / "agent.whl").write_bytes(fs.cat_file(wheel_key))
+    with zipfile.ZipFile(tmp_path / "agent.whl") as archive:
+        names = archive.namelist()
+        metadata = archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
+        points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
+    assert "tpi_jupyter/backends/azure/machine.py" in names and "Provides-Extra: az" in metadata
+    assert "az = tpi_jupyter.backends.azure.machine" in points
