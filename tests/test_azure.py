@@ -394,6 +394,16 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     scale_set = json.loads(requests[kinds.index("virtualmachinescalesets")][2])
     assert scale_set["sku"] == {"name": "Standard_NC24ads_A100_v4", "tier": "Standard", "capacity": 0}
     assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": -1}
+    # The custom data parses as bash, and its helper as Python (a real image runs both).
+    import subprocess
+
+    text = base64.b64decode(
+        scale_set["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    ).decode()
+    assert subprocess.run(["bash", "-n"], input=text, text=True, check=False).returncode == 0
+    helper = text.split("<<'TPI_HELPER_END'\n", 1)[1].split("\nTPI_HELPER_END\n", 1)[0]
+    compile(helper, "boot_helper.py", "exec")
+    assert "AZURE_CLIENT_ID=IDENTITY-CLIENT-ID" in text and "azure-identity==" in text
     assert arm.calls == [] and state.records() == []  # nothing asked of Azure, nothing recorded
 
 
