@@ -169,9 +169,8 @@ class AzureBackend:
     def _restore(self, spec: TaskSpec, state: AzState, fs: Any, root: str) -> None:
         """An evicted Spot instance is deleted and lowers the capacity: raise it back to the ranks
         still without a status (never lower it: that could remove a running rank's machine)."""
-        reported = sum(
-            1 for rank in range(spec.parallelism) if fs.exists(layout.join(root, layout.status(rank)))
-        )
+        statuses = {layout.join(root, layout.status(rank)) for rank in range(spec.parallelism)}
+        reported = len(statuses & {path.rstrip("/") for path in fs.find(layout.join(root, "reports"))})
         wanted = spec.parallelism - reported
         if wanted > 0 and scaleset.capacity(self.clients, state) < wanted:
             scaleset.set_capacity(self.clients, state, wanted)
