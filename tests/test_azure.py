@@ -248,7 +248,9 @@ def test_parallelism_two_each_rank_deletes_only_its_own_instance(
     assert task.wait(timeout=60) == "succeeded"
     wait_for(lambda: scale_set.instances == {} and scale_set.capacity == 0, timeout=30)
     # Reading the task while rank 1 ran never raised the capacity for the rank that had reported.
-    assert [b for b in arm.bodies("virtualmachinescalesets") if "location" not in b] == [{"sku": {"capacity": 2}}]
+    assert [b for b in arm.bodies("virtualmachinescalesets") if "location" not in b] == [
+        {"sku": {"capacity": 2}}
+    ]
     task.destroy()
     assert arm.tagged(task.id) == []
 
