@@ -501,3 +501,22 @@ def test_the_shipped_agent_wheel_has_the_az_extra_and_its_lock(
         points = archive.read(next(n for n in names if n.endswith(".dist-info/entry_points.txt"))).decode()
     assert "tpi_jupyter/backends/azure/machine.py" in names and "Provides-Extra: az" in metadata
     assert "az = tpi_jupyter.backends.azure.machine" in points
+
+
+def test_subscription_from_the_environment_else_the_azure_cli_profile(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", "from-env")
+    assert clients.subscription() == "from-env"
+    monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
+    monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path))
+    profile = {
+        "subscriptions": [{"id": "other", "isDefault": False}, {"id": "cli-default", "isDefault": True}]
+    }
+    (tmp_path / "azureProfile.json").write_text(
+        json.dumps(profile), encoding="utf-8-sig"
+    )  # the CLI writes a BOM
+    assert clients.subscription() == "cli-default"
+    (tmp_path / "azureProfile.json").unlink()
+    with pytest.raises(SpecError, match=r"^cloud: az has no subscription; accepted: AZURE_SUBSCRIPTION_ID"):
+        clients.subscription()
