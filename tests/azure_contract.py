@@ -255,8 +255,7 @@ class ContractServer:
         lower = path.lower()
         group = re.search(r"/resourcegroups/([^/]+)", lower)
         if (
-            kind != "resourcegroups"
-            and kind != "roleassignments"
+            kind not in ("resourcegroups", *AUTHORIZATION)  # role objects may live at the subscription
             and (
                 not group
                 or f"/subscriptions/{lower.split('/')[2]}/resourcegroups/{group.group(1)}"

@@ -161,7 +161,10 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
         "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete"]}]  # fmt: skip
     scale_set_path = (f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}/providers/"
                       f"Microsoft.Compute/virtualMachineScaleSets/{az['scale_set']}")  # fmt: skip
-    assert release["properties"]["assignableScopes"] == [scale_set_path]
+    # Custom roles are assignable at a group (not a resource); it is assigned on the scale set only.
+    assert release["properties"]["assignableScopes"] == [
+        f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{az['group']}"
+    ]
     machine_roles = sorted((props["roleDefinitionId"].rsplit("/", 1)[-1], path.rsplit("/providers/Microsoft.Authorization", 1)[0])
                            for props, path in assignments if props["principalId"] == az["identity_principal_id"])  # fmt: skip
     assert machine_roles == sorted([(BLOB_ROLE, roles[BLOB_ROLE].rsplit("/providers/Microsoft.Authorization", 1)[0]),

@@ -218,12 +218,12 @@ class AzureBackend:
                     fs.rm(root, recursive=True)
             if state.group_asked:
                 identity.delete_assignments(self.clients, state)
+                identity.delete_release_role(self.clients, state)  # while its assignable group exists
                 try:
                     self.clients("resource").resource_groups.begin_delete(state.group).result()
                 except Exception as error:
                     if not not_found(error):
                         raise
-                identity.delete_release_role(self.clients, state)
         except Exception as error:
             raise RuntimeError(
                 f"az: task {task_id} could not be fully deleted ({describe(error)}); "

@@ -49,12 +49,13 @@ def group_id(state: AzState) -> str:
 
 
 def release_role_body(state: AzState, scale_set_id: str) -> Any:
+    """Assignable in the task's group (custom roles take no resource scope); assigned on the set only."""
     from azure.mgmt.authorization.v2022_04_01 import models
 
     return models.RoleDefinition(
         role_name=f"tpi-release-{state.name}", role_type="CustomRole",
-        description=f"tpi-jupyter task machines: delete instances of scale set {state.name} only",
-        permissions=[models.Permission(actions=RELEASE_ACTIONS)], assignable_scopes=[scale_set_id],
+        description=f"tpi-jupyter task machines: delete instances of {scale_set_id} only",
+        permissions=[models.Permission(actions=RELEASE_ACTIONS)], assignable_scopes=[group_id(state)],
     )  # fmt: skip
 
 
@@ -91,7 +92,7 @@ def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> 
     name = release_role_name(scale_set_id)
     state.release_role = name  # recorded before the request: delete removes it even if the answer fails
     clients("authorization").role_definitions.create_or_update(
-        group_id(state), name, release_role_body(state, scale_set_id)
+        f"/subscriptions/{state.subscription}", name, release_role_body(state, scale_set_id)
     )
     assign(clients, state, scale_set_id, name)
 
@@ -99,7 +100,9 @@ def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> 
 def delete_release_role(clients: Clients, state: AzState) -> None:
     if state.release_role:
         try:
-            clients("authorization").role_definitions.delete(group_id(state), state.release_role)
+            clients("authorization").role_definitions.delete(
+                f"/subscriptions/{state.subscription}", state.release_role
+            )
         except Exception as error:
             if getattr(error, "status_code", None) != 404:
                 raise

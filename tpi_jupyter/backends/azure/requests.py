@@ -59,7 +59,7 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
         ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)),
         ("PUT", f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}", scaleset.body(spec, shown, labels, text)),
-        ("PUT", f"{base}/Microsoft.Authorization/roleDefinitions/NEW-UUID", identity.release_role_body(shown, scale_set_id)),
+        ("PUT", "/subscriptions/SUBSCRIPTION/providers/Microsoft.Authorization/roleDefinitions/NEW-UUID", identity.release_role_body(shown, scale_set_id)),
         ("PUT", f"{scale_set_id}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, "RELEASE-ROLE")),
     ]  # fmt: skip
