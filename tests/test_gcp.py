@@ -1,0 +1,322 @@
+"""The GCP backend end to end: storage on fake-gcs-server, Compute through the contract server.
+
+tests/gcp_contract.py answers the documented compute/v1 REST shapes and validates every request
+body with google-cloud-compute's own message types (unknown fields rejected); it plays the
+managed instance group, each instance running the agent its startup script starts as a local
+process against fake-gcs-server with its own metadata stand-in. What only a real project
+shows is listed in the README.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpi_jupyter import layout, ranks, state
+from tpi_jupyter.backends.gcp import GcpBackend, GcpState
+from tpi_jupyter.backends.gcp import storage as gcp_storage
+from tpi_jupyter.backends.kit.steps import StepError
+from tpi_jupyter.commands import build_spec
+from tpi_jupyter.spec import SpecError
+from tpi_jupyter.sync import filesystem
+from tpi_jupyter.task import Task, launch
+
+from . import emulators
+from .conftest import wait_for
+from .gcp_contract import PROJECT, ContractServer, credentials_file
+
+SECRET = "s3cr3t-value-that-must-not-leak"
+
+
+@pytest.fixture(scope="module")
+def gcs_url() -> Iterator[str]:
+    yield from emulators.fake_gcs_server()
+
+
+@pytest.fixture(scope="module")
+def contract(gcs_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractServer]:
+    base = tmp_path_factory.mktemp("gcp")
+    server = ContractServer(gcs_url, base / "machines", base / "adc.json")
+    credentials_file(base / "adc.json", f"{server.url}/token")
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def gcp(
+    contract: ContractServer, tpi_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[ContractServer]:
+    contract.reset()
+    for key, value in contract.env().items():
+        monkeypatch.setenv(key, value)
+    yield contract
+    contract.reset()
+
+
+def start(words: list[str], script: str) -> Task:
+    task = launch(build_spec(words, {"cloud": "gcp"}), script)
+    assert isinstance(task, Task)
+    return task
+
+
+def buckets() -> list[dict[str, Any]]:
+    answer = gcp_storage.gcs(PROJECT).call("GET", "b", project=PROJECT, json_out=False)
+    return list(json.loads(answer[1] or b"{}").get("items", []))
+
+
+def ours(server: ContractServer, task_id: str) -> list[str]:
+    """Every resource of the task left anywhere: templates, groups, accounts, grants, buckets."""
+    left = [
+        f"template {n}"
+        for n, t in server.templates.items()
+        if t["properties"]["labels"].get("tpi-task") == task_id
+    ]
+    left += [f"group {n}" for n in server.groups]
+    left += [f"account {e}" for e in server.accounts]
+    left += [f"grant {b['role']}" for b in server.policy.get("bindings", []) if "condition" in b]
+    # fake-gcs-server keeps no bucket labels: our buckets are the ones named tpi-<short id>.
+    left += [f"bucket {b['name']}" for b in buckets() if b["name"].startswith("tpi-")]
+    return left
+
+
+def posts(server: ContractServer, fragment: str) -> list[Any]:
+    return [body for method, path, body in server.calls if method == "POST" and path.endswith(fragment)]
+
+
+def read_key(task: Task, key: str) -> bytes:
+    fs, root = filesystem(task.record["remote"])
+    return bytes(fs.cat_file(layout.join(root, key)))
+
+
+LIFE_SCRIPT = """#!/bin/bash
+mkdir -p results
+cat input.txt > results/out.txt
+echo "rank $TPI_RANK of $TPI_WORLD_SIZE, token length ${#SECRET_TOKEN}"
+"""
+
+
+def test_lifecycle_create_run_succeed_destroy(
+    gcp: ContractServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (workdir / "input.txt").write_text("hello from the workdir\n")
+    requested: list[dict[str, Any]] = []  # fake-gcs-server drops labels and iamConfiguration
+    real_body = gcp_storage.bucket_body
+    monkeypatch.setattr(
+        gcp_storage, "bucket_body", lambda *args: requested.append(real_body(*args)) or requested[-1]
+    )
+    words = ["workdir=.", "output=results", "spot=0", "machine=m+t4", "image=nvidia", "timeout=900",
+             f"environment=SECRET_TOKEN={SECRET}", "tags=team=ml", "name=gcp-life"]  # fmt: skip
+    task = start(words, LIFE_SCRIPT)
+    backend = task.record["backend"]
+    assert task.record["remote"] == f"gs://{backend['bucket']}/{task.id}"
+
+    # The group was created at size 0, then resized to 1 after the upload.
+    (group_body,) = posts(gcp, "/instanceGroupManagers")
+    assert group_body["targetSize"] == 0
+    resizes = [(m, p) for m, p, _ in gcp.calls if p.endswith("/resize")]
+    assert len(resizes) == 1
+    # The template: SPOT, deadline backstop, T4 with TERMINATE, DLVM image from its family, labels.
+    (template,) = posts(gcp, "/global/instanceTemplates")
+    properties = template["properties"]
+    assert properties["machineType"] == "n1-standard-4"
+    assert properties["guestAccelerators"] == [{"acceleratorType": "nvidia-tesla-t4", "acceleratorCount": 1}]
+    scheduling = properties["scheduling"]
+    assert scheduling["provisioningModel"] == "SPOT" and scheduling["onHostMaintenance"] == "TERMINATE"
+    assert scheduling["instanceTerminationAction"] == "DELETE" and scheduling["terminationTime"].endswith("Z")
+    assert "deeplearning-platform-release" in properties["disks"][0]["initializeParams"]["sourceImage"]
+    assert properties["labels"]["tpi-task"] == task.id and properties["labels"]["team"] == "ml"
+    assert properties["serviceAccounts"][0]["email"] == backend["service_account"]
+    # No secret anywhere the cloud keeps: metadata, labels, any request body.
+    everything = json.dumps(gcp.calls)
+    assert SECRET not in everything
+    script = properties["metadata"]["items"][0]["value"]
+    assert "SECRET_TOKEN" not in script and "--rank auto --release gcp" in script
+    # The bucket: labelled, uniform access, public access prevented (as requested).
+    assert [b["name"] for b in buckets()] == [backend["bucket"]]
+    (bucket,) = requested
+    assert bucket["labels"]["tpi-task"] == task.id and bucket["location"] == "US-WEST1"
+    assert bucket["iamConfiguration"] == {"uniformBucketLevelAccess": {"enabled": True},
+                                          "publicAccessPrevention": "enforced"}  # fmt: skip
+    (bucket_policy,) = gcp.bucket_policies.values()
+    (objects,) = bucket_policy["bindings"]
+    assert objects["role"] == "roles/storage.objectAdmin" and objects["members"] == [
+        f"serviceAccount:{backend['service_account']}"
+    ]
+    assert (
+        f'startsWith("projects/_/buckets/{backend["bucket"]}/objects/{task.id}/")'
+        in objects["condition"]["expression"]
+    )
+    # The service account may touch this bucket's task prefix and release from its own group only.
+    grants = [
+        b for b in gcp.policy["bindings"] if b["members"] == [f"serviceAccount:{backend['service_account']}"]
+    ]
+    (release,) = grants
+    assert release["role"] == "roles/compute.instanceAdmin.v1"
+    assert release["condition"]["expression"] == (
+        f'resource.name == "projects/{PROJECT}/zones/us-west1-b/instanceGroupManagers/{backend["group"]}"'
+    )
+
+    assert task.wait(timeout=120) == "succeeded", "\n".join(gcp.log_of(n) for n, _ in gcp.ended)
+    assert "rank 0 of 1, token length 31" in task.logs()[0]
+    # The machine released itself with deleteInstances on its own group: no recreate, size 0.
+    (released,) = posts(gcp, "/deleteInstances")
+    claims = ranks.read_claims(*filesystem(task.record["remote"]))
+    assert released["instances"] == [f"zones/us-west1-b/instances/{claims[(0, 0)]}"]
+    wait_for(lambda: gcp.instances(backend["group"]) == [], timeout=30)
+    assert gcp.groups[backend["group"]].target == 0 and gcp.groups[backend["group"]].created == 1
+
+    fetched = task.destroy()
+    assert fetched == ["results/out.txt"]
+    assert (workdir / "results" / "out.txt").read_text() == "hello from the workdir\n"
+    assert ours(gcp, task.id) == [] and state.load(task.id) is None
+    GcpBackend().delete(task.task_spec, task.backend_state)  # idempotent
+
+
+PARALLEL_SCRIPT = """#!/bin/bash
+mkdir -p results
+# rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
+if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
+"""
+
+
+def test_parallelism_two_each_rank_releases_only_itself(
+    gcp: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    task = start(["workdir=.", "output=results", "parallelism=2", "spot=-1", "name=gcp-par",
+                  f"environment=GO_FILE={go}"], PARALLEL_SCRIPT)  # fmt: skip
+    group = task.record["backend"]["group"]
+    (template,) = posts(gcp, "/global/instanceTemplates")
+    assert template["properties"]["scheduling"]["provisioningModel"] == "STANDARD"
+    assert "guestAccelerators" not in template["properties"]
+
+    def rank_zero_reported() -> bool:
+        try:
+            return json.loads(read_key(task, layout.status(0)))["result"] == "success"
+        except FileNotFoundError:
+            return False
+
+    wait_for(rank_zero_reported, timeout=90)
+    claims = ranks.read_claims(*filesystem(task.record["remote"]))
+    assert sorted(claims) == [(0, 0), (1, 0)]
+    # Rank 0 released its own instance only: rank 1's machine is still in the group, still running.
+    wait_for(lambda: gcp.instances(group) == [claims[(1, 0)]], timeout=30)
+    assert gcp.groups[group].target == 1
+    assert task.read(fresh=True).ranks[1].state == "running"
+    go.touch()
+    assert task.wait(timeout=90) == "succeeded"
+    assert [body["instances"] for body in posts(gcp, "/deleteInstances")] == [
+        [f"zones/us-west1-b/instances/{claims[(0, 0)]}"],
+        [f"zones/us-west1-b/instances/{claims[(1, 0)]}"],
+    ]
+    assert not any(path.endswith("/resize") and "size=0" in path for _, path, _ in gcp.calls)
+    task.destroy()
+    assert ours(gcp, task.id) == []
+
+
+RESUME_SCRIPT = """#!/bin/bash
+mkdir -p results
+n=$(cat results/epoch.txt 2>/dev/null || echo 0)
+while [ "$n" -lt 3 ]; do
+  n=$((n + 1)); echo "$n" > results/epoch.txt; echo "epoch $n"
+  if [ "$n" = 2 ] && [ ! -e "$GO_FILE" ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+done
+"""
+
+
+def test_preemption_notice_then_the_group_recreates_and_the_rank_resumes(
+    gcp: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    task = start(["workdir=.", "output=results", "spot=0", "name=gcp-pre", f"environment=GO_FILE={go}"],
+                 RESUME_SCRIPT)  # fmt: skip
+    group = task.record["backend"]["group"]
+    wait_for(lambda: "epoch 2" in "".join(task.logs()), timeout=90)
+    (first,) = gcp.instances(group)
+    gcp.preempt(first)  # instance/preempted = TRUE: the agent syncs, exits without a status
+    go.touch()
+    assert task.wait(timeout=120) == "succeeded", "\n".join(gcp.log_of(n) for n, _ in gcp.ended)
+    claims = ranks.read_claims(*filesystem(task.record["remote"]))
+    assert sorted(claims) == [(0, 0), (0, 1)] and claims[(0, 0)] == first != claims[(0, 1)]
+    assert gcp.groups[group].created == 2  # recreated once, by the group, not by the client
+    assert read_key(task, layout.data("results/epoch.txt")).decode().strip() == "3"
+    logs = task.logs()[0]
+    assert "epoch 3" in logs and "epoch 1" in logs
+    task.destroy()
+    assert ours(gcp, task.id) == []
+
+
+def test_rollback_when_the_group_cannot_be_created(gcp: ContractServer, workdir: Path) -> None:
+    gcp.fail_on = "/instanceGroupManagers"
+    with pytest.raises(StepError) as raised:
+        start(["name=gcp-roll", "spot=0"], "#!/bin/bash\ntrue\n")
+    assert "managed instance group" in str(raised.value) and "\n" not in str(raised.value)
+    assert state.records() == []
+    assert gcp.templates == {} and gcp.groups == {} and gcp.accounts == {}
+    assert [b for b in gcp.policy["bindings"] if "condition" in b] == []
+    assert [b for b in buckets() if b["name"].startswith("tpi-")] == []
+
+
+@pytest.mark.parametrize(
+    ("words", "key", "setup"),
+    [
+        (["region=us-north9-z"], "region", None),
+        (["machine=zz9-mega"], "machine", None),
+        (["machine=m+v100", "region=us-east"], "machine", None),  # us-east1-c offers no V100 here
+        (["machine=m+t4"], "machine", "quota"),
+        ([], "cloud", "disabled"),
+        ([], "cloud", "no-credentials"),
+        (["spot=0.5"], "spot", None),
+        (["image=ubuntu@ubuntu-os-cloud/no-such-family"], "image", None),
+    ],
+)
+def test_preflight_one_line_errors_and_nothing_created(
+    gcp: ContractServer, monkeypatch: pytest.MonkeyPatch, words: list[str], key: str, setup: str | None
+) -> None:
+    if setup == "quota":
+        gcp.quotas["PREEMPTIBLE_NVIDIA_T4_GPUS"] = 0
+    elif setup == "disabled":
+        gcp.compute_disabled = True
+    elif setup == "no-credentials":
+        monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+        monkeypatch.setenv("CLOUDSDK_CONFIG", str(Path(gcp.machines) / "no-gcloud"))
+    with pytest.raises(SpecError) as raised:
+        start(["name=gcp-pre-flight", "spot=0", *words], "#!/bin/bash\ntrue\n")
+    message = str(raised.value)
+    assert message.startswith(f"{key}: ") and "accepted:" in message and "\n" not in message
+    gcp.compute_disabled = False
+    assert state.records() == []
+    assert not [c for c in gcp.calls if c[0] in ("POST", "PUT", "DELETE") and c[1] != "/token"
+                and not c[1].endswith(":getIamPolicy")]  # fmt: skip
+
+
+def test_sweep_finds_and_deletes_a_forgotten_task(gcp: ContractServer, workdir: Path) -> None:
+    from tpi_jupyter.backends.kit.sweep import sweep
+
+    task = start(["name=gcp-sweep", "spot=0"], "#!/bin/bash\nsleep 600\n")
+    wait_for(lambda: gcp.instances(task.record["backend"]["group"]), timeout=30)
+    state.delete(task.id)  # the client forgot it
+    backend = GcpBackend()
+    lines = sweep(backend, [], region=None, everyone=False, delete=False)
+    assert len(lines) == 1 and lines[0].startswith(f"orphan {task.id} (us-west1-b):")
+    assert "managed instance group" in lines[0] and "bucket" in lines[0] and "service account" in lines[0]
+    lines = sweep(backend, [], region=None, everyone=False, delete=True)
+    assert lines[0].startswith(f"deleted {task.id}")
+    assert ours(gcp, task.id) == []
+    assert sweep(backend, [], region=None, everyone=False, delete=False) == []
+
+
+def test_state_round_trips_and_dry_run_plan_names_every_resource(gcp: ContractServer) -> None:
+    spec = build_spec(["name=gcp-plan", "machine=m+t4"], {"cloud": "gcp"})
+    backend = GcpBackend()
+    lines = backend.plan(spec, backend.new_state(spec, 0.0))
+    text = "\n".join(lines)
+    for word in ("bucket", "service account", "instance template", "managed instance group", "labels"):
+        assert word in text
+    assert GcpState(**json.loads(json.dumps(GcpState(project="p").__dict__))).project == "p"
+    assert gcp.calls == []  # a plan asks nothing of the cloud
