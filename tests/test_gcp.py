@@ -19,11 +19,10 @@ import pytest
 from tpi_jupyter import layout, ranks, state
 from tpi_jupyter.backends.gcp import GcpBackend, GcpState
 from tpi_jupyter.backends.gcp import storage as gcp_storage
-from tpi_jupyter.backends.kit.steps import StepError
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.spec import SpecError
 from tpi_jupyter.sync import filesystem
-from tpi_jupyter.task import Task, launch
+from tpi_jupyter.task import Task, TaskError, launch
 
 from . import emulators
 from .conftest import wait_for
@@ -253,9 +252,12 @@ def test_preemption_notice_then_the_group_recreates_and_the_rank_resumes(
 
 def test_rollback_when_the_group_cannot_be_created(gcp: ContractServer, workdir: Path) -> None:
     gcp.fail_on = "/instanceGroupManagers"
-    with pytest.raises(StepError) as raised:
+    with pytest.raises(TaskError) as raised:
         start(["name=gcp-roll", "spot=0"], "#!/bin/bash\ntrue\n")
-    assert "managed instance group" in str(raised.value) and "\n" not in str(raised.value)
+    message = str(raised.value)
+    assert "creating the managed instance group failed" in message and "\n" not in message
+    assert message.endswith("everything created so far was removed")
+    assert posts(gcp, "/global/instanceTemplates") and posts(gcp, "/serviceAccounts")  # made, then removed
     assert state.records() == []
     assert gcp.templates == {} and gcp.groups == {} and gcp.accounts == {}
     assert [b for b in gcp.policy["bindings"] if "condition" in b] == []

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import urllib.error
 import urllib.request
+from typing import Any
 
 METADATA_HOST = "metadata.google.internal"
 TIMEOUT = 2.0
@@ -42,7 +43,7 @@ def notice() -> str | None:
     return "spot preemption notice (instance/preempted)" if preempted == "TRUE" else None
 
 
-def release_request(name: str) -> tuple[str, dict[str, object]]:
+def release_request(name: str) -> tuple[str, dict[str, Any]]:
     """The deleteInstances URL and body for one instance of this machine's group."""
     project, zone, group = (os.environ[f"TPI_GCP_{key}"] for key in ("PROJECT", "ZONE", "GROUP"))
     base = os.environ.get("TPI_GCP_COMPUTE_ENDPOINT") or COMPUTE
