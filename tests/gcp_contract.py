@@ -226,7 +226,8 @@ class ContractServer:
                     self._scale(group)
 
     def preempt(self, name: str, grace: float = 30.0) -> None:
-        """GCE reclaims a Spot VM: the notice first, then the machine goes (the group recreates it)."""
+        """GCE reclaims a Spot VM: the notice first, the machine gone 30 s later at most (the
+        watcher then sees it died without deleteInstances, and the group recreates it)."""
         with self._lock:
             group = next(g for g in self.groups.values() if name in g.instances)
             instance = group.instances[name]
@@ -236,6 +237,8 @@ class ContractServer:
         if process is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=grace)
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGKILL)
 
     def instances(self, group: str) -> list[str]:
         with self._lock:

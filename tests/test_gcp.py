@@ -243,6 +243,11 @@ def test_preemption_notice_then_the_group_recreates_and_the_rank_resumes(
     claims = ranks.read_claims(*filesystem(task.record["remote"]))
     assert sorted(claims) == [(0, 0), (0, 1)] and claims[(0, 0)] == first != claims[(0, 1)]
     assert gcp.groups[group].created == 2  # recreated once, by the group, not by the client
+    # The agent left on the notice by itself (not killed at the end of the 30 s), without a release.
+    assert [code for name, code in gcp.ended if name == first] == [0]
+    assert [body["instances"] for body in posts(gcp, "/deleteInstances")] == [
+        [f"zones/us-west1-b/instances/{claims[(0, 1)]}"]
+    ]
     assert read_key(task, layout.data("results/epoch.txt")).decode().strip() == "3"
     logs = task.logs()[0]
     assert "epoch 3" in logs and "epoch 1" in logs
