@@ -327,3 +327,60 @@ def test_state_round_trips_and_dry_run_plan_names_every_resource(gcp: ContractSe
         assert word in text
     assert GcpState(**json.loads(json.dumps(GcpState(project="p").__dict__))).project == "p"
     assert gcp.calls == []  # a plan asks nothing of the cloud
+
+
+def test_startup_script_helper_fetches_the_agent_and_releases_its_own_instance(
+    gcp: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    """The startup script's own helper (gcsfs, the metadata server, deleteInstances), run as the
+    machine would, against fake-gcs-server, a metadata stand-in and the contract server."""
+    import os
+    import shlex
+    import subprocess
+    import sys
+    import zipfile
+
+    import gcsfs
+
+    from .gcp_metadata import Metadata
+
+    task = start(["name=gcp-boot", "spot=0"], "#!/bin/bash\nsleep 600\n")
+    group = task.record["backend"]["group"]
+    (instance,) = wait_for(lambda: gcp.instances(group), timeout=30)  # type: ignore[misc]
+    script = gcp.templates[group]["properties"]["metadata"]["items"][0]["value"]
+    assert f'"$TPI_ROOT/{Path(task.record["backend"]["wheel_key"]).name}[gcp]"' in script
+    helper = script.split("<<'TPI_HELPER_END'\n", 1)[1].split("\nTPI_HELPER_END\n", 1)[0]
+    (tmp_path / "helper.py").write_text(helper)
+    exports = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1) for line in script.splitlines()
+                   if line.startswith("export TPI_GCP_"))  # fmt: skip
+    metadata = Metadata(instance, "us-west1-b", PROJECT)
+    env = {k: v for k, v in os.environ.items() if k != "TPI_INSTANCE_ID"}
+    env.update(exports, GCE_METADATA_HOST=metadata.host)
+
+    def helper_run(*args: str) -> str:
+        done = subprocess.run([sys.executable, str(tmp_path / "helper.py"), *args], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode in (0, 1), done.stderr
+        return done.stdout
+
+    try:
+        assert helper_run("machine-id").strip() == instance  # from the metadata server
+        assert "instance/name" in metadata.asked
+        line = next(line for line in script.splitlines() if "tpi_helper get " in line and ".whl" in line)
+        key = shlex.split(line)[shlex.split(line).index("get") + 1]
+        helper_run("get", key, str(tmp_path / "agent.whl"))
+        with zipfile.ZipFile(tmp_path / "agent.whl") as archive:
+            assert "tpi_jupyter/backends/gcp/machine.py" in archive.namelist()
+        helper_run("get", ".tpi/agent/lock.txt", str(tmp_path / "lock.txt"))
+        assert f"gcsfs=={gcsfs.__version__}" in (tmp_path / "lock.txt").read_text().splitlines()
+        (tmp_path / "boot.log").write_text("tpi-boot: a boot that failed\n")
+        helper_run("boot-log", instance, str(tmp_path / "boot.log"))
+        assert "released this machine" in helper_run("failed", instance, "test failure", "1")
+    finally:
+        metadata.close()
+    (released,) = posts(gcp, "/deleteInstances")
+    assert released["instances"] == [f"zones/us-west1-b/instances/{instance}"]
+    assert gcp.groups[group].target == 0
+    assert read_key(task, f".tpi/machines/{instance}/boot-log").startswith(b"tpi-boot: a boot that failed")
+    task.destroy()
+    assert ours(gcp, task.id) == []
