@@ -114,6 +114,7 @@ class ContractServer:
         self.storage_url, self.machines, self.credentials_file = storage_url, machines, credentials_file
         self.calls: list[tuple[str, str, Any]] = []  # (method, path, body)
         self.templates: dict[str, dict[str, Any]] = {}
+        self.firewalls: dict[str, dict[str, Any]] = {}
         self.groups: dict[str, Group] = {}
         self.accounts: dict[str, dict[str, Any]] = {}
         self.policy: dict[str, Any] = {"version": 1, "etag": "BwY0", "bindings": []}
@@ -159,6 +160,7 @@ class ContractServer:
                     self._end(instance)
             self.groups.clear()
             self.templates.clear()
+            self.firewalls.clear()
             self.accounts.clear()
             self.calls.clear()
             self.ended.clear()
@@ -333,6 +335,18 @@ class ContractServer:
                         "selfLink": f"https://www.googleapis.com/compute/v1/projects/{project}/global/images/{match[1]}-v20261101"}  # fmt: skip
             if project != PROJECT:
                 raise ApiError(404, f"The resource 'projects/{project}' was not found")
+            if rest == "global/firewalls" and method == "POST":
+                validate("Firewall", body)
+                if body["name"] in self.firewalls:
+                    raise ApiError(409, f"The resource 'firewalls/{body['name']}' already exists")
+                self.firewalls[body["name"]] = body
+                return self._operation("insert", f"global/firewalls/{body['name']}")
+            if (match := re.fullmatch(r"global/firewalls/([^/]+)", rest)) and method == "DELETE":
+                if self.firewalls.pop(match[1], None) is None:
+                    raise ApiError(
+                        404, f"The resource 'projects/{PROJECT}/global/firewalls/{match[1]}' was not found"
+                    )
+                return self._operation("delete", f"global/firewalls/{match[1]}")
             if rest == "global/instanceTemplates":
                 return self._templates(method, body)
             if match := re.fullmatch(r"global/instanceTemplates/([^/]+)", rest):

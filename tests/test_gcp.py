@@ -75,6 +75,7 @@ def ours(server: ContractServer, task_id: str) -> list[str]:
         if t["properties"]["labels"].get("tpi-task") == task_id
     ]
     left += [f"group {n}" for n in server.groups]
+    left += [f"firewall {n}" for n in server.firewalls]
     left += [f"account {e}" for e in server.accounts]
     left += [f"grant {b['role']}" for b in server.policy.get("bindings", []) if "condition" in b]
     # fake-gcs-server keeps no bucket labels: our buckets are the ones named tpi-<short id>.
@@ -129,6 +130,11 @@ def test_lifecycle_create_run_succeed_destroy(
     assert "deeplearning-platform-release" in properties["disks"][0]["initializeParams"]["sourceImage"]
     assert properties["labels"]["tpi-task"] == task.id and properties["labels"]["team"] == "ml"
     assert properties["serviceAccounts"][0]["email"] == backend["service_account"]
+    # No inbound traffic: the machines' tag is the target of a deny-all ingress rule above the defaults.
+    (rule,) = posts(gcp, "/global/firewalls")
+    assert properties["tags"] == {"items": [rule["name"]]} and rule["targetTags"] == [rule["name"]]
+    assert rule["denied"] == [{"IPProtocol": "all"}] and rule["priority"] < 65534
+    assert rule["direction"] == "INGRESS" and rule["sourceRanges"] == ["0.0.0.0/0"]
     # No secret anywhere the cloud keeps: metadata, labels, any request body.
     everything = json.dumps(gcp.calls)
     assert SECRET not in everything
@@ -264,7 +270,7 @@ def test_rollback_when_the_group_cannot_be_created(gcp: ContractServer, workdir:
     assert message.endswith("everything created so far was removed")
     assert posts(gcp, "/global/instanceTemplates") and posts(gcp, "/serviceAccounts")  # made, then removed
     assert state.records() == []
-    assert gcp.templates == {} and gcp.groups == {} and gcp.accounts == {}
+    assert gcp.templates == {} and gcp.groups == {} and gcp.accounts == {} and gcp.firewalls == {}
     assert [b for b in gcp.policy["bindings"] if "condition" in b] == []
     assert [b for b in buckets() if b["name"].startswith("tpi-")] == []
 

@@ -31,7 +31,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import group, identity, storage
+from . import group, identity, network, storage
 from . import sweep as gcp_sweep
 from . import template as gcp_template
 from .boot import startup_script
@@ -84,6 +84,7 @@ class GcpBackend:
             f"checks first: credentials (ADC), project, zone {zone}, {machine} offered there, image {spec.native_image}",
             storage_line,
             account,
+            f"network: firewall rule {base} denies all ingress to the task's machines (no SSH)",
             f"instance template {base}: {machine}, startup script installs this tpi-jupyter's agent (locked "
             "versions), no secret in metadata, terminated at the deadline",
             f"machines: managed instance group {base} in {zone}, 0 then {spec.parallelism} x {machine}, "
@@ -103,7 +104,10 @@ class GcpBackend:
         )
         found = labels(spec, state.creator)
         steps.explain = describe
-        parallel: dict[str, Callable[[], object]] = {"bucket": lambda: storage.create_bucket(state, found)}
+        parallel: dict[str, Callable[[], object]] = {
+            "bucket": lambda: storage.create_bucket(state, found),
+            "firewall rule": lambda: network.create_firewall(self.clients, state, spec.id),
+        }
         if spec.permission_set:
             state.service_account = spec.permission_set.split(",", 1)[0]
         else:
@@ -172,11 +176,12 @@ class GcpBackend:
         self._delete(state, spec.id)
 
     def _delete(self, state: GcpState, task_id: str) -> None:
-        """Group, template, service account and its grants, bucket; what is missing counts as deleted."""
+        """Group, template, firewall rule, service account and its grants, bucket; what is missing counts as deleted."""
         failures: list[str] = []
         actions: list[tuple[str, Callable[[], object]]] = [
             ("managed instance group", lambda: group.delete_group(self.clients, state)),
             ("instance template", lambda: group.delete_template(self.clients, state)),
+            ("firewall rule", lambda: network.delete_firewall(self.clients, state)),
             ("service account", lambda: identity.delete_account(self.clients, state)),
             ("bucket", lambda: storage.delete_storage(state)),
         ]

@@ -42,6 +42,7 @@ class GcpState:
     wheel_key: str = ""
     lock_key: str = ""
     template: str = ""
+    firewall: str = ""
     group: str = ""
     stopped: bool = False
 

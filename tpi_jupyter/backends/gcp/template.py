@@ -45,11 +45,12 @@ def body(spec: TaskSpec, state: GcpState, labels: dict[str, str], startup_script
         "machineType": state.machine_type,
         "labels": labels,
         "disks": [{"boot": True, "autoDelete": True, "type": "PERSISTENT", "initializeParams": disk}],
-        # An ephemeral external address for egress (pip, GCS); no firewall rule is added.
+        # An ephemeral external address for egress (pip, GCS); ingress is denied (network.py).
         "networkInterfaces": [{"network": "global/networks/default",
                                "accessConfigs": [{"name": "External NAT", "type": "ONE_TO_ONE_NAT"}]}],
         "metadata": {"items": [{"key": "startup-script", "value": startup_script}]},
         "scheduling": scheduling(spec, state),
+        "tags": {"items": [state.name]},  # the task's deny-all ingress rule (network.py) applies
         "serviceAccounts": [{"email": state.service_account, "scopes": [SCOPE]}],
     }  # fmt: skip
     if state.accelerator:
