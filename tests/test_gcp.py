@@ -390,3 +390,38 @@ def test_startup_script_helper_fetches_the_agent_and_releases_its_own_instance(
     assert read_key(task, f".tpi/machines/{instance}/boot-log").startswith(b"tpi-boot: a boot that failed")
     task.destroy()
     assert ours(gcp, task.id) == []
+
+
+def test_dry_run_json_prints_every_create_request_body_and_creates_nothing(
+    gcp: ContractServer, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from google.cloud import compute_v1
+
+    from tpi_jupyter import cli
+
+    (workdir / "input.txt").write_text("x\n")
+    (workdir / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    words = ["run", "cloud=gcp", "workdir=.", "machine=m+t4", "image=nvidia", "spot=0", "name=gcp-dry", f"environment=TOKEN={SECRET}",
+             "--script", "run.sh", "--dry-run", "--json"]  # fmt: skip
+    assert cli.main(words) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(printed)
+    assert SECRET not in printed and plan["files"] == 2
+    urls = [f"{r['method']} {r['url'].split('?')[0].rsplit('/', 2)[-2:]}" for r in plan["requests"]]
+    assert len(urls) == 8, urls
+    kinds = {"firewalls": "Firewall", "instanceTemplates": "InstanceTemplate",
+             "instanceGroupManagers": "InstanceGroupManager"}  # fmt: skip
+    for request in plan["requests"]:  # what Compute would get is what its own types accept
+        kind = kinds.get(request["url"].rsplit("/", 1)[-1])
+        if kind:
+            getattr(compute_v1, kind).from_json(json.dumps(request["body"]), ignore_unknown_fields=False)
+    template = next(r["body"] for r in plan["requests"] if r["url"].endswith("/instanceTemplates"))
+    assert template["properties"]["scheduling"]["provisioningModel"] == "SPOT"
+    assert template["properties"]["disks"][0]["initializeParams"]["sourceImage"] == (
+        "projects/deeplearning-platform-release/global/images/family/common-cu124-ubuntu-2204-py310"
+    )
+    assert gcp.calls == [] and state.records() == []
+    # --json is for plans only: one line, exit 2, nothing created.
+    assert cli.main([*words[:-2], "--json"]) == 2
+    assert "--json: shows a launch plan; accepted: --dry-run --json" in capsys.readouterr().err
+    assert gcp.calls == [] and state.records() == []

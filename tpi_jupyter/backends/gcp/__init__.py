@@ -22,6 +22,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import fields
+from typing import Any
 
 from ... import layout, ranks
 from ...agent_watch import STOP_KEY
@@ -91,6 +92,12 @@ class GcpBackend:
             f"{pricing_text(spec.spot)}, recreated when preempted",
             f"labels: {label_text}",
         ]
+
+    def plan_requests(self, spec: TaskSpec, state: GcpState) -> list[dict[str, Any]]:
+        """`--dry-run --json`: each create request with its body (nothing is asked of the cloud)."""
+        from .plan import requests
+
+        return requests(spec, state.deadline)
 
     # ------------------------------------------------------------ create / start
 
