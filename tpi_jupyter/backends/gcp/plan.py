@@ -49,9 +49,7 @@ def requests(spec: TaskSpec, deadline: float) -> list[dict[str, Any]]:
     boot = BootPlan(task_id=spec.id, remote=f"gs://{state.bucket}/{state.prefix}", deadline=deadline,
                     wheel_key=shipped_key(state.wheel_key, state), lock_key=shipped_key(state.lock_key, state),
                     failed_boot_limit=boot_failures.limit(spec.parallelism))  # fmt: skip
-    import gcsfs
-
-    startup = script(boot, cloud_boot(state, str(gcsfs.__version__)))
+    startup = script(boot, cloud_boot(state, _gcsfs_version()))
     made: list[dict[str, Any]] = []
     if not spec.container:
         made.append({"method": "POST", "url": f"{STORAGE}/storage/v1/b?project={project}",
@@ -72,6 +70,16 @@ def requests(spec: TaskSpec, deadline: float) -> list[dict[str, Any]]:
          f"/resize?size={spec.parallelism}", "body": None},
     ]  # fmt: skip
     return made
+
+
+def _gcsfs_version() -> str:
+    """The client's gcsfs, which machines get; a plain dry run must work without the gcp extra."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gcsfs")
+    except PackageNotFoundError:
+        return "not-installed"
 
 
 def shipped_key(key: str, state: GcpState) -> str:
