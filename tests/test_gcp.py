@@ -425,3 +425,15 @@ def test_dry_run_json_prints_every_create_request_body_and_creates_nothing(
     assert cli.main([*words[:-2], "--json"]) == 2
     assert "--json: shows a launch plan; accepted: --dry-run --json" in capsys.readouterr().err
     assert gcp.calls == [] and state.records() == []
+
+
+def test_gcp_is_found_by_entry_point_with_its_machine_hooks() -> None:
+    from tpi_jupyter.backends.base import get_backend, machine_hooks
+
+    backend = get_backend("gcp")
+    assert isinstance(backend, GcpBackend)
+    assert (backend.capabilities.ranks, backend.capabilities.sweep, backend.capabilities.preemption) == (
+        "claims", True, True)  # fmt: skip
+    hooks = machine_hooks("gcp")
+    assert hooks.__name__ == "tpi_jupyter.backends.gcp.machine" and callable(hooks.release)
+    assert callable(hooks.notice) and callable(hooks.identity)
