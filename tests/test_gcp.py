@@ -437,3 +437,29 @@ def test_gcp_is_found_by_entry_point_with_its_machine_hooks() -> None:
     hooks = machine_hooks("gcp")
     assert hooks.__name__ == "tpi_jupyter.backends.gcp.machine" and callable(hooks.release)
     assert callable(hooks.notice) and callable(hooks.identity)
+
+
+def test_stop_goes_through_the_bucket_and_each_machine_releases_itself(
+    gcp: ContractServer, workdir: Path
+) -> None:
+    task = start(["name=gcp-stop", "spot=0"], "#!/bin/bash\necho started\nsleep 600\n")
+    group = task.record["backend"]["group"]
+    wait_for(lambda: "started" in "".join(task.logs()), timeout=90)
+    (instance,) = gcp.instances(group)
+    task.stop()
+    assert gcp.instances(group) == []
+    (released,) = posts(gcp, "/deleteInstances")  # the agent saw the stop key and released itself
+    assert released["instances"] == [f"zones/us-west1-b/instances/{instance}"]
+    outcome = json.loads(read_key(task, layout.status(0)))
+    assert outcome["result"] == "failure" and outcome["reason"].startswith("stopped")
+    task.destroy()
+    assert ours(gcp, task.id) == []
+
+
+def test_delete_tolerates_a_partial_record(gcp: ContractServer) -> None:
+    backend = GcpBackend()
+    spec = build_spec(["name=gone"], {"cloud": "gcp"})
+    backend.delete(spec, GcpState())
+    backend.delete(spec, GcpState(project=PROJECT, zone="us-west1-b", name="tpi-nothing", group="tpi-nothing",
+                                  template="tpi-nothing", firewall="tpi-nothing", bucket="tpi-nothing",
+                                  prefix="gone", bucket_created=True))  # fmt: skip
