@@ -105,6 +105,14 @@ class Group:
     target: int = 0
     instances: dict[str, Instance] = field(default_factory=dict)
     created: int = 0  # instances ever made (names and the test's counts)
+    errors: list[dict[str, Any]] = field(default_factory=list)  # what listErrors answers
+
+    def fail(self, code: str, message: str, when: str) -> None:
+        """An error the group met (a stockout, a quota), as listErrors documents it."""
+        error = {"error": {"code": code, "message": message}, "timestamp": when,
+                 "instanceActionDetails": {"action": "CREATING"}}  # fmt: skip
+        validate("InstanceManagedByIgmError", error)
+        self.errors.append(error)
 
 
 class ContractServer:
@@ -477,7 +485,7 @@ class ContractServer:
                  "instanceStatus": i.status, "currentAction": "NONE", "id": str(abs(hash(i.name)) % 10**12)}
                 for i in group.instances.values()]}  # fmt: skip
         if verb == "listErrors":
-            return {"items": []}
+            return {"items": group.errors}
         raise ApiError(404, f"no such verb {verb}")
 
     def _delete_instance(self, zone: str, name: str) -> Any:

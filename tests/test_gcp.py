@@ -446,6 +446,13 @@ def test_stop_goes_through_the_bucket_and_each_machine_releases_itself(
     group = task.record["backend"]["group"]
     wait_for(lambda: "started" in "".join(task.logs()), timeout=90)
     (instance,) = gcp.instances(group)
+    # Read: the group's managed instances, and listErrors as events.
+    gcp.groups[group].fail("ZONE_RESOURCE_POOL_EXHAUSTED", "The zone does not have enough resources",
+                           "2026-11-30T12:00:00.000-08:00")  # fmt: skip
+    found = GcpBackend().read(task.task_spec, task.backend_state)
+    assert found.exists and [m.alive for m in found.machines] == [True] and found.machines[0].rank == 0
+    assert found.events == [{"time": 1796068800.0, "kind": "group-error", "rank": None,
+                             "detail": "ZONE_RESOURCE_POOL_EXHAUSTED: The zone does not have enough resources"}]  # fmt: skip
     task.stop()
     assert gcp.instances(group) == []
     (released,) = posts(gcp, "/deleteInstances")  # the agent saw the stop key and released itself

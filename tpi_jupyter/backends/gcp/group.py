@@ -4,6 +4,8 @@ resizing, preempting and deleting them."""
 from __future__ import annotations
 
 import json
+import time
+from datetime import datetime
 from typing import Any
 
 from ..base import GroupState, Machine
@@ -89,8 +91,18 @@ def read(clients: Clients, state: GcpState, owners: dict[str, tuple[int, int]]) 
     )
     for error in errors:
         detail = f"{error.error.code}: {error.error.message}" if error.error else "error"
-        events.append({"time": error.timestamp, "kind": "group-error", "rank": -1, "detail": detail})
+        events.append(
+            {"time": _epoch(error.timestamp), "kind": "group-error", "rank": None, "detail": detail}
+        )
     return GroupState(exists=True, machines=machines, events=events)
+
+
+def _epoch(stamp: str) -> float:
+    """An RFC 3339 time as epoch seconds (events are ordered by it); now when it is missing."""
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return time.time()
 
 
 def delete_instance(clients: Clients, state: GcpState, name: str) -> None:
