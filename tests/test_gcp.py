@@ -470,3 +470,14 @@ def test_delete_tolerates_a_partial_record(gcp: ContractServer) -> None:
     backend.delete(spec, GcpState(project=PROJECT, zone="us-west1-b", name="tpi-nothing", group="tpi-nothing",
                                   template="tpi-nothing", firewall="tpi-nothing", bucket="tpi-nothing",
                                   prefix="gone", bucket_created=True))  # fmt: skip
+
+
+def test_rank_claims_on_gcs_are_exclusive(gcp: ContractServer) -> None:
+    """gcsfs's create mode sends ifGenerationMatch=0: the second claim of a rank loses."""
+    fs = gcp_storage.gcs(PROJECT)
+    fs.mkdir("tpi-claims")
+    path = "tpi-claims/task/reports/0/0/claim"
+    assert ranks.create_exclusive(fs, path, b"machine-a\n") is True
+    assert ranks.create_exclusive(fs, path, b"machine-b\n") is False
+    assert fs.cat_file(path) == b"machine-a\n"
+    fs.rm("tpi-claims", recursive=True)
