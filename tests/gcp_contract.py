@@ -93,6 +93,7 @@ class Instance:
     log: Path
     released: bool = False
     preempted: bool = False
+    finished: bool = False
     status: str = "RUNNING"
 
 
@@ -131,7 +132,9 @@ class ContractServer:
         self.compute_disabled = False
         self.fail_on: str = ""  # a path fragment whose POST answers 500 (rollback tests)
         self.ended: list[tuple[str, int | None]] = []  # (instance, exit code) of every played machine
+        self._leaving: list[Instance] = []  # released instances in their grace period
         self._lock = threading.RLock()
+        self._end_lock = threading.Lock()
         self._ids = itertools.count(1000)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._stop = threading.Event()
@@ -162,7 +165,11 @@ class ContractServer:
         self._server.server_close()
 
     def reset(self) -> None:
+        """Between tests: no machine of an earlier test may still run and call in."""
         with self._lock:
+            for instance in self._leaving:
+                self._end(instance)
+            self._leaving.clear()
             for group in list(self.groups.values()):
                 for instance in list(group.instances.values()):
                     self._end(instance)
@@ -208,14 +215,21 @@ class ContractServer:
         group.instances[name] = Instance(name, metadata, process, log)
 
     def _end(self, instance: Instance, grace: float = 0.0) -> None:
+        """The machine goes: after `grace` seconds to leave by itself, killed. Once per instance
+        (a released machine's grace thread and a reset may both get here)."""
         process = instance.process
-        if process is not None and process.poll() is None:
+        if process is not None and grace:
             with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout=grace) if grace else None
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+                process.wait(timeout=grace)
+        with self._end_lock:
+            if instance.finished:
+                return
+            instance.finished = True
         if process is not None:
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
             self.ended.append((instance.name, process.returncode))
         instance.process = None
         instance.metadata.close()
@@ -475,6 +489,7 @@ class ContractServer:
                     instance = group.instances.pop(name)
                     instance.released = True
                     group.target -= 1
+                    self._leaving.append(instance)
                     threading.Thread(target=self._end, args=(instance, 30.0), daemon=True).start()
                 elif not request.skip_instances_on_validation_error:
                     raise ApiError(400, f"instance {name} is not in group {group.name}")

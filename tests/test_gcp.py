@@ -168,7 +168,7 @@ def test_lifecycle_create_run_succeed_destroy(
     assert task.wait(timeout=120) == "succeeded", "\n".join(gcp.log_of(n) for n, _ in gcp.ended)
     assert "rank 0 of 1, token length 31" in task.logs()[0]
     # The machine released itself with deleteInstances on its own group: no recreate, size 0.
-    (released,) = posts(gcp, "/deleteInstances")
+    (released,) = posts(gcp, f"/{backend['group']}/deleteInstances")
     claims = ranks.read_claims(*filesystem(task.record["remote"]))
     assert released["instances"] == [f"zones/us-west1-b/instances/{claims[(0, 0)]}"]
     wait_for(lambda: gcp.instances(backend["group"]) == [], timeout=30)
@@ -215,7 +215,7 @@ def test_parallelism_two_each_rank_releases_only_itself(
     assert task.read(fresh=True).ranks[1].state == "running"
     go.touch()
     assert task.wait(timeout=90) == "succeeded"
-    assert [body["instances"] for body in posts(gcp, "/deleteInstances")] == [
+    assert [body["instances"] for body in posts(gcp, f"/{group}/deleteInstances")] == [
         [f"zones/us-west1-b/instances/{claims[(0, 0)]}"],
         [f"zones/us-west1-b/instances/{claims[(1, 0)]}"],
     ]
@@ -251,7 +251,7 @@ def test_preemption_notice_then_the_group_recreates_and_the_rank_resumes(
     assert gcp.groups[group].created == 2  # recreated once, by the group, not by the client
     # The agent left on the notice by itself (not killed at the end of the 30 s), without a release.
     assert [code for name, code in gcp.ended if name == first] == [0]
-    assert [body["instances"] for body in posts(gcp, "/deleteInstances")] == [
+    assert [body["instances"] for body in posts(gcp, f"/{group}/deleteInstances")] == [
         [f"zones/us-west1-b/instances/{claims[(0, 1)]}"]
     ]
     assert read_key(task, layout.data("results/epoch.txt")).decode().strip() == "3"
@@ -384,7 +384,7 @@ def test_startup_script_helper_fetches_the_agent_and_releases_its_own_instance(
         assert "released this machine" in helper_run("failed", instance, "test failure", "1")
     finally:
         metadata.close()
-    (released,) = posts(gcp, "/deleteInstances")
+    (released,) = posts(gcp, f"/{group}/deleteInstances")
     assert released["instances"] == [f"zones/us-west1-b/instances/{instance}"]
     assert gcp.groups[group].target == 0
     assert read_key(task, f".tpi/machines/{instance}/boot-log").startswith(b"tpi-boot: a boot that failed")
@@ -455,7 +455,7 @@ def test_stop_goes_through_the_bucket_and_each_machine_releases_itself(
                              "detail": "ZONE_RESOURCE_POOL_EXHAUSTED: The zone does not have enough resources"}]  # fmt: skip
     task.stop()
     assert gcp.instances(group) == []
-    (released,) = posts(gcp, "/deleteInstances")  # the agent saw the stop key and released itself
+    (released,) = posts(gcp, f"/{group}/deleteInstances")  # the agent saw the stop key and released itself
     assert released["instances"] == [f"zones/us-west1-b/instances/{instance}"]
     outcome = json.loads(read_key(task, layout.status(0)))
     assert outcome["result"] == "failure" and outcome["reason"].startswith("stopped")
