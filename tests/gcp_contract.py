@@ -227,12 +227,22 @@ class ContractServer:
             instance.finished = True
         if process is not None:
             if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
+                # The machine vanishes whole: the agent, and the script it runs in a session of
+                # its own (an agent that ended by itself has ended its script).
+                script = self._script_pid(instance)
+                for pid in (process.pid, *([script] if script else [])):
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pid, signal.SIGKILL)
+            process.wait(timeout=10)
             self.ended.append((instance.name, process.returncode))
         instance.process = None
         instance.metadata.close()
+
+    def _script_pid(self, instance: Instance) -> int | None:
+        try:
+            return int((self.machines / instance.name / "script.pid").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
 
     def _scale(self, group: Group) -> None:
         while len(group.instances) < group.target:

@@ -87,6 +87,15 @@ def posts(server: ContractServer, fragment: str) -> list[Any]:
     return [body for method, path, body in server.calls if method == "POST" and path.endswith(fragment)]
 
 
+def running(pid: int) -> bool:
+    """Whether a process runs (a killed one may stay a zombie until its new parent reaps it)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return False
+    return "\nState:\tZ" not in status
+
+
 def read_key(task: Task, key: str) -> bytes:
     fs, root = filesystem(task.record["remote"])
     return bytes(fs.cat_file(layout.join(root, key)))
@@ -481,3 +490,24 @@ def test_rank_claims_on_gcs_are_exclusive(gcp: ContractServer) -> None:
     assert ranks.create_exclusive(fs, path, b"machine-b\n") is False
     assert fs.cat_file(path) == b"machine-a\n"
     fs.rm("tpi-claims", recursive=True)
+
+
+def test_tpi_preempt_deletes_the_ranks_instance_and_the_group_recreates_it(
+    gcp: ContractServer, workdir: Path, tmp_path: Path
+) -> None:
+    go = tmp_path / "go"
+    script = '#!/bin/bash\nif [ ! -e "$GO_FILE" ]; then echo waiting; sleep 600; fi\necho "done"\n'
+    task = start(["name=gcp-kill", "spot=0", f"environment=GO_FILE={go}"], script)
+    group = task.record["backend"]["group"]
+    wait_for(lambda: "waiting" in "".join(task.logs()), timeout=90)
+    (first,) = gcp.instances(group)
+    script_pid = int((gcp.machines / first / "script.pid").read_text())
+    task.preempt(0)  # instances.delete: the machine vanishes, script and all
+    assert first not in gcp.instances(group) and gcp.groups[group].target == 1
+    assert not running(script_pid)
+    go.touch()
+    assert task.wait(timeout=120) == "succeeded"
+    claims = ranks.read_claims(*filesystem(task.record["remote"]))
+    assert sorted(claims) == [(0, 0), (0, 1)] and claims[(0, 0)] == first != claims[(0, 1)]
+    task.destroy()
+    assert ours(gcp, task.id) == []
