@@ -82,8 +82,10 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
-    files: bool = False, prog: str = "tpi",
+    files: bool = False, prog: str = "tpi", as_json: bool = False,
 ) -> Launched:  # fmt: skip
+    if as_json and not dry_run:
+        raise UsageFailure("--json: shows a launch plan; accepted: --dry-run --json")
     spec = build_spec(assignments, defaults, cwd)
     try:
         script.encode("utf-8")
@@ -94,7 +96,7 @@ def run_task(
         ) from None
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
-        out(result.text(all_files=files))
+        out(result.json() if as_json else result.text(all_files=files))
         return Launched(None, result)
     for warning in result.record.get("warnings", []):  # before the widget or the log: seen first
         out(f"warning: {warning}")

@@ -33,6 +33,9 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
     parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
+    parser.add_argument(
+        "--json", action="store_true", help="with --dry-run: the plan as JSON, with request bodies"
+    )
 
 
 def arguments_help(width: int = 100) -> str:
