@@ -48,8 +48,8 @@ MACHINES: dict[str, dict[str, str]] = {
         "s": "Standard_B1s", "m": "Standard_F8s_v2", "l": "Standard_F32s_v2",
         "xl": "Standard_F64s_v2", "m+t4": "Standard_NC4as_T4_v3",
         "m+k80": "Standard_NC8as_T4_v3", "l+k80": "Standard_NC64as_T4_v3",
-        "xl+k80": "Standard_NC64as_T4_v3", "m+v100": "Standard_NC6s_v3",
-        "l+v100": "Standard_NC12s_v3", "xl+v100": "Standard_NC24s_v3",
+        "xl+k80": "Standard_NC64as_T4_v3", "m+v100": "Standard_NC24ads_A100_v4",
+        "l+v100": "Standard_NC48ads_A100_v4", "xl+v100": "Standard_NC96ads_A100_v4",
     },
     "k8s": {
         "s": "1-1000", "m": "8-16000", "l": "32-64000", "xl": "64-128000",

@@ -1,0 +1,165 @@
+"""The machines' identity: a user-assigned managed identity with Storage Blob Data Contributor on
+this task's container only, and a custom role on this task's scale set only that reads and
+deletes its instances (nothing else: no scaling, no reimaging); and a fresh ed25519 SSH key
+(Azure requires one for Linux machines), private half 0600.
+
+A custom role definition lives in the subscription, not the resource group: `delete` removes
+its assignment and the definition itself after the group."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from ...state import tasks_dir
+from .clients import Clients
+from .common import AzState
+
+BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+RELEASE_ACTIONS = [
+    "Microsoft.Compute/virtualMachineScaleSets/read",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
+    "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/delete",
+]
+
+
+def identity_body(state: AzState, labels: dict[str, str]) -> Any:
+    from azure.mgmt.msi import models
+
+    return models.Identity(location=state.region, tags=labels)
+
+
+def create_identity(clients: Clients, state: AzState, labels: dict[str, str]) -> None:
+    made = clients("msi").user_assigned_identities.create_or_update(
+        state.group, state.name, identity_body(state, labels)
+    )
+    state.identity_id, state.identity_client_id = str(made.id), str(made.client_id)
+    state.identity_principal_id = str(made.principal_id)
+
+
+def role_id(state: AzState, role: str) -> str:
+    return f"/subscriptions/{state.subscription}/providers/Microsoft.Authorization/roleDefinitions/{role}"
+
+
+def group_id(state: AzState) -> str:
+    return f"/subscriptions/{state.subscription}/resourceGroups/{state.group}"
+
+
+def release_role_body(state: AzState, scale_set_id: str) -> Any:
+    """Assignable in the task's group (custom roles take no resource scope); assigned on the set only."""
+    from azure.mgmt.authorization.v2022_04_01 import models
+
+    return models.RoleDefinition(
+        role_name=f"tpi-release-{state.name}", role_type="CustomRole",
+        description=f"tpi-jupyter task machines: delete instances of {scale_set_id} only",
+        permissions=[models.Permission(actions=RELEASE_ACTIONS)], assignable_scopes=[group_id(state)],
+    )  # fmt: skip
+
+
+def release_role_name(scale_set_id: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scale_set_id}|release"))
+
+
+def _assignment_name(scope: str, role: str, principal: str) -> str:
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scope}|{role}|{principal}"))
+
+
+def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id: str) -> None:
+    """For a sweep: the role objects a forgotten task made, from the names they are derived from."""
+    state.release_role = release_role_name(scale_set_id)
+    try:
+        found = clients("msi").user_assigned_identities.get(state.group, state.name)
+    except Exception as error:
+        if getattr(error, "status_code", None) == 404:
+            return
+        raise
+    state.identity_principal_id = str(found.principal_id)
+    wanted = [(container_scope, BLOB_DATA_CONTRIBUTOR, state.identity_principal_id),
+              (scale_set_id, state.release_role, state.identity_principal_id)]  # fmt: skip
+    if state.creator and state.creator != "unknown":
+        wanted.append((container_scope, BLOB_DATA_CONTRIBUTOR, state.creator))
+    state.assignments = [
+        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, principal)}"
+        for scope, role, principal in wanted
+    ]
+
+
+def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> None:
+    """The custom role, then its assignment to the identity on the scale set."""
+    name = release_role_name(scale_set_id)
+    state.release_role = name  # recorded before the request: delete removes it even if the answer fails
+    clients("authorization").role_definitions.create_or_update(
+        f"/subscriptions/{state.subscription}", name, release_role_body(state, scale_set_id)
+    )
+    assign(clients, state, scale_set_id, name)
+
+
+def delete_release_role(clients: Clients, state: AzState) -> None:
+    if state.release_role:
+        try:
+            clients("authorization").role_definitions.delete(
+                f"/subscriptions/{state.subscription}", state.release_role
+            )
+        except Exception as error:
+            if getattr(error, "status_code", None) != 404:
+                raise
+
+
+def assignment_body(
+    state: AzState, role: str, principal: str = "", kind: str | None = "ServicePrincipal"
+) -> Any:
+    from azure.mgmt.authorization.v2022_04_01 import models
+
+    return models.RoleAssignmentCreateParameters(
+        role_definition_id=role_id(state, role),
+        principal_id=principal or state.identity_principal_id, principal_type=kind,  # type: ignore[arg-type]
+    )  # fmt: skip
+
+
+def assign(clients: Clients, state: AzState, scope: str, role: str, principal: str = "") -> None:
+    """`role` on `scope` for the task's identity (or another principal: the caller)."""
+    principal = principal or state.identity_principal_id
+    name = _assignment_name(scope, role, principal)
+    kind = "ServicePrincipal" if principal == state.identity_principal_id else None
+    clients("authorization").role_assignments.create(
+        scope, name, assignment_body(state, role, principal, kind)
+    )
+    state.assignments = [
+        *state.assignments,
+        f"{scope}/providers/Microsoft.Authorization/roleAssignments/{name}",
+    ]
+
+
+def delete_assignments(clients: Clients, state: AzState) -> None:
+    """Role assignments outlive the resources they are on: removed first, one by one."""
+    for assignment in state.assignments:
+        try:
+            clients("authorization").role_assignments.delete_by_id(assignment)
+        except Exception as error:
+            if getattr(error, "status_code", None) != 404:
+                raise
+
+
+def create_key(task_id: str, state: AzState) -> None:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                serialization.NoEncryption())  # fmt: skip
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    path = tasks_dir() / f"{task_id}.ssh-key"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    with os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as out:
+        out.write(private)
+    state.key_file, state.ssh_public_key = str(path), public.decode()
+
+
+def remove_key(state: AzState) -> None:
+    if state.key_file:
+        with contextlib.suppress(OSError):
+            Path(state.key_file).unlink(missing_ok=True)
