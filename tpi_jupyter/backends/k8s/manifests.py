@@ -25,7 +25,7 @@ from ..kit.tags import CREATOR, TASK, label_value
 
 CONTAINER = "task"  # the container whose exit code fails an index
 RUNTIME = "/tpi"  # the agent's runtime, copied in by the init container
-SECRET_DIR = "/var/run/tpi"  # environment values and storage credentials (0400)
+SECRET_DIR = "/etc/tpi"  # environment values and storage credentials (0400)
 MACHINE_DIR = "/var/lib/tpi"  # the agent's work and private directories
 ENV_KEY = "env.json"
 STORAGE_KEY = "storage.json"

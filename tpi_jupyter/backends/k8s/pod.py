@@ -32,7 +32,7 @@ INTERRUPTED = 143  # 128 + SIGTERM: not a success, so the index is not counted d
 
 def load_secret(directory: Path, private: Path) -> dict[str, str]:
     """Storage credentials into this process's environment; the task's values returned."""
-    storage = json.loads((directory / STORAGE_KEY).read_text()) if (directory / STORAGE_KEY).exists() else {}
+    storage = json.loads((directory / STORAGE_KEY).read_text())  # the Secret is mounted, or the pod waits
     key = storage.pop(GCP_KEY_CONTENT, None)
     if key:
         private.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -41,7 +41,7 @@ def load_secret(directory: Path, private: Path) -> dict[str, str]:
         path.write_text(key)
         storage[GCP_KEY] = str(path)
     os.environ.update(storage)
-    values = json.loads((directory / ENV_KEY).read_text()) if (directory / ENV_KEY).exists() else {}
+    values = json.loads((directory / ENV_KEY).read_text())
     return {str(name): str(value) for name, value in values.items()}
 
 
