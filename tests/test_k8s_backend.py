@@ -274,7 +274,8 @@ def test_a_failing_rank_fails_the_task_with_its_exit_code(k8s: dict[str, Any]) -
     assert finish(task) == "failed"
     ranks = {r.rank: r for r in task.read(fresh=True).ranks}
     assert (ranks[1].state, ranks[1].code) == ("failed", 7)
-    assert ranks[0].state == "stopped"  # policy: a failed rank stops the others
+    # policy: a failed rank stops the others (rank 0 sees the request, stops, syncs and reports)
+    wait_for(lambda: task.read(fresh=True).ranks[0].state == "stopped", timeout=60, interval=0.5)
     api = api_of(task)
     codes = [
         s.state.terminated.exit_code
