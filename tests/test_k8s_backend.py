@@ -201,12 +201,17 @@ def log_of(task: Task, rank: int, boot: int = 0) -> str:
 def labelled(api: Any, task_id: str) -> list[str]:
     """Every object labelled with the task that still exists."""
     selector = f"tpi-task={task_id}"
-    found = [f"job/{j.metadata.name}" for j in api.batch.list_namespaced_job(api.namespace, label_selector=selector).items]
+    found = [
+        f"job/{j.metadata.name}"
+        for j in api.batch.list_namespaced_job(api.namespace, label_selector=selector).items
+    ]
     for kind, lister in (("pod", api.core.list_namespaced_pod), ("secret", api.core.list_namespaced_secret),
                          ("configmap", api.core.list_namespaced_config_map),
                          ("service", api.core.list_namespaced_service),
                          ("pvc", api.core.list_namespaced_persistent_volume_claim)):  # fmt: skip
-        found += [f"{kind}/{item.metadata.name}" for item in lister(api.namespace, label_selector=selector).items]
+        found += [
+            f"{kind}/{item.metadata.name}" for item in lister(api.namespace, label_selector=selector).items
+        ]
     return found
 
 
@@ -215,7 +220,9 @@ def everything_but_the_secret(api: Any, secret_name: str) -> str:
     serialize = api.core.api_client.sanitize_for_serialization
     objects = [api.batch.list_namespaced_job(api.namespace), api.core.list_namespaced_pod(api.namespace),
                api.core.list_namespaced_config_map(api.namespace), api.core.list_namespaced_event(api.namespace)]  # fmt: skip
-    secrets = [s for s in api.core.list_namespaced_secret(api.namespace).items if s.metadata.name != secret_name]
+    secrets = [
+        s for s in api.core.list_namespaced_secret(api.namespace).items if s.metadata.name != secret_name
+    ]
     return json.dumps([serialize(o) for o in objects] + [serialize(s) for s in secrets])
 
 
@@ -317,10 +324,10 @@ def test_an_evicted_pod_respawns_and_resumes_from_synced_data(k8s: dict[str, Any
     wait_for(lambda: "first boot ran" in log_of(task, 0), timeout=120, interval=0.5)
     wait_for(synced, timeout=60, interval=0.5)
     task.preempt(0)  # the Eviction API: the pod gets DisruptionTarget, the Job ignores the failure
+    wait_for(lambda: "preempted" in [e["kind"] for e in task.read(fresh=True).group.events], timeout=60)  # type: ignore[union-attr]
     assert finish(task) == "succeeded", task.tail_text()
     assert "resumed from first boot" in log_of(task, 0, boot=1)
-    events = [e["kind"] for e in task.events()]
-    assert "preempted" in events
+    assert [e["kind"] for e in task.events()].count("machine-started") == 2  # evicted pod, then its successor
     task.destroy()
     assert labelled(api_of(task), task.id) == []
 

@@ -55,6 +55,8 @@ class K8sBackend:
 
     def __init__(self) -> None:
         self._api: job.Api | None = None
+        # Pod events seen once stay: an evicted pod, and its DisruptionTarget, are gone soon after.
+        self._events: dict[tuple[Any, ...], dict[str, Any]] = {}
 
     def api(self, state: K8sState) -> job.Api:
         if self._api is None:
@@ -141,7 +143,11 @@ class K8sBackend:
     def read(self, spec: TaskSpec, state: K8sState) -> GroupState:
         if not state.job:
             return GroupState(exists=False)
-        return job.read(self.api(state), state.name, spec.id)
+        found = job.read(self.api(state), state.name, spec.id)
+        for event in found.events:
+            self._events.setdefault((event["kind"], event["rank"], event["detail"]), event)
+        found.events = sorted(self._events.values(), key=lambda event: event["time"])
+        return found
 
     def stop(self, spec: TaskSpec, state: K8sState) -> None:
         """Through the remote, as on every cloud: agents stop the script, sync back and report;

@@ -88,7 +88,7 @@ def _stamp(value: datetime | None) -> float:
 
 def _pod_events(pod: Any, rank: int, boot: int) -> list[dict[str, Any]]:
     found = [{"time": _stamp(pod.metadata.creation_timestamp), "kind": "machine-started", "rank": rank,
-              "detail": f"pod {pod.metadata.name} (boot {boot})"}]  # fmt: skip
+              "detail": f"pod {pod.metadata.name}"}]  # fmt: skip
     for condition in (pod.status.conditions or []) if pod.status else []:
         if condition.type == "DisruptionTarget" and condition.status == "True":
             found.append({"time": _stamp(condition.last_transition_time), "kind": "preempted", "rank": rank,
