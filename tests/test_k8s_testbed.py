@@ -8,6 +8,7 @@ binaries are not built, and says how to build them.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.k8s import bed, require_client
+from tests.k8s import bed, podnet, require_client
 from tests.k8s.proc import alive
 
 pytestmark = [pytest.mark.k8s, pytest.mark.slow]
@@ -50,8 +51,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
         started = testbed.state()["processes"] + [
             json.loads(p.read_text()) for p in root.glob("nodes/*/pids/*.json")
         ]
+        network = testbed.network
         subprocess.run([SCRIPT, "down", str(root)], check=True)
         assert not [e for e in started if alive(e)], "down left processes running"
+        # nothing of the pod network is left: namespaces, veths (they go with them), bridge, DNAT
+        assert podnet.namespaces(network) == []
+        assert not podnet.link_exists(network["bridge"])
+        assert podnet.dnat_rules(network) == []
 
 
 @pytest.fixture(scope="module")
@@ -340,3 +346,172 @@ def test_a_failure_midway_through_up_stops_what_was_started(
     assert [e["name"] for e in spawned] == ["etcd", "kube-apiserver"]
     assert not [e for e in spawned if alive(e)]
     assert not (tmp_path / "bed" / "state.json").exists()
+
+
+# --- the pod network (podnet.py) and the default StorageClass (provisioner.py) -----------------
+
+WEB = (
+    "mkdir -p /srv && echo served by $(hostname) > /srv/hello && cd /srv"
+    " && exec python3 -m http.server 8080 --bind 0.0.0.0"
+)
+CLIENT = """
+import os, ssl, sys, urllib.request
+sa = "/var/run/secrets/kubernetes.io/serviceaccount"
+web = urllib.request.urlopen(f"http://{sys.argv[1]}:8080/hello", timeout=10).read().decode()
+ctx = ssl.create_default_context(cafile=f"{sa}/ca.crt")  # the API server's certificate names the gateway
+host, port = os.environ["KUBERNETES_SERVICE_HOST"], os.environ["KUBERNETES_SERVICE_PORT"]
+req = urllib.request.Request(f"https://{host}:{port}/version")
+req.add_header("Authorization", "Bearer " + open(f"{sa}/token").read())
+version = urllib.request.urlopen(req, context=ctx, timeout=10).status
+open("/r/out", "w").write(f"{web.strip()}|{host}|{version}")
+"""
+
+
+def _running_with_ip(core: client.CoreV1Api, name: str) -> Any:
+    pod = core.read_namespaced_pod(name, "default")
+    assert pod.status.phase not in ("Succeeded", "Failed"), pod.status
+    return pod if pod.status.phase == "Running" and pod.status.pod_ip else None
+
+
+def test_pods_get_own_addresses_talk_to_each_other_and_the_api_server_proxies_to_them(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
+) -> None:
+    core = client.CoreV1Api(api)
+    subnet = ipaddress.ip_network(cluster.network["subnet"])
+    (tmp_path / "web").mkdir()
+    core.create_namespaced_pod("default", pod_with_results("web", tmp_path / "web", WEB))
+    web = wait_for("web running", lambda: _running_with_ip(core, "web"))
+    assert ipaddress.ip_address(web.status.pod_ip) in subnet and web.status.pod_ip != cluster.gateway
+    # The API server's pod proxy reaches the pod's server by its address (it refuses loopback).
+    proxy = f"{cluster.server}/api/v1/namespaces/default/pods/web:8080/proxy/hello"
+    answer = wait_for(
+        "web through the pod proxy", lambda: (lambda r: r if r[0] == 200 else None)(cluster.get(proxy))
+    )
+    assert answer == (200, b"served by web\n")
+
+    # Another pod reaches it by its pod IP, and the API server at KUBERNETES_SERVICE_HOST (TLS verified).
+    body = pod_with_results("caller", tmp_path, "")
+    body["spec"]["containers"][0]["command"] = ["python3", "-c", CLIENT, web.status.pod_ip]
+    core.create_namespaced_pod("default", body)
+    caller = wait_for("caller ended", lambda: _terminal(core.read_namespaced_pod("caller", "default")))
+    assert caller.status.phase == "Succeeded", _log(core, "caller")
+    assert (tmp_path / "out").read_text() == f"served by web|{cluster.gateway}|200"
+    assert caller.status.pod_ip not in (web.status.pod_ip, "127.0.0.1")
+    assert ipaddress.ip_address(caller.status.pod_ip) in subnet
+
+    # A finished pod's namespace is gone (as the kubelet tears its sandbox down); deleting a
+    # running pod removes its namespace and veth pair, and frees its address.
+    web_ns, caller_ns = (f"{cluster.network['prefix']}{p.metadata.uid}" for p in (web, caller))
+    wait_for("caller's namespace removed", lambda: caller_ns not in podnet.namespaces(cluster.network))
+    assert web_ns in podnet.namespaces(cluster.network) and podnet.link_exists(podnet.veth(web_ns))
+    core.delete_namespaced_pod("web", "default", grace_period_seconds=1)
+    core.delete_namespaced_pod("caller", "default")
+    wait_for("web's namespace removed", lambda: web_ns not in podnet.namespaces(cluster.network))
+    wait_for("addresses freed", lambda: not (Path(cluster.network["ips"]) / web.status.pod_ip).exists())
+    names = (web_ns, caller_ns)
+    assert not [n for n in names if podnet.link_exists(podnet.veth(n))]
+
+
+def _bound(core: client.CoreV1Api, name: str) -> Any:
+    pvc = core.read_namespaced_persistent_volume_claim(name, "default")
+    return pvc if pvc.status.phase == "Bound" else None
+
+
+def test_a_claim_of_the_default_class_is_provisioned_bound_and_shared_by_two_pods(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
+) -> None:
+    core = client.CoreV1Api(api)
+    storage = client.StorageV1Api(api)
+    default = [
+        c.metadata.name
+        for c in storage.list_storage_class().items
+        if (c.metadata.annotations or {}).get("storageclass.kubernetes.io/is-default-class") == "true"
+    ]
+    assert default == ["tpi-standin-hostpath"]
+    claim = {  # no storageClassName: the DefaultStorageClass admission plugin fills it in
+        "metadata": {"name": "shared"},
+        "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "3Gi"}}},
+    }
+    core.create_namespaced_persistent_volume_claim("default", claim)
+    pvc = wait_for("claim bound", lambda: _bound(core, "shared"))
+    assert pvc.spec.storage_class_name == "tpi-standin-hostpath"
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    assert pv.spec.access_modes == ["ReadWriteMany"]
+    assert pv.spec.capacity == {"storage": "3Gi"}
+    assert pv.metadata.labels["tpi-jupyter/requested-size"] == "3Gi"
+    assert (pv.spec.claim_ref.name, pv.spec.claim_ref.uid) == ("shared", pvc.metadata.uid)
+    directory = Path(pv.spec.host_path.path)
+    assert directory.is_relative_to(cluster.root / "volumes")
+
+    # Two pods mount the claim at once: each writes its file and waits to see the other's.
+    script = (
+        "echo $(hostname) > /data/$(hostname); until test -f /data/$PEER; do sleep 0.1; done; cat /data/$PEER"
+    )
+    for name, peer in (("left", "right"), ("right", "left")):
+        body = pod_with_results(name, tmp_path, script)
+        body["spec"]["containers"][0]["env"] = [{"name": "PEER", "value": peer}]
+        body["spec"]["containers"][0]["volumeMounts"] = [{"name": "r", "mountPath": "/data"}]
+        body["spec"]["volumes"] = [{"name": "r", "persistentVolumeClaim": {"claimName": "shared"}}]
+        core.create_namespaced_pod("default", body)
+    for name, peer in (("left", "right"), ("right", "left")):
+        pod = wait_for(f"{name} ended", lambda n=name: _terminal(core.read_namespaced_pod(n, "default")))
+        assert pod.status.phase == "Succeeded"
+        assert _log(core, name) == f"{peer}\n"
+    assert sorted(p.name for p in directory.iterdir()) == ["left", "right"]
+
+    # Deleting the claim releases the volume; the provisioner removes it and its directory.
+    for name in ("left", "right"):
+        core.delete_namespaced_pod(name, "default")
+    core.delete_namespaced_persistent_volume_claim("shared", "default")
+    names = lambda: [v.metadata.name for v in core.list_persistent_volume().items]  # noqa: E731
+    wait_for("volume reclaimed", lambda: pv.metadata.name not in names())
+    assert not directory.exists()
+
+
+def test_a_one_rank_claim_keeps_read_write_once(api: client.ApiClient, wait_for: Wait) -> None:
+    core = client.CoreV1Api(api)
+    claim = {
+        "metadata": {"name": "single"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "500Mi"}}},
+    }
+    core.create_namespaced_persistent_volume_claim("default", claim)
+    pvc = wait_for("claim bound", lambda: _bound(core, "single"))
+    pv = core.read_persistent_volume(pvc.spec.volume_name)
+    assert (pv.spec.access_modes, pv.metadata.labels["tpi-jupyter/requested-size"]) == (
+        ["ReadWriteOnce"],
+        "500Mi",
+    )
+    core.delete_namespaced_persistent_volume_claim("single", "default")
+
+
+def test_down_removes_the_pod_network_even_after_a_node_agent_was_killed_hard(tmp_path: Path) -> None:
+    testbed = bed.up(tmp_path / "bed")
+    network = testbed.network
+    try:
+        core = client.CoreV1Api(config.new_client_from_config(config_file=str(testbed.kubeconfig)))
+        core.create_namespaced_pod("default", pod_with_results("sleeper", tmp_path, "exec sleep 600"))
+        deadline = time.monotonic() + 120
+        while not _running_with_ip(core, "sleeper") and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len(podnet.namespaces(network)) == 1
+        os.kill(testbed.pid(f"node-{bed.NODE_PREFIX}0"), signal.SIGKILL)  # it cannot clean up
+        assert len(podnet.namespaces(network)) == 1
+    finally:
+        bed.down(tmp_path / "bed")
+    assert podnet.namespaces(network) == []
+    assert not podnet.link_exists(network["bridge"])
+    assert podnet.dnat_rules(network) == []
+    assert not list(Path(network["ips"]).iterdir())
+
+
+def test_a_host_network_pod_shares_this_machines_network(
+    cluster: bed.Bed, api: client.ApiClient, tmp_path: Path, wait_for: Wait
+) -> None:
+    core = client.CoreV1Api(api)
+    body = pod_with_results("hostnet", tmp_path, "ip -o -4 addr show > /r/addrs")
+    body["spec"]["hostNetwork"] = True
+    core.create_namespaced_pod("default", body)
+    pod = wait_for("hostnet ended", lambda: _terminal(core.read_namespaced_pod("hostnet", "default")))
+    assert (pod.status.phase, pod.status.pod_ip) == ("Succeeded", "127.0.0.1")
+    assert f"{cluster.gateway}/24" in (tmp_path / "addrs").read_text()  # it sees the bed's bridge
+    core.delete_namespaced_pod("hostnet", "default")

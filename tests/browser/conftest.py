@@ -115,7 +115,8 @@ def _kill_tasks(home: Path) -> None:
     try:
         for record in state.records():
             try:
-                Task(record).backend.delete(record)
+                task = Task(record)
+                task.backend.delete(task.task_spec, task.backend_state)
             finally:
                 state.delete(record["id"])
     finally:

@@ -57,7 +57,8 @@ def start(workdir: Path, name: str, script: str, *words: str) -> Task:
 
 def open_lab(page: Any, server: LabServer) -> None:
     page.set_default_timeout(30_000)
-    page.goto(f"{server.url}/lab?token={server.token}")
+    # reset: a new page starts without the documents an earlier test left open (their files are gone)
+    page.goto(f"{server.url}/lab?reset&token={server.token}")
     page.wait_for_function("() => window.jupyterapp !== undefined", timeout=60_000)
     page.evaluate("() => window.jupyterapp.restored")
 

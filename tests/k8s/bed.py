@@ -3,8 +3,10 @@
 `build` compiles kube-apiserver, kube-controller-manager, kube-scheduler (module
 k8s.io/kubernetes) and etcd (go.etcd.io/etcd/server/v3) from tests/k8s/testbed/go.mod into a
 cache keyed by their versions. `up DIR` starts them with client-certificate authentication,
-Node+RBAC authorisation and their own kubeconfigs, then one or more node agents: stand-ins for
-the kubelet (tests/k8s/node_agent.py), the one part that is not real. `down DIR` stops all of it.
+Node+RBAC authorisation and their own kubeconfigs, the default StorageClass with its provisioner
+stand-in (provisioner.py), then one or more node agents: stand-ins for the kubelet
+(tests/k8s/node_agent.py), the one part that is not real. Pods get a network namespace and an
+address each on the bed's bridge (podnet.py). `down DIR` stops and removes all of it.
 
 Command line: scripts/k8s-testbed (build | up DIR [--nodes N] | down DIR | env DIR).
 """
@@ -27,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.k8s import pki
+from tests.k8s import pki, podnet
 from tests.k8s.build import BuildError, bin_dir, build, built
 from tests.k8s.proc import alive, start_time
 
@@ -69,6 +71,16 @@ class Bed:
     @property
     def kubeconfig(self) -> Path:
         return self.root / "admin.kubeconfig"
+
+    @property
+    def network(self) -> dict[str, Any]:
+        """The pod network (podnet.py): bridge, subnet, gateway, namespace prefix."""
+        return dict(self.state().get("network") or {})
+
+    @property
+    def gateway(self) -> str:
+        """Where pods reach this machine's 127.0.0.1 services, port for port."""
+        return str(self.network["gateway"])
 
     @property
     def server(self) -> str:
@@ -119,6 +131,16 @@ class Bed:
         except (urllib.error.URLError, OSError):
             return 0, b""
 
+    def post(self, path: str, body: dict[str, Any]) -> tuple[int, bytes]:
+        """POST a JSON object to the API server as the admin."""
+        data = json.dumps(body).encode()
+        request = urllib.request.Request(f"{self.server}{path}", data, {"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, context=self._tls(), timeout=10) as resp:
+                return int(resp.status), bytes(resp.read())
+        except urllib.error.HTTPError as err:
+            return int(err.code), err.read()
+
     def wait_for(self, what: str, url: str, timeout: float = 180) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -167,7 +189,8 @@ def _certificates(bed: Bed) -> None:
     bed.pki.mkdir(parents=True, exist_ok=True)
     pki.make_ca(bed.pki)
     pki.make_service_account_keys(bed.pki)
-    for stem in ("apiserver", "controller-manager-serving", "scheduler-serving"):
+    pki.issue(bed.pki, "apiserver", "apiserver", serving=True, ips=(bed.gateway,))  # pods use the gateway
+    for stem in ("controller-manager-serving", "scheduler-serving"):
         pki.issue(bed.pki, stem, stem, serving=True)
     pki.issue(bed.pki, "admin", "tpi-testbed-admin", orgs=("system:masters",))
     pki.issue(bed.pki, "controller-manager", "system:kube-controller-manager")
@@ -292,6 +315,7 @@ def start_node(bed: Bed, name: str, extra: list[str] | None = None) -> None:
         bed.pki, f"node-{name}-serving", f"system:node:{name}", serving=True
     )
     argv += ["--dir", str(bed.root / "nodes" / name), *(extra or [])]
+    argv += ["--network", str(bed.root / "network" / "network.json")]
     argv += [
         "--tls-cert",
         str(serving_cert),
@@ -319,6 +343,37 @@ def _schedulable(node_json: bytes) -> bool:
     return not any(t["key"] == "node.kubernetes.io/not-ready" for t in taints)
 
 
+def _start_storage(bed: Bed) -> None:
+    """The default StorageClass and its provisioner stand-in (provisioner.py), under its own user
+    bound to the bootstrap ClusterRole system:persistent-volume-provisioner."""
+    from tests.k8s import provisioner  # imports the kubernetes client: only when a bed starts
+
+    user = "system:tpi-standin-provisioner"
+    pki.issue(bed.pki, "provisioner", user)
+    config = bed.write_kubeconfig(bed.root / "provisioner.kubeconfig", user, "provisioner")
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "tpi-standin-provisioner"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:persistent-volume-provisioner",
+        },
+        "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user}],
+    }
+    for path, body in (
+        ("/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding),
+        ("/apis/storage.k8s.io/v1/storageclasses", provisioner.storage_class()),
+    ):
+        code, answer = bed.post(path, body)
+        if code != 201:
+            raise BedError(f"creating {body['kind']}: HTTP {code} {answer[:300]!r}")
+    argv = [sys.executable, "-m", "tests.k8s.provisioner", "--kubeconfig", str(config)]
+    argv += ["--dir", str(bed.root / "volumes")]
+    bed.spawn("provisioner", argv, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 def up(root: Path, nodes: int = 1) -> Bed:
     """Start a bed in root (created; must hold no running bed). Rolls back on any failure."""
     bed = Bed(root)
@@ -331,17 +386,21 @@ def up(root: Path, nodes: int = 1) -> Bed:
             f"the test bed is not built ({bin_dir()} is incomplete): run `scripts/k8s-testbed build`"
         )
     binaries = bin_dir()
-    for old in ("etcd", "nodes", "pki"):  # a previous bed's data in this directory starts afresh
+    if bed.network:  # a previous bed here that was never brought down
+        podnet.destroy(bed.network)
+    for old in ("etcd", "nodes", "pki", "network", "volumes"):  # a previous bed's data starts afresh
         shutil.rmtree(bed.root / old, ignore_errors=True)
     bed.root.mkdir(parents=True, exist_ok=True)
     ports = {k: free_port() for k in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler")}
     bed._save({"processes": [], "ports": ports})
     try:
+        bed._save({**bed.state(), "network": podnet.create(bed.root)})
         _certificates(bed)
         _start_etcd(bed, binaries, ports["etcd"], ports["etcd_peer"])
         _start_apiserver(bed, binaries, ports["etcd"], ports["apiserver"])
         bed.write_kubeconfig(bed.kubeconfig, "tpi-testbed-admin", "admin")
         _start_controllers(bed, binaries, ports["controller_manager"], ports["scheduler"])
+        _start_storage(bed)
         for index in range(nodes):
             start_node(bed, f"{NODE_PREFIX}{index}")
     except BaseException:
@@ -377,6 +436,8 @@ def down(root: Path, grace: float = 15) -> None:
         if alive(entry):
             _signal_group(int(entry["pid"]), signal.SIGKILL)
         path.unlink(missing_ok=True)
+    if bed.network:  # after the node agents: a hard-killed one leaves its pods' namespaces
+        podnet.destroy(bed.network)
     if bed.state_file.exists():
         bed.state_file.unlink()
 
@@ -414,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
             down(args.dir)
         else:
             print(f"export KUBECONFIG={Bed(args.dir).kubeconfig}")
-    except (BedError, BuildError) as err:
+    except (BedError, BuildError, podnet.NetError) as err:
         print(f"k8s-testbed: {err}", file=sys.stderr)
         return 1
     return 0

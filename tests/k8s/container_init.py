@@ -22,6 +22,29 @@ def mount(*args: str) -> None:
     subprocess.run(["mount", *args], check=True)
 
 
+def inside(root: Path, path: str) -> Path:
+    """`path` as seen from `root` after chroot: symlinks on the way (Debian's /var/run -> /run)
+    resolve within root, not on this machine (which would mount outside the container)."""
+    parts, current, hops = list(Path(path).parts[1:]), root, 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            current = current.parent if current != root else root
+            continue
+        candidate = current / part
+        if not candidate.is_symlink():
+            current = candidate
+            continue
+        hops += 1
+        if hops > 40:
+            raise OSError(f"too many symbolic links in {path}")
+        link = Path(os.readlink(candidate))
+        if link.is_absolute():
+            current, link = root, link.relative_to("/")
+        parts = [*link.parts, *parts]
+    return current
+
+
 def enter(spec: dict[str, object]) -> None:
     base = Path(str(spec["dir"]))
     upper, work, root = base / "upper", base / "work", base / "root"
@@ -31,7 +54,7 @@ def enter(spec: dict[str, object]) -> None:
     for system in ("/proc", "/sys", "/dev"):
         mount("--rbind", system, f"{root}{system}")
     for item in spec["mounts"]:  # type: ignore[attr-defined]
-        target = root / str(item["target"]).lstrip("/")
+        target = inside(root, str(item["target"]))
         source = Path(item["source"])
         if source.is_dir():
             target.mkdir(parents=True, exist_ok=True)

@@ -48,8 +48,15 @@ class Container:
         self.message = ""
 
     def start(
-        self, argv: list[str], env: dict[str, str], mounts: list[dict[str, Any]], hostname: str, log: Path
+        self,
+        argv: list[str],
+        env: dict[str, str],
+        mounts: list[dict[str, Any]],
+        hostname: str,
+        log: Path,
+        netns: str | None = None,
     ) -> None:
+        """Run argv in new mount and UTS namespaces, inside the pod's network namespace if any."""
         self.work.mkdir(parents=True, exist_ok=True)
         spec = {"dir": str(self.work), "mounts": mounts, "hostname": hostname, "argv": argv}
         spec["workdir"] = self.spec.get("workingDir") or "/"
@@ -57,7 +64,8 @@ class Container:
         fd = os.open(self.work / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(json.dumps(spec))
-        launcher = ["unshare", "--mount", "--uts", "--propagation", "private"]
+        launcher = ["nsenter", f"--net=/run/netns/{netns}"] if netns else []
+        launcher += ["unshare", "--mount", "--uts", "--propagation", "private"]
         launcher += [sys.executable, "-I", str(INIT), str(self.work / "spec.json")]
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:

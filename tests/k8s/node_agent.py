@@ -13,8 +13,9 @@ periods (SIGTERM, then SIGKILL) and finishes deletions, and sets `DisruptionTarg
   - with --disruption-on-delete, a pod deleted through the API is treated the same way.
 It authenticates as system:node:<name>, so the API server's Node authorizer and NodeRestriction
 admission limit it exactly as they limit a kubelet. Container logs are served to the API server
-(`pods/log`) by log_server.py. Pods share this machine's network (podIP 127.0.0.1). Not done:
-probes, resource limits, image entrypoints.
+(`pods/log`) by log_server.py. With --network each pod gets its own network namespace and
+address on the bed's bridge (podnet.py); without, pods share this machine's (podIP 127.0.0.1).
+Not done: probes, resource limits, image entrypoints.
 
 Usage: python -m tests.k8s.node_agent --kubeconfig K --name N --dir D [--cpu --memory --gpus
 --pods --label k=v --taint k=v:Effect --disruption-on-delete]
@@ -116,12 +117,15 @@ class NodeAgent:
         self.labels = dict(label.split("=", 1) for label in args.label)
         self.taints = [_taint(t) for t in args.taint]
         self.disruption_on_delete = args.disruption_on_delete
+        self.network = json.loads(Path(args.network).read_text()) if args.network else None
         server = urllib.parse.urlsplit(api.api_client.configuration.host)
-        # The pods' in-cluster address: no Service network here, so the API server's own.
+        # The pods' in-cluster address: no Service network here, so the API server's own, which
+        # pods in their own network namespaces reach at the gateway (DNAT to 127.0.0.1).
+        host = self.network["gateway"] if self.network else server.hostname or "127.0.0.1"
         self.service_env = {
-            "KUBERNETES_SERVICE_HOST": server.hostname or "127.0.0.1",
+            "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": str(server.port or 443),
-            "KUBERNETES_PORT": f"tcp://{server.hostname}:{server.port}",
+            "KUBERNETES_PORT": f"tcp://{host}:{server.port}",
         }
         self.workers: dict[str, PodWorker] = {}
         self.lock = threading.Lock()
@@ -322,6 +326,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label", action="append", default=[], help="k=v, repeatable")
     parser.add_argument("--taint", action="append", default=[], help="k[=v]:Effect, repeatable")
     parser.add_argument("--disruption-on-delete", action="store_true")
+    parser.add_argument("--network", help="the bed's pod network (podnet.py's network.json)")
     parser.add_argument("--tls-cert", type=Path, help="serving certificate of the log endpoint")
     parser.add_argument("--tls-key", type=Path)
     parser.add_argument("--client-ca", type=Path, help="CA of the API server's kubelet-client certificate")

@@ -76,10 +76,16 @@ def make_ca(pki: Path) -> None:
 
 
 def issue(
-    pki: Path, stem: str, common_name: str, *, orgs: tuple[str, ...] = (), serving: bool = False
+    pki: Path,
+    stem: str,
+    common_name: str,
+    *,
+    orgs: tuple[str, ...] = (),
+    serving: bool = False,
+    ips: tuple[str, ...] = (),
 ) -> tuple[Path, Path]:
     """Sign <stem>.crt/<stem>.key with the bed's CA: a client certificate (CN = user, O = groups),
-    or a serving one for 127.0.0.1 and the names the API server answers to."""
+    or a serving one for 127.0.0.1, `ips` (the pod network's gateway) and the API server's names."""
     ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), None)
     ca_cert = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -92,8 +98,8 @@ def issue(
     )
     if serving:
         dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
-        ips = [ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("10.0.0.1")]
-        alt = [x509.DNSName(d) for d in dns] + [x509.IPAddress(i) for i in ips]
+        addresses = [ipaddress.ip_address(i) for i in ("127.0.0.1", "10.0.0.1", *ips)]
+        alt = [x509.DNSName(d) for d in dns] + [x509.IPAddress(i) for i in addresses]
         builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
     cert = builder.sign(ca_key, hashes.SHA256())
     crt, keyfile = pki / f"{stem}.crt", pki / f"{stem}.key"

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.k8s import podenv, volumes
+from tests.k8s import podenv, podnet, volumes
 from tests.k8s.containers import Container, now, waiting
 
 POLL = 0.1
@@ -28,6 +28,7 @@ class Node(Protocol):
     root: Path
     allocatable: dict[str, str]
     service_env: dict[str, str]
+    network: dict[str, Any] | None
 
     @property
     def cluster(self) -> volumes.Cluster: ...
@@ -50,6 +51,8 @@ class PodWorker(threading.Thread):
         self.mounts: dict[str, Path] = {}
         self.phase = "Pending"
         self.started_at = now()
+        self.netns: str | None = None
+        self.ip = "127.0.0.1"  # without a pod network (--network) pods share this machine's
 
     # requests from the agent (watch thread)
     def update(self, pod: dict[str, Any]) -> None:
@@ -72,12 +75,16 @@ class PodWorker(threading.Thread):
             self.node.event(self.pod, "StandInError", f"stand-in kubelet: {err!r}", warning=True)
         self._stop_all(self.grace if self.stop_requested.is_set() else 0)
         self._finish()
+        if self.netns and self.node.network:  # the kubelet tears a finished pod's sandbox down
+            podnet.detach(self.node.network, self.netns, self.ip)
 
     def _prepare(self) -> bool:
         """Mount volumes; like the kubelet, retry while a Secret or ConfigMap is missing."""
         self._status(
             {"containerStatuses": [waiting(c, "ContainerCreating") for c in self.pod["spec"]["containers"]]}
         )
+        if self.node.network and not self.pod["spec"].get("hostNetwork"):
+            self.netns, self.ip = podnet.attach(self.node.network, self.pod["metadata"]["uid"])
         while not self.stop_requested.is_set():
             try:
                 self.mounts = volumes.prepare(self.node.cluster, self.pod, self.dir)
@@ -100,7 +107,12 @@ class PodWorker(threading.Thread):
             self.node.event(self.pod, "Failed", f"container {spec['name']}: {err}", warning=True)
             return container
         container.start(
-            argv, env, mounts, self.pod["metadata"]["name"], self.dir / "logs" / f"{spec['name']}.log"
+            argv,
+            env,
+            mounts,
+            self.pod["metadata"]["name"],
+            self.dir / "logs" / f"{spec['name']}.log",
+            self.netns,
         )
         self.node.event(
             self.pod,
@@ -247,8 +259,8 @@ class PodWorker(threading.Thread):
             "phase": self.phase,
             "hostIP": "127.0.0.1",
             "hostIPs": [{"ip": "127.0.0.1"}],
-            "podIP": "127.0.0.1",  # no network namespace per pod yet: pods share this machine's
-            "podIPs": [{"ip": "127.0.0.1"}],
+            "podIP": self.ip,
+            "podIPs": [{"ip": self.ip}],
             "startTime": self.started_at,
             "containerStatuses": all_main,
             "conditions": [

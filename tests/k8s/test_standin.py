@@ -5,12 +5,16 @@ The whole stand-in against the real control plane is tests/test_k8s_testbed.py.
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import ipaddress
 import os
 import shutil
 import ssl
 import threading
 import urllib.error
 import urllib.request
+from http.server import HTTPServer, SimpleHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +25,7 @@ from tests.k8s import require_client
 
 require_client()
 
-from tests.k8s import log_server, pki, podenv, volumes  # noqa: E402
+from tests.k8s import log_server, pki, podenv, podnet, volumes  # noqa: E402
 from tests.k8s.containers import Container  # noqa: E402
 
 needs_namespaces = pytest.mark.skipif(
@@ -229,3 +233,103 @@ def test_log_server_serves_tail_and_follow_only_to_the_beds_clients(tmp_path: Pa
     anonymous = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
     with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionError)):
         get("/ns/p/c", anonymous)  # no client certificate of the bed: refused
+
+
+needs_network = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("iptables"),
+    reason="the pod network needs root, ip (iproute2) and iptables: run scripts/install-tools",
+)
+
+
+@needs_network
+@needs_namespaces
+def test_pod_network_gives_addresses_routes_pod_to_pod_and_to_host_loopback_then_leaves_nothing(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "hi").write_text("host loopback\n")
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(tmp_path / "www"))
+    with contextlib.ExitStack() as stack:
+        net = podnet.create(tmp_path)
+        stack.callback(podnet.destroy, net)
+        host = HTTPServer(("127.0.0.1", 0), handler)  # only on 127.0.0.1, as moto and the API server
+        stack.callback(host.server_close)
+        stack.callback(host.shutdown)
+        threading.Thread(target=host.serve_forever, daemon=True).start()
+        server_ns, server_ip = podnet.attach(net, "uid-server")
+        client_ns, client_ip = podnet.attach(net, "uid-client")
+        hosts = set(map(str, ipaddress.ip_network(net["subnet"]).hosts()))
+        assert server_ip != client_ip and {server_ip, client_ip} <= hosts - {net["gateway"]}
+        (tmp_path / "s").mkdir()
+        (tmp_path / "s" / "pod.txt").write_text("pod to pod\n")
+        server, _ = run_in(tmp_path / "s", server_ns, "cd /r && exec python3 -m http.server 8080")
+        stack.callback(server.stop, 0)
+        urls = [f"http://{server_ip}:8080/pod.txt", f"http://{net['gateway']}:{host.server_port}/hi"]
+        assert [_fetch(tmp_path / f"c{i}", client_ns, url, retry=True) for i, url in enumerate(urls)] == [
+            (0, "pod to pod\n"),
+            (0, "host loopback\n"),
+        ]
+        # inside a pod, 127.0.0.1 is the pod's own: the host's server is not there
+        assert _fetch(tmp_path / "l", client_ns, f"http://127.0.0.1:{host.server_port}/hi")[0] != 0
+        server.stop(grace=5)
+        podnet.detach(net, server_ns, server_ip)
+        assert podnet.namespaces(net) == [client_ns]
+        assert not podnet.link_exists(podnet.veth(server_ns))
+        assert not (Path(net["ips"]) / server_ip).exists()
+    assert podnet.namespaces(net) == []
+    assert not podnet.link_exists(podnet.veth(client_ns))
+    assert not podnet.link_exists(net["bridge"])
+    assert podnet.dnat_rules(net) == []
+
+
+FETCH = "import sys, urllib.request as u; sys.stdout.write(u.urlopen(sys.argv[1], timeout=5).read().decode())"
+
+
+def _fetch(work: Path, netns: str, url: str, retry: bool = False) -> tuple[int, str]:
+    """GET url from a container in netns: (exit code, body); retry while the server starts."""
+    once = f"python3 -c '{FETCH}' \"$URL\" > /r/body"
+    script = (
+        f"for i in $(seq 100); do {once} 2>/dev/null && exit 0; sleep 0.1; done; exit 1" if retry else once
+    )
+    container, _ = run_in(work, netns, script, {"URL": url})
+    wait_for(lambda: container.poll() is not None, timeout=60)
+    body = work / "body"
+    return int(container.poll() or 0), body.read_text() if body.exists() else ""
+
+
+def run_in(work: Path, netns: str, script: str, env: dict[str, str] | None = None) -> tuple[Container, Path]:
+    """A container in the pod namespace netns, with work/ mounted at /r."""
+    work.mkdir(parents=True, exist_ok=True)
+    container = Container({"name": "c", "command": ["/bin/sh"]}, work / "containers", work / "pids")
+    log = work / "log"
+    mounts = [{"source": str(work), "target": "/r", "read_only": False}]
+    environ = {"PATH": os.environ["PATH"], **(env or {})}
+    container.start(["/bin/sh", "-c", script], environ, mounts, "pod", log, netns)
+    return container, log
+
+
+def test_mount_targets_resolve_symlinks_inside_the_container_root(tmp_path: Path) -> None:
+    from tests.k8s.container_init import inside
+
+    root = tmp_path / "root"
+    (root / "run").mkdir(parents=True)
+    (root / "var").mkdir()
+    (root / "var" / "run").symlink_to("/run")  # as on Debian: absolute, so relative to the root
+    (root / "var" / "rel").symlink_to("../run")
+    assert inside(root, "/var/run/secrets/token") == root / "run" / "secrets" / "token"
+    assert inside(root, "/var/rel/x") == root / "run" / "x"
+    assert inside(root, "/../../etc") == root / "etc"
+
+
+@needs_namespaces
+@pytest.mark.skipif(not Path("/var/run").is_symlink(), reason="needs /var/run as a symlink (Debian)")
+def test_a_volume_under_var_run_is_seen_by_the_container_not_mounted_on_this_machine(tmp_path: Path) -> None:
+    volume = tmp_path / "vol"
+    volume.mkdir()
+    (volume / "token").write_text("tok\n")
+    target = "/var/run/tpi-standin-test-secrets"
+    mounts = [{"source": str(volume), "target": target, "read_only": True}]
+    container, log = run(tmp_path, f"cat {target}/token", mounts)
+    wait_for(lambda: container.poll() is not None, timeout=60)
+    assert (container.poll(), log.read_text()) == (0, "tok\n")
+    assert not Path("/run/tpi-standin-test-secrets").exists()
