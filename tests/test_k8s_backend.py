@@ -4,8 +4,9 @@ The control plane is real (etcd, kube-apiserver, the Job controller, the schedul
 `scripts/k8s-testbed build`); the kubelet is the bed's stand-in, which runs each container's
 command as a local process and pulls no image (tests/k8s/README.md). So the agent's runtime,
 which on a real cluster an init container copies from the runtime image, is here a directory
-whose `bin/python` runs this venv's Python. Pods are processes on this host: they reach moto on
-127.0.0.1. Manifest tests need no bed: they run everywhere.
+whose `bin/python` runs this venv's Python. Each pod has its own network namespace and reaches
+moto (on this machine's 127.0.0.1) at the bed's gateway, which `TPI_K8S_STORAGE_ENDPOINT` tells
+the backend. Manifest tests need no bed: they run everywhere.
 """
 
 from __future__ import annotations
@@ -160,6 +161,8 @@ def k8s(cluster: bed.Bed, moto_endpoint: str, tpi_home: Path, tmp_path: Path,  #
     python.write_text(f'#!/bin/sh\nexec {Path(__import__("sys").executable)} "$@"\n')
     python.chmod(0o755)
     env.update(TPI_K8S_AGENT_RUNTIME=str(runtime), TPI_K8S_AGENT_IMAGE="tpi-agent-runtime:test")
+    # Pods have their own network namespace: moto on 127.0.0.1:P is the bed's gateway:P from a pod.
+    env["TPI_K8S_STORAGE_ENDPOINT"] = moto_endpoint.replace("127.0.0.1", cluster.gateway)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     bucket = f"tpi-k8s-{uuid.uuid4().hex[:10]}"

@@ -95,6 +95,9 @@ class K8sBackend:
 
     def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
         settings = config.Settings.from_environment()
+        if storage.protocol(spec.container) not in storage.OBJECT_STORES:
+            return [f"! launching is refused: k8s needs container=s3://, gs:// or az://{{bucket}}[/prefix] "
+                    "(a PersistentVolumeClaim remote is not available yet)"]  # fmt: skip
         return [
             f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)",
             f"secret {spec.id}: environment values and storage credentials, mounted into the agent only",
@@ -118,7 +121,8 @@ class K8sBackend:
         self._api = api = job.Api(cluster.api, cluster.namespace)
         steps.explain = job.describe
         meta = manifests.metadata(spec, state.name, state.namespace, state.creator, state.remote)
-        credentials = storage.credentials(spec.container, settings.forward_storage_credentials)
+        credentials = storage.credentials(spec.container, settings.forward_storage_credentials,
+                                          settings.storage_endpoint)  # fmt: skip
 
         def make_secret() -> None:
             state.secret = True  # recorded first: a timeout may still have made it

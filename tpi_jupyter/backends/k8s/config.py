@@ -21,6 +21,7 @@ CONTEXT_ENV = "TPI_K8S_CONTEXT"  # a kubeconfig context other than the current o
 AGENT_IMAGE_ENV = "TPI_K8S_AGENT_IMAGE"  # the image that brings the agent's runtime
 AGENT_RUNTIME_ENV = "TPI_K8S_AGENT_RUNTIME"  # where that runtime is inside that image
 STORAGE_CREDENTIALS_ENV = "TPI_K8S_STORAGE_CREDENTIALS"  # "none": the service account has access
+STORAGE_ENDPOINT_ENV = "TPI_K8S_STORAGE_ENDPOINT"  # the store's endpoint as pods reach it, if not as here
 DEFAULT_AGENT_IMAGE = f"tpi-jupyter-agent:{__version__}"
 DEFAULT_AGENT_RUNTIME = "/opt/tpi"
 SERVICE_ACCOUNT_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -35,6 +36,7 @@ class Settings:
     agent_image: str
     agent_runtime: str
     forward_storage_credentials: bool
+    storage_endpoint: str = ""
 
     @classmethod
     def from_environment(cls) -> Settings:
@@ -42,6 +44,7 @@ class Settings:
             agent_image=os.environ.get(AGENT_IMAGE_ENV) or DEFAULT_AGENT_IMAGE,
             agent_runtime=os.environ.get(AGENT_RUNTIME_ENV) or DEFAULT_AGENT_RUNTIME,
             forward_storage_credentials=os.environ.get(STORAGE_CREDENTIALS_ENV, "").lower() != "none",
+            storage_endpoint=os.environ.get(STORAGE_ENDPOINT_ENV, ""),
         )
 
 

@@ -3,7 +3,8 @@ need to reach it.
 
 Pods get the client's storage credentials through the task's Secret (deleted with the task),
 unless `TPI_K8S_STORAGE_CREDENTIALS=none` says their service account has access (workload
-identity). Which variables are forwarded, per store, is `FORWARDED`; a GCP key file is
+identity). `TPI_K8S_STORAGE_ENDPOINT` gives the store's endpoint as pods reach it, when it differs
+from this machine's (`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`). Which variables are forwarded, per store, is `FORWARDED`; a GCP key file is
 forwarded by content. The PersistentVolumeClaim mode is not done yet: it is refused.
 """
 
@@ -47,12 +48,20 @@ def remote_url(spec: TaskSpec) -> str:
     return layout.join(spec.container.rstrip("/"), spec.id)
 
 
-def credentials(container: str, forward: bool) -> dict[str, str]:
-    """What the pods' agent needs in its environment to reach the store (never in the pod spec)."""
+ENDPOINT = {"s3": "AWS_ENDPOINT_URL", "gs": "STORAGE_EMULATOR_HOST"}
+
+
+def credentials(container: str, forward: bool, endpoint: str = "") -> dict[str, str]:
+    """What the pods' agent needs in its environment to reach the store (never in the pod spec).
+
+    `endpoint` replaces this machine's endpoint setting (an in-cluster store, a gateway)."""
     kind = protocol(container)
     if not forward or kind not in FORWARDED:
-        return {}
+        return {ENDPOINT[kind]: endpoint} if endpoint and kind in ENDPOINT else {}
     found = {name: os.environ[name] for name in FORWARDED[kind] if os.environ.get(name)}
+    if endpoint and kind in ENDPOINT:
+        found[ENDPOINT[kind]] = endpoint
+        found.pop("AWS_ENDPOINT_URL_S3", None)
     if kind == "s3" and "AWS_ACCESS_KEY_ID" not in found:
         found.update(_boto_credentials())
     if kind == "gs" and os.environ.get(GCP_KEY):
