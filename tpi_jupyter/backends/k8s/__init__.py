@@ -96,7 +96,7 @@ class K8sBackend:
     def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
         settings = config.Settings.from_environment()
         if storage.protocol(spec.container) not in storage.OBJECT_STORES:
-            return [f"! launching is refused: k8s needs container=s3://, gs:// or az://{{bucket}}[/prefix] "
+            return ["! launching is refused: k8s needs container=s3://, gs:// or az://{bucket}[/prefix] "
                     "(a PersistentVolumeClaim remote is not available yet)"]  # fmt: skip
         return [
             f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)",
