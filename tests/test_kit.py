@@ -33,7 +33,7 @@ def test_backends_and_hooks_are_found_by_entry_point() -> None:
     assert (aws.ranks, aws.sweep, aws.preemption) == ("claims", True, True) and 2 <= aws.poll_interval <= 5
     hooks = machine_hooks("aws")
     assert hooks.__name__ == "tpi_jupyter.backends.aws.machine" and callable(hooks.release)
-    with pytest.raises(SpecError, match=r"^cloud: 'nowhere' has no backend .*accepted: aws, local"):
+    with pytest.raises(SpecError, match=r"^cloud: 'nowhere' has no backend .*accepted: aws, k8s, local"):
         get_backend("nowhere")
     with pytest.raises(SystemExit, match="tpi-agent: release: 'nowhere' has no machine hooks; accepted: aws"):
         agent.machine_id("nowhere")
