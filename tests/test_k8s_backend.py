@@ -29,7 +29,7 @@ from tpi_jupyter.backends.k8s import K8sBackend, manifests
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.spec import SpecError, TaskSpec
 from tpi_jupyter.sync import filesystem
-from tpi_jupyter.task import FINAL, Task, launch
+from tpi_jupyter.task import FINAL, Task, TaskError, launch
 from tpi_jupyter.task import sweep as sweep_tasks
 
 from .aws_moto import moto_endpoint  # noqa: F401 - fixture
@@ -348,3 +348,26 @@ def test_sweep_finds_and_deletes_a_forgotten_task(k8s: dict[str, Any]) -> None:
     fs, root = filesystem(task.record["remote"])
     fs.invalidate_cache()
     assert not fs.exists(root)
+
+
+@needs_bed
+def test_a_failure_midway_rolls_back_and_spares_what_is_not_ours(k8s: dict[str, Any]) -> None:
+    """The Job cannot be created (a Job of that name exists, not the task's): the Secret made
+    before it is deleted, the other Job is left alone, the registry forgets the task."""
+    spec = build_spec(["cloud=k8s", f"container=s3://{k8s['bucket']}/runs", "name=k8s-clash"], {})
+    backend = K8sBackend()
+    api = backend.api(backend.new_state(spec, time.time()))
+    theirs = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": spec.id},
+              "spec": {"suspend": True, "template": {"spec": {"restartPolicy": "Never",
+                       "containers": [{"name": "c", "image": "busybox", "command": ["true"]}]}}}}  # fmt: skip
+    api.batch.create_namespaced_job(api.namespace, theirs)
+    try:
+        with pytest.raises(
+            TaskError,
+            match=r"creating the job failed \(409 AlreadyExists.*everything created so far was removed",
+        ):
+            launch(spec, "echo hi")
+        assert labelled(api, spec.id) == [] and state.load(spec.id) is None
+        assert api.batch.read_namespaced_job(spec.id, api.namespace).metadata.name == spec.id
+    finally:
+        api.batch.delete_namespaced_job(spec.id, api.namespace)

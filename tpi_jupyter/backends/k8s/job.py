@@ -143,13 +143,23 @@ def evict(api: Api, pod_name: str) -> None:
     api.core.create_namespaced_pod_eviction(pod_name, api.namespace, body)
 
 
+def ours(found: Any, task_id: str) -> bool:
+    return bool((found.metadata.labels or {}).get(TASK) == task_id)
+
+
 def delete_all(api: Api, name: str, task_id: str, wait: float, poll: float) -> None:
     """Job, its pods and the Secret; idempotent; waits until no pod of the task is left."""
     actions: list[Callable[[], object]] = [
-        lambda: api.batch.delete_namespaced_job(name, api.namespace, propagation_policy="Background"),
+        lambda: (
+            ours(api.batch.read_namespaced_job(name, api.namespace), task_id)
+            and api.batch.delete_namespaced_job(name, api.namespace, propagation_policy="Background")
+        ),
         lambda: api.core.delete_collection_namespaced_pod(api.namespace, label_selector=selector(task_id)),
-        lambda: api.core.delete_namespaced_secret(name, api.namespace),
-    ]
+        lambda: (
+            ours(api.core.read_namespaced_secret(name, api.namespace), task_id)
+            and api.core.delete_namespaced_secret(name, api.namespace)
+        ),
+    ]  # an object of that name without the task's label is someone else's: left alone
     for action in actions:
         try:
             action()
