@@ -7,6 +7,13 @@ import os
 # Loopback only: boto3 must never probe the EC2 metadata service (169.254.169.254) for
 # credentials or a region. Set before anything can import boto3 (this module loads first).
 os.environ["AWS_EC2_METADATA_DISABLED"] = "true"
+# google-auth must never probe the GCE metadata server (169.254.169.254): no GCE check, and a
+# metadata host on loopback where nothing listens (machine tests start their own stand-in).
+os.environ["NO_GCE_CHECK"] = "True"
+os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
+os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
+# gcsfs: without this, every call waits 40-100 s on a gRPC TLS handshake (shared/TESTING.md).
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 
 import time
 from collections.abc import Callable, Iterator

@@ -83,8 +83,10 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
-    files: bool = False, prog: str = "tpi", manifests: bool = False,
+    files: bool = False, prog: str = "tpi", as_json: bool = False, manifests: bool = False,
 ) -> Launched:  # fmt: skip
+    if as_json and not dry_run:
+        raise UsageFailure("--json: shows a launch plan; accepted: --dry-run --json")
     spec = build_spec(assignments, defaults, cwd)
     if manifests and not dry_run:
         raise UsageFailure("--manifests: only with --dry-run; accepted: run ... --dry-run --manifests")
@@ -99,7 +101,7 @@ def run_task(
         ) from None
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
-        out(result.text(all_files=files))
+        out(result.json() if as_json else result.text(all_files=files))
         if manifests:
             out(manifests_text(spec))
         return Launched(None, result)

@@ -33,6 +33,9 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true", help="block, stream the log, fail if the task fails")
     parser.add_argument("--dry-run", action="store_true", help="show what would be created; create nothing")
     parser.add_argument("--files", action="store_true", help="with --dry-run: list every file to upload")
+    parser.add_argument(
+        "--json", action="store_true", help="with --dry-run: the plan as JSON, with request bodies"
+    )
     parser.add_argument("--manifests", action="store_true",
                         help="with --dry-run: print the objects a Kubernetes task sends, as YAML")  # fmt: skip
 

@@ -84,6 +84,12 @@ class Plan:
     files: int
     bytes: int
     uploads: list[tuple[str, int]] = field(default_factory=list)  # (relpath, size) in path order
+    requests: list[dict[str, Any]] = field(default_factory=list)  # create requests, for backends that say
+
+    def json(self) -> str:
+        """`--dry-run --json`: the plan, and the body of every create request a backend would send."""
+        return json.dumps({"task_id": self.task_id, "plan": self.lines, "files": self.files, "bytes": self.bytes,
+                           "requests": self.requests}, indent=1)  # fmt: skip
 
     def text(self, all_files: bool = False) -> str:
         """The plan; the upload list is cut at PLAN_FILES lines unless all_files."""
@@ -740,7 +746,10 @@ def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> P
     ]  # fmt: skip
     if found:
         lines.append("  - files to upload:")
-    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)])
+    # A backend may show its create requests (`--dry-run --json`); without the method, none.
+    requests = getattr(backend, "plan_requests", None)
+    return Plan(spec.id, lines, files, size, [(relpath, found[relpath].size) for relpath in sorted(found)],
+                requests(spec, backend_state) if requests else [])  # fmt: skip
 
 
 # ---------------------------------------------------------------- sweeping
