@@ -371,3 +371,42 @@ def test_a_failure_midway_rolls_back_and_spares_what_is_not_ours(k8s: dict[str, 
         assert api.batch.read_namespaced_job(spec.id, api.namespace).metadata.name == spec.id
     finally:
         api.batch.delete_namespaced_job(spec.id, api.namespace)
+
+
+KUBECONFIG = """apiVersion: v1
+kind: Config
+clusters:
+- {name: c, cluster: {server: "https://127.0.0.1:1"}}
+users:
+- {name: alice@example.com, user: {token: not-a-real-token}}
+contexts:
+- {name: first, context: {cluster: c, user: alice@example.com, namespace: team-a}}
+- {name: second, context: {cluster: c, user: alice@example.com}}
+current-context: first
+"""
+
+
+def test_kubeconfig_context_and_namespace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpi_jupyter.backends.k8s import config
+
+    path = tmp_path / "kubeconfig"
+    path.write_text(KUBECONFIG)
+    monkeypatch.setenv("KUBECONFIG", str(path))
+    for name in (config.NAMESPACE_ENV, config.CONTEXT_ENV, "KUBERNETES_SERVICE_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    found = config.connect()
+    assert (found.context, found.namespace, found.user) == ("first", "team-a", "alice@example.com")
+    monkeypatch.setenv(config.NAMESPACE_ENV, "elsewhere")
+    assert config.connect().namespace == "elsewhere"
+    monkeypatch.delenv(config.NAMESPACE_ENV)
+    monkeypatch.setenv(config.CONTEXT_ENV, "second")
+    assert (config.connect().context, config.connect().namespace) == ("second", "default")
+    monkeypatch.setenv(config.CONTEXT_ENV, "third")
+    with pytest.raises(
+        config.ConfigError, match=r"^k8s: context 'third' is not in .*; accepted: first, second$"
+    ):
+        config.connect()
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    with pytest.raises(config.ConfigError, match=r"^k8s: no kubeconfig .*accepted: KUBECONFIG=<file>"):
+        config.connect()
