@@ -34,7 +34,7 @@ def _main(words: list[str]) -> int:
             script = _read_script(args.script)
             launched = commands.run_task(
                 args.assignments, script, defaults={}, wait=args.wait, dry_run=args.dry_run, files=args.files,
-                out=print, as_json=args.json,
+                manifests=args.manifests, out=print, as_json=args.json,
                 progress=ProgressBar("uploading"),
             )  # fmt: skip
             if launched.task is not None and not args.wait:

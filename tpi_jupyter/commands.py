@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .backends.base import get_backend
 from .grammar import (
     UsageFailure,
     cell_parser,
@@ -21,7 +22,7 @@ from .grammar import (
     strip_comment,
     verb_parser,
 )
-from .spec import SpecError, TaskSpec, check_name, parse_assignments
+from .spec import SpecError, TaskSpec, check_name, parse_assignments, random_name
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, failure_text, format_line, launch
 from .task import sweep as sweep_task
@@ -82,11 +83,15 @@ class Launched:
 def run_task(
     assignments: Sequence[str], script: str, *, defaults: Mapping[str, Any], wait: bool, dry_run: bool,
     out: Printer, tail_lines: int = 20, cwd: str | None = None, progress: ProgressCallback | None = None,
-    files: bool = False, prog: str = "tpi", as_json: bool = False,
+    files: bool = False, prog: str = "tpi", as_json: bool = False, manifests: bool = False,
 ) -> Launched:  # fmt: skip
     if as_json and not dry_run:
         raise UsageFailure("--json: shows a launch plan; accepted: --dry-run --json")
     spec = build_spec(assignments, defaults, cwd)
+    if manifests and not dry_run:
+        raise UsageFailure("--manifests: only with --dry-run; accepted: run ... --dry-run --manifests")
+    if manifests and not spec.name:
+        spec = spec.with_name(random_name())  # the plan and the manifests name the same task
     try:
         script.encode("utf-8")
     except UnicodeEncodeError as error:  # a lone surrogate: the machines could not read it
@@ -97,6 +102,8 @@ def run_task(
     result = launch(spec, script, dry_run=dry_run, progress=progress)
     if isinstance(result, Plan):
         out(result.json() if as_json else result.text(all_files=files))
+        if manifests:
+            out(manifests_text(spec))
         return Launched(None, result)
     for warning in result.record.get("warnings", []):  # before the widget or the log: seen first
         out(f"warning: {warning}")
@@ -110,6 +117,18 @@ def run_task(
         if status != "succeeded":
             raise TaskFailed(result, status, result.tail_text(tail_lines))
     return Launched(result, None)
+
+
+def manifests_text(spec: TaskSpec) -> str:
+    """The objects a backend that has manifests would send, as YAML documents."""
+    import yaml
+
+    backend = get_backend(spec.cloud)
+    render = getattr(backend, "manifests", None)
+    if render is None:
+        raise UsageFailure(f"--manifests: cloud={spec.cloud} sends no manifests; accepted: cloud=k8s")
+    state = backend.new_state(spec, time.time() + spec.timeout)
+    return str(yaml.safe_dump_all(render(spec, state), sort_keys=False)).rstrip("\n")
 
 
 def list_text() -> str:

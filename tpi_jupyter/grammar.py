@@ -36,6 +36,8 @@ def _launch_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--json", action="store_true", help="with --dry-run: the plan as JSON, with request bodies"
     )
+    parser.add_argument("--manifests", action="store_true",
+                        help="with --dry-run: print the objects a Kubernetes task sends, as YAML")  # fmt: skip
 
 
 def arguments_help(width: int = 100) -> str:

@@ -64,6 +64,7 @@ class TpiMagics(Magics):
             launched = commands.run_task(
                 args.assignments, cell, defaults=defaults, wait=args.wait, dry_run=args.dry_run,
                 files=args.files, out=print, tail_lines=self.log_tail_lines, prog="%tpi", as_json=args.json,
+                manifests=args.manifests,
                 progress=view.upload_progress if view else None,
             )  # fmt: skip
         except (commands.WaitInterrupted, commands.TaskFailed) as error:

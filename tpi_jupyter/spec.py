@@ -126,7 +126,8 @@ NATIVE_CONTAINER: dict[str, tuple[str, str]] = {
     "aws": (r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?", "an S3 bucket name[/prefix]"),
     "gcp": (r"[a-z0-9][a-z0-9._-]{1,61}[a-z0-9](/\S*)?", "a GCS bucket name[/prefix]"),
     "az": (r"[a-z0-9]{3,24}/[a-z0-9](-?[a-z0-9])+(/\S*)?", "{storage account}/{container}[/prefix]"),
-    "k8s": (r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", "a PersistentVolumeClaim name"),
+    "k8s": (r"(s3|gs|az)://[a-z0-9][a-z0-9._-]*[a-z0-9](/\S*)?|[a-z0-9]([a-z0-9.-]*[a-z0-9])?",
+            "an object-store URL s3://, gs:// or az://{bucket}[/prefix], or a PersistentVolumeClaim name"),
 }  # fmt: skip
 
 MAX_PARALLELISM = 1000  # a ceiling against typos (parallelism=10000000); raise it here if needed

@@ -1,0 +1,215 @@
+"""The Kubernetes backend: one Indexed Job per task on the cluster your kubeconfig points at.
+
+`create` (after checks: an object-store `container`, the cluster reachable) makes a Secret
+(storage credentials; the environment values join it at `start`) and the Job, suspended.
+`start`, once task.py wrote the remote, moves the environment values from the remote into the
+Secret and resumes the Job. Ranks are completion indexes; pods run the agent from a runtime an
+init container copies in (pod.py), so the user's image brings only what the script needs.
+Everything carries `tpi-task=<id>` and `tpi-creator=<user>`; `sweep k8s` finds leftovers by label.
+Settings (environment variables, read at create): config.py.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ... import layout
+from ...agent_watch import STOP_KEY
+from ...spec import SpecError, TaskSpec
+from ...sync import filesystem
+from ..base import Capabilities, GroupState, Timing, pricing_text
+from ..kit.steps import Steps
+from ..kit.sweep import Orphan
+from ..kit.tags import label_value
+from . import config, job, manifests, storage
+from . import sweep as k8s_sweep
+
+
+@dataclass
+class K8sState:
+    deadline: float = 0.0
+    context: str = ""
+    namespace: str = ""
+    creator: str = ""
+    name: str = ""  # of the Job and the Secret
+    remote: str = ""
+    secret: bool = False  # made (so delete knows what to look for)
+    job: bool = False
+
+
+class K8sBackend:
+    name = "k8s"
+    state_type = K8sState
+    capabilities = Capabilities(
+        preemption=True, sweep=True, ranks="index", prices=False, poll_interval=2.0,
+        env_protection="a Kubernetes Secret of the task, mounted read-only into the agent only",
+        timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
+    )  # fmt: skip
+    STOP_WAIT = 120.0  # seconds agents get to see a stop, sync back and report
+    DELETE_WAIT = 180.0  # pods get their grace period to end
+    POLL = 2.0
+
+    def __init__(self) -> None:
+        self._api: job.Api | None = None
+        # Pod events seen once stay: an evicted pod, and its DisruptionTarget, are gone soon after.
+        self._events: dict[tuple[Any, ...], dict[str, Any]] = {}
+
+    def api(self, state: K8sState) -> job.Api:
+        if self._api is None:
+            try:
+                cluster = config.connect(state.context, state.namespace)
+            except config.ConfigError as error:
+                raise SpecError(str(error)) from None
+            self._api = job.Api(cluster.api, cluster.namespace)
+        return self._api
+
+    # ------------------------------------------------------------ names and plan
+
+    def new_state(self, spec: TaskSpec, deadline: float) -> K8sState:
+        return K8sState(deadline=deadline, name=spec.id)
+
+    def remote_url(self, spec: TaskSpec, state: K8sState) -> str:
+        return state.remote or storage.remote_url(spec)
+
+    def manifests(self, spec: TaskSpec, state: K8sState) -> list[dict[str, Any]]:
+        """What create sends (the Secret's values shown empty)."""
+        settings = config.Settings.from_environment()
+        namespace, creator = state.namespace, state.creator
+        if not namespace:  # a dry run: the kubeconfig's namespace and user when there is one
+            with contextlib.suppress(Exception):
+                cluster = config.connect()
+                namespace, creator = cluster.namespace, label_value(cluster.user)
+        meta = manifests.metadata(spec, state.name or spec.id, namespace or "default",
+                                  creator or "unknown", self.remote_url(spec, state))  # fmt: skip
+        left = int(state.deadline - time.time()) if state.deadline else spec.timeout
+        found = [
+            manifests.secret(meta, {}, {}),
+            manifests.job(spec, meta, self.remote_url(spec, state), left, settings.agent_image,
+                          settings.agent_runtime),
+        ]  # fmt: skip
+        return list(json.loads(json.dumps(found)))  # plain data: no shared parts (YAML anchors)
+
+    def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
+        settings = config.Settings.from_environment()
+        if storage.protocol(spec.container) not in storage.OBJECT_STORES:
+            return ["! launching is refused: k8s needs container=s3://, gs:// or az://{bucket}[/prefix] "
+                    "(a PersistentVolumeClaim remote is not available yet)"]  # fmt: skip
+        return [
+            f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)",
+            f"secret {spec.id}: environment values and storage credentials, mounted into the agent only",
+            f"job {spec.id}: Indexed, {spec.parallelism} rank(s) x {spec.native_machine}, image {spec.native_image}, "
+            f"{pricing_text(spec.spot)}, evicted pods respawned",
+            f"agent runtime: copied in by an init container from {settings.agent_image} ({settings.agent_runtime})",
+            f"labels: tpi-task={spec.id}, tpi-creator=<your kubeconfig user>",
+        ]
+
+    # ------------------------------------------------------------ create / start
+
+    def create(self, spec: TaskSpec, state: K8sState, steps: Steps) -> None:
+        storage.check(spec)  # SpecError before anything exists
+        settings = config.Settings.from_environment()
+        try:
+            cluster = config.connect(namespace=state.namespace)
+        except config.ConfigError as error:
+            raise SpecError(str(error)) from None
+        state.context, state.namespace = cluster.context, cluster.namespace
+        state.creator, state.remote = label_value(cluster.user) or "unknown", storage.remote_url(spec)
+        self._api = api = job.Api(cluster.api, cluster.namespace)
+        steps.explain = job.describe
+        meta = manifests.metadata(spec, state.name, state.namespace, state.creator, state.remote)
+        credentials = storage.credentials(spec.container, settings.forward_storage_credentials,
+                                          settings.storage_endpoint)  # fmt: skip
+
+        def make_secret() -> None:
+            state.secret = True  # recorded first: a timeout may still have made it
+            job.create_secret(api, manifests.secret(meta, {}, credentials))
+
+        def make_job() -> None:
+            state.job = True
+            left = int(state.deadline - time.time())
+            job.create_job(api, manifests.job(spec, meta, state.remote, left, settings.agent_image,
+                                              settings.agent_runtime))  # fmt: skip
+
+        steps.run("secret", make_secret)
+        steps.run("job", make_job)
+
+    def start(self, spec: TaskSpec, state: K8sState) -> None:
+        api = self.api(state)
+        job.set_environment(api, state.name, storage.take_environment(state.remote))
+        job.set_suspended(api, state.name, False)
+
+    # ------------------------------------------------------------ read / stop / preempt
+
+    def read(self, spec: TaskSpec, state: K8sState) -> GroupState:
+        if not state.job:
+            return GroupState(exists=False)
+        found = job.read(self.api(state), state.name, spec.id)
+        for event in found.events:
+            self._events.setdefault((event["kind"], event["rank"], event["detail"]), event)
+        found.events = sorted(self._events.values(), key=lambda event: event["time"])
+        return found
+
+    def stop(self, spec: TaskSpec, state: K8sState) -> None:
+        """Through the remote, as on every cloud: agents stop the script, sync back and report;
+        then the Job is suspended, which ends the pods that did not."""
+        if not state.job:
+            return
+        fs, root = filesystem(self.remote_url(spec, state))
+        with contextlib.suppress(OSError):
+            fs.pipe_file(layout.join(root, STOP_KEY), layout.timestamp().encode())
+        api = self.api(state)
+        limit = time.monotonic() + self.STOP_WAIT
+        while time.monotonic() < limit and any(m.alive for m in job.read(api, state.name, spec.id).machines):
+            time.sleep(self.POLL)
+        with contextlib.suppress(Exception):
+            job.set_suspended(api, state.name, True)
+
+    def preempt(self, spec: TaskSpec, state: K8sState, rank: int) -> None:
+        live = [m for m in self.read(spec, state).machines if m.rank == rank and m.alive]
+        pods = [p for p in job.pods(self.api(state), spec.id) if job.rank_of(p) == rank
+                and p.status and p.status.phase in job.ALIVE_PHASES and not p.metadata.deletion_timestamp]  # fmt: skip
+        if not live or not pods:
+            raise RuntimeError(f"rank {rank} has no running pod to evict")
+        job.evict(self.api(state), pods[0].metadata.name)
+
+    def cost(self, spec: TaskSpec, state: K8sState, seconds: float) -> str:
+        return "n/a"
+
+    # ------------------------------------------------------------ delete and sweep
+
+    def delete(self, spec: TaskSpec, state: K8sState) -> None:
+        if state.secret or state.job:
+            try:
+                job.delete_all(self.api(state), state.name, spec.id, self.DELETE_WAIT, self.POLL)
+            except Exception as error:
+                raise RuntimeError(f"k8s: task {spec.id} could not be fully deleted ({job.describe(error)}); "
+                                   "destroy again, or `tpi sweep k8s --yes` later") from None  # fmt: skip
+        if state.remote:
+            storage.delete(state.remote)
+
+    def caller(self) -> str:
+        try:
+            return label_value(config.connect().user) or "unknown"
+        except config.ConfigError as error:
+            raise RuntimeError(str(error)) from None
+
+    def orphans(self, region: str | None) -> list[Orphan]:
+        cluster = config.connect(namespace=region or "")
+        self._api = api = job.Api(cluster.api, cluster.namespace)
+        return k8s_sweep.orphans(api)
+
+    def delete_orphan(self, orphan: Orphan) -> None:
+        handle = orphan.handle
+        state = K8sState(namespace=handle["namespace"], name=handle["name"] or handle["label"],
+                         remote=handle["remote"], secret=True, job=True)  # fmt: skip
+        self._api = None
+        job.delete_all(self.api(state), state.name, handle["label"], self.DELETE_WAIT, self.POLL)
+        if state.remote:
+            storage.delete(state.remote)
+
+
+__all__ = ["K8sBackend", "K8sState"]
