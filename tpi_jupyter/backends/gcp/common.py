@@ -95,7 +95,7 @@ class Clients:
         self._lock = threading.Lock()
 
     def credentials(self) -> tuple[Any, str]:
-        """ADC and the project: `GOOGLE_CLOUD_PROJECT`, else the credentials' own project."""
+        """ADC and the project: `GcpSettings.project`, `GOOGLE_CLOUD_PROJECT`, else the credentials' own."""
         with self._lock:
             if self._credentials is None:
                 try:
@@ -113,14 +113,17 @@ class Clients:
                         "`gcloud auth application-default login` or GOOGLE_APPLICATION_CREDENTIALS"
                     ) from None
                 self._credentials = credentials
-                self._project = os.environ.get("GOOGLE_CLOUD_PROJECT") or project or ""
+                from .settings import configured_project  # traitlets: on the client only
+
+                self._project = configured_project(project)
             return self._credentials, self._project
 
     def project(self) -> str:
         project = self.credentials()[1]
         if not project:
             raise SpecError(
-                "cloud: gcp has no project; accepted: GOOGLE_CLOUD_PROJECT=<project id> or an ADC project"
+                "cloud: gcp has no project; accepted: %config GcpSettings.project = '<project id>', "
+                "GOOGLE_CLOUD_PROJECT=<project id>, or an ADC project"
             )
         return project
 

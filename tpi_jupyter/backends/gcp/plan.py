@@ -4,7 +4,6 @@ resolves it at creation), the project comes from `GOOGLE_CLOUD_PROJECT` or ADC w
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from ...spec import TaskSpec
@@ -23,7 +22,9 @@ COMPUTE = "https://compute.googleapis.com/compute/v1"
 
 def planned_state(spec: TaskSpec, deadline: float) -> GcpState:
     """The state create would fill in, from the spec alone."""
-    project = os.environ.get("GOOGLE_CLOUD_PROJECT") or "<your project>"
+    from .settings import configured_project  # traitlets: on the client only
+
+    project = configured_project() or "<your project>"
     state = GcpState(deadline=deadline, project=project, zone=spec.native_region, name=base_name(spec.id),
                      creator="<your account>")  # fmt: skip
     machine, accelerator, count = split_machine(spec.native_machine)
