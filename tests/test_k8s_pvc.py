@@ -62,6 +62,8 @@ def test_claim_mode_manifests_validate_strictly(
     command = pod["containers"][0]["command"]
     assert command[command.index("--remote") + 1] == f"{manifests.CLAIM_DIR}/{spec.id}"
     assert {"name": "tpi-remote", "mountPath": manifests.CLAIM_DIR} in pod["containers"][0]["volumeMounts"]
+    limits = pod["containers"][0]["resources"]["limits"]
+    assert "ephemeral-storage" not in limits, "without a container disk_size sizes the claim, not the pod"
 
 
 def test_a_container_that_is_no_url_is_refused_before_anything_exists(tpi_home: Path) -> None:

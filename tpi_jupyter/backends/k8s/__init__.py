@@ -31,10 +31,12 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
 from ..kit.tags import label_value
-from . import config, job, manifests, proxyfs, storage
+from . import config, job, manifests, storage
 from . import sweep as k8s_sweep
+from .manifests import PROTOCOL
 
-fsspec.register_implementation(proxyfs.PROTOCOL, proxyfs.ProxyFileSystem, clobber=True)
+# By name: proxyfs imports transfer.py, which pods run with `python -m` (not imported before).
+fsspec.register_implementation(PROTOCOL, "tpi_jupyter.backends.k8s.proxyfs.ProxyFileSystem", clobber=True)
 
 
 @dataclass
@@ -86,6 +88,8 @@ class K8sBackend:
         if state.remote:
             return state.remote
         if storage.on_claim(spec):
+            from . import proxyfs  # not at import: pods run transfer.py, which it imports, with -m
+
             return proxyfs.remote_url(state.context, state.namespace or "default", spec.id)
         return storage.remote_url(spec)
 

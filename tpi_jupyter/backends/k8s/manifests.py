@@ -33,6 +33,7 @@ TRANSFER_KEY = "transfer-token"  # the transfer pod's token (the client sends it
 CLAIM_DIR = "/tpi-remote"  # where the PersistentVolumeClaim is mounted, in task and transfer pods
 DEFAULT_CLAIM_GB = 10  # disk_size=-1 (automatic): the claim's size
 TRANSFER_PORT = 8080
+PROTOCOL = "tpi-k8s-pvc"  # the client's URL of a claim's remote (proxyfs.py)
 ROLE = "tpi-jupyter/role"  # "transfer" on the transfer pod, which is not a rank
 INDEX = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
@@ -72,7 +73,7 @@ def resources(spec: TaskSpec) -> dict[str, dict[str, str]]:
     if found is None:  # the spec validated the syntax already
         raise ValueError(f"machine: {spec.native_machine!r} is not {{cpu}}-{{memory}}[+{{gpu}}*{{n}}]")
     wanted = {"cpu": found["cpu"], "memory": f"{found['memory']}M"}
-    if spec.disk_size > 0:
+    if spec.disk_size > 0 and spec.container:  # without a container, disk_size sizes the claim
         wanted["ephemeral-storage"] = f"{spec.disk_size}Gi"
     limits = dict(wanted)
     if found["accelerator"]:
@@ -188,7 +189,8 @@ def job(
     """The Indexed Job, created suspended (`start` resumes it once the remote holds the task).
 
     A remote below CLAIM_DIR is the task's PersistentVolumeClaim, mounted there in every pod."""
-    machine_dir: dict[str, Any] = {"sizeLimit": f"{spec.disk_size}Gi"} if spec.disk_size > 0 else {}
+    sized = spec.disk_size > 0 and spec.container  # else disk_size sizes the claim
+    machine_dir: dict[str, Any] = {"sizeLimit": f"{spec.disk_size}Gi"} if sized else {}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,

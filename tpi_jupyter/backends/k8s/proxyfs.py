@@ -20,10 +20,9 @@ from urllib.parse import quote, unquote
 
 from fsspec.spec import AbstractFileSystem
 
-from .manifests import TRANSFER_KEY, TRANSFER_PORT, transfer_name
+from .manifests import PROTOCOL, TRANSFER_KEY, TRANSFER_PORT, transfer_name
 from .transfer import FILE, LIST, TOKEN_HEADER
 
-PROTOCOL = "tpi-k8s-pvc"
 MISSING = 404
 EXISTS = 412
 
