@@ -26,7 +26,8 @@ from tpi_jupyter.backends.k8s import K8sBackend, manifests, proxyfs
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.spec import SpecError
 from tpi_jupyter.sync import download, upload
-from tpi_jupyter.task import FINAL, Task, launch
+from tpi_jupyter.task import FINAL, Task, TaskError, launch
+from tpi_jupyter.task import sweep as sweep_tasks
 
 from .conftest import created_nothing, wait_for
 from .k8s import bed
@@ -231,3 +232,48 @@ def test_lifecycle_on_a_claim_output_through_the_proxy_nothing_left(k8s: bed.Bed
     wait_for(lambda: labelled(api, task.id) == [], timeout=60, interval=0.5)
     assert state.load(task.id) is None
     task.destroy()  # idempotent
+
+
+@needs_bed
+def test_two_ranks_share_a_read_write_many_claim(k8s: bed.Bed) -> None:
+    script = '#!/bin/bash\necho "hello from rank $TPI_RANK of $TPI_WORLD_SIZE"\n'
+    task = launch(build_spec(["cloud=k8s", "parallelism=2", "name=k8s-pvc-two"], {}), script)
+    assert isinstance(task, Task)
+    api: Any = task.backend.api(task.backend_state)  # type: ignore[attr-defined]
+    claim = api.core.read_namespaced_persistent_volume_claim(task.id, api.namespace)
+    assert claim.spec.access_modes == ["ReadWriteMany"]
+    wait_for(lambda: task.read(fresh=True).status in FINAL, timeout=240, interval=0.5)
+    assert task.read(fresh=True).status == "succeeded", task.tail_text()
+    group = task.backend.read(task.task_spec, task.backend_state)
+    assert sorted(m.rank for m in group.machines) == [0, 1]  # the transfer pod is no rank
+    fs, root = task.remote
+    for rank in (0, 1):
+        assert fs.exists(layout.join(root, layout.status(rank)))
+        assert f"hello from rank {rank} of 2" in task.tail_text()
+    task.destroy()
+    wait_for(lambda: labelled(api, task.id) == [], timeout=60, interval=0.5)
+
+
+@needs_bed
+def test_sweep_finds_and_deletes_a_forgotten_claim(k8s: bed.Bed) -> None:
+    task = launch(build_spec(["cloud=k8s", "name=k8s-pvc-lost"], {}), "#!/bin/bash\nsleep 600\n")
+    assert isinstance(task, Task)
+    api: Any = task.backend.api(task.backend_state)  # type: ignore[attr-defined]
+    state.delete(task.id)  # forgotten: only the cluster knows it now
+    listed = sweep_tasks("k8s", delete=False)
+    assert any(line.startswith(f"orphan {task.id} (default): ") and f"claim {task.id}" in line
+               for line in listed), listed  # fmt: skip
+    sweep_tasks("k8s", delete=True)
+    wait_for(lambda: labelled(api, task.id) == [], timeout=90, interval=0.5)
+
+
+@needs_bed
+def test_a_transfer_pod_that_never_answers_rolls_back(k8s: bed.Bed, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(K8sBackend, "TRANSFER_WAIT", 5.0)
+    monkeypatch.setenv("TPI_K8S_AGENT_RUNTIME", "/nonexistent-runtime")  # the server cannot start
+    spec = build_spec(["cloud=k8s", "name=k8s-pvc-broken"], {})
+    with pytest.raises(TaskError, match=r"transfer pod .* did not answer"):
+        launch(spec, "echo hi")
+    assert state.load(spec.id) is None
+    api: Any = K8sBackend().api(K8sBackend().new_state(spec, 0))
+    wait_for(lambda: labelled(api, spec.id) == [], timeout=90, interval=0.5)
