@@ -129,7 +129,12 @@ class K8sBackend:
             where = [f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)"]
         return [
             *where,
-            f"secret {spec.id}: environment values and storage credentials, mounted into the agent only",
+            f"secret {spec.id}: environment values and "
+            + (
+                "the transfer pod's token"
+                if storage.on_claim(spec)
+                else "storage credentials, mounted into the agent only"
+            ),
             f"job {spec.id}: Indexed, {spec.parallelism} rank(s) x {spec.native_machine}, image {spec.native_image}, "
             f"{pricing_text(spec.spot)}, evicted pods respawned",
             f"agent runtime: copied in by an init container from {settings.agent_image} ({settings.agent_runtime})",
