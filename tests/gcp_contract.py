@@ -524,7 +524,9 @@ class ContractServer:
     ) -> Any:
         target = f"zones/{group.zone}/instanceGroupManagers/{group.name}"
         if verb == "" and method == "GET":
-            return {**group.body, "targetSize": group.target}
+            busy = sum(i.status != "RUNNING" for i in group.instances.values())
+            return {**group.body, "targetSize": group.target, "status": {"isStable": busy == 0},
+                    "currentActions": {"none": len(group.instances) - busy, "creating": busy}}  # fmt: skip
         if verb == "" and method == "DELETE":
             for instance in list(group.instances.values()):
                 self._end(instance)
@@ -552,7 +554,8 @@ class ContractServer:
         if verb == "listManagedInstances":
             return {"managedInstances": [
                 {"instance": f"{self.url}{BASE}{PROJECT}/zones/{group.zone}/instances/{i.name}",
-                 "instanceStatus": i.status, "currentAction": "NONE", "id": str(abs(hash(i.name)) % 10**12)}
+                 "instanceStatus": i.status,
+                 "currentAction": "NONE" if i.status == "RUNNING" else "CREATING", "id": str(abs(hash(i.name)) % 10**12)}
                 for i in group.instances.values()]}  # fmt: skip
         if verb == "listErrors":
             return {"items": group.errors}

@@ -546,6 +546,14 @@ def test_stop_goes_through_the_bucket_and_each_machine_releases_itself(
     assert found.exists and [m.alive for m in found.machines] == [True] and found.machines[0].rank == 0
     assert found.events == [{"time": 1796068800.0, "kind": "group-error", "rank": None,
                              "detail": "ZONE_RESOURCE_POOL_EXHAUSTED: The zone does not have enough resources"}]  # fmt: skip
+    # A group in motion: its status and the instance's state and action are events too.
+    gcp.groups[group].instances[instance].status = "STAGING"
+    moving = GcpBackend().read(task.task_spec, task.backend_state).events
+    gcp.groups[group].instances[instance].status = "RUNNING"
+    assert [(e["kind"], e["rank"], e["detail"]) for e in moving if e["kind"] != "group-error"] == [
+        ("group", None, f"{group} not stable: target 1, 1 creating"),
+        ("instance", 0, f"{instance}: STAGING, action CREATING"),
+    ]
     task.stop()
     assert gcp.instances(group) == []
     (released,) = posts(gcp, f"/{group}/deleteInstances")  # the agent saw the stop key and released itself
