@@ -111,8 +111,8 @@ def test_manifests_flag_needs_dry_run(tpi_home: Path, tmp_path: Path) -> None:
     assert code == 2 and err.getvalue().count("\n") == 1 and "--dry-run" in err.getvalue()
 
 
-@pytest.mark.parametrize("container", ["", "my-claim"])
-def test_a_pvc_remote_is_refused_before_anything_exists(container: str, tpi_home: Path) -> None:
+@pytest.mark.parametrize("container", ["my-claim"])  # no container is the claim mode: tests/test_k8s_pvc.py
+def test_a_container_that_is_no_url_is_refused_before_anything_exists(container: str, tpi_home: Path) -> None:
     words = ["cloud=k8s", "name=pvc"] + ([f"container={container}"] if container else [])
     with pytest.raises(SpecError, match=r"^container: .* accepted: an object-store URL container=s3://"):
         launch(build_spec(words, {}), "echo hi")

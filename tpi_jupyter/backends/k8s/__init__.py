@@ -1,7 +1,10 @@
 """The Kubernetes backend: one Indexed Job per task on the cluster your kubeconfig points at.
 
-`create` (after checks: an object-store `container`, the cluster reachable) makes a Secret
-(storage credentials; the environment values join it at `start`) and the Job, suspended.
+`create` (after checks: an object-store `container` or none, the cluster reachable) makes a
+Secret (storage credentials; the environment values join it at `start`) and the Job, suspended.
+Without `container` the remote is a PersistentVolumeClaim that every pod mounts, and a transfer
+pod serves it to the client through the API server's pod proxy (transfer.py, proxyfs.py): the
+claim and that pod are made before the Job, and create waits until the pod answers.
 `start`, once task.py wrote the remote, moves the environment values from the remote into the
 Secret and resumes the Job. Ranks are completion indexes; pods run the agent from a runtime an
 init container copies in (pod.py), so the user's image brings only what the script needs.
@@ -13,9 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import time
 from dataclasses import dataclass
 from typing import Any
+
+import fsspec
 
 from ... import layout
 from ...agent_watch import STOP_KEY
@@ -27,6 +33,10 @@ from ..kit.sweep import Orphan
 from ..kit.tags import label_value
 from . import config, job, manifests, storage
 from . import sweep as k8s_sweep
+from .manifests import PROTOCOL
+
+# By name: proxyfs imports transfer.py, which pods run with `python -m` (not imported before).
+fsspec.register_implementation(PROTOCOL, "tpi_jupyter.backends.k8s.proxyfs.ProxyFileSystem", clobber=True)
 
 
 @dataclass
@@ -39,6 +49,7 @@ class K8sState:
     remote: str = ""
     secret: bool = False  # made (so delete knows what to look for)
     job: bool = False
+    claim: bool = False  # the PersistentVolumeClaim and its transfer pod
 
 
 class K8sBackend:
@@ -52,6 +63,7 @@ class K8sBackend:
     STOP_WAIT = 120.0  # seconds agents get to see a stop, sync back and report
     DELETE_WAIT = 180.0  # pods get their grace period to end
     POLL = 2.0
+    TRANSFER_WAIT = 180.0  # seconds for the claim to bind and the transfer pod to answer
 
     def __init__(self) -> None:
         self._api: job.Api | None = None
@@ -73,7 +85,18 @@ class K8sBackend:
         return K8sState(deadline=deadline, name=spec.id)
 
     def remote_url(self, spec: TaskSpec, state: K8sState) -> str:
-        return state.remote or storage.remote_url(spec)
+        if state.remote:
+            return state.remote
+        if storage.on_claim(spec):
+            from . import proxyfs  # not at import: pods run transfer.py, which it imports, with -m
+
+            return proxyfs.remote_url(state.context, state.namespace or "default", spec.id)
+        return storage.remote_url(spec)
+
+    @staticmethod
+    def pod_remote(spec: TaskSpec, remote: str) -> str:
+        """The remote as the pods see it: the claim's mount, or the object store's URL."""
+        return f"{manifests.CLAIM_DIR}/{spec.id}" if storage.on_claim(spec) else remote
 
     def manifests(self, spec: TaskSpec, state: K8sState) -> list[dict[str, Any]]:
         """What create sends (the Secret's values shown empty)."""
@@ -86,21 +109,32 @@ class K8sBackend:
         meta = manifests.metadata(spec, state.name or spec.id, namespace or "default",
                                   creator or "unknown", self.remote_url(spec, state))  # fmt: skip
         left = int(state.deadline - time.time()) if state.deadline else spec.timeout
-        found = [
-            manifests.secret(meta, {}, {}),
-            manifests.job(spec, meta, self.remote_url(spec, state), left, settings.agent_image,
-                          settings.agent_runtime),
-        ]  # fmt: skip
+        found = [manifests.secret(meta, {}, {})]
+        if storage.on_claim(spec):
+            found += [manifests.claim(spec, meta),
+                      manifests.transfer_pod(meta, settings.agent_image, settings.agent_runtime)]  # fmt: skip
+        found.append(manifests.job(spec, meta, self.pod_remote(spec, self.remote_url(spec, state)), left,
+                                   settings.agent_image, settings.agent_runtime))  # fmt: skip
         return list(json.loads(json.dumps(found)))  # plain data: no shared parts (YAML anchors)
 
     def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
         settings = config.Settings.from_environment()
-        if storage.protocol(spec.container) not in storage.OBJECT_STORES:
-            return ["! launching is refused: k8s needs container=s3://, gs:// or az://{bucket}[/prefix] "
-                    "(a PersistentVolumeClaim remote is not available yet)"]  # fmt: skip
+        if storage.on_claim(spec):
+            claim = manifests.claim(spec, manifests.metadata(spec, spec.id, "default", ""))["spec"]
+            where = [f"storage: PersistentVolumeClaim {spec.id} of the default StorageClass, "
+                     f"{claim['resources']['requests']['storage']}, {claim['accessModes'][0]}",
+                     f"pod {manifests.transfer_name(spec.id)}: serves the claim to this client through "
+                     "the API server's pod proxy"]  # fmt: skip
+        else:
+            where = [f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)"]
         return [
-            f"storage: {self.remote_url(spec, state)} (the task's prefix of your container)",
-            f"secret {spec.id}: environment values and storage credentials, mounted into the agent only",
+            *where,
+            f"secret {spec.id}: environment values and "
+            + (
+                "the transfer pod's token"
+                if storage.on_claim(spec)
+                else "storage credentials, mounted into the agent only"
+            ),
             f"job {spec.id}: Indexed, {spec.parallelism} rank(s) x {spec.native_machine}, image {spec.native_image}, "
             f"{pricing_text(spec.spot)}, evicted pods respawned",
             f"agent runtime: copied in by an init container from {settings.agent_image} ({settings.agent_runtime})",
@@ -117,25 +151,49 @@ class K8sBackend:
         except config.ConfigError as error:
             raise SpecError(str(error)) from None
         state.context, state.namespace = cluster.context, cluster.namespace
-        state.creator, state.remote = label_value(cluster.user) or "unknown", storage.remote_url(spec)
+        state.creator = label_value(cluster.user) or "unknown"
+        state.remote = self.remote_url(spec, state)
         self._api = api = job.Api(cluster.api, cluster.namespace)
         steps.explain = job.describe
         meta = manifests.metadata(spec, state.name, state.namespace, state.creator, state.remote)
         credentials = storage.credentials(spec.container, settings.forward_storage_credentials,
-                                          settings.storage_endpoint)  # fmt: skip
+                                          settings.storage_endpoint) if spec.container else {}  # fmt: skip
+        token = secrets.token_urlsafe(32) if storage.on_claim(spec) else ""
 
         def make_secret() -> None:
             state.secret = True  # recorded first: a timeout may still have made it
-            job.create_secret(api, manifests.secret(meta, {}, credentials))
+            job.create_secret(api, manifests.secret(meta, {}, credentials, token))
+
+        def make_claim() -> None:
+            state.claim = True
+            job.create_claim(api, manifests.claim(spec, meta))
+            job.create_pod(api, manifests.transfer_pod(meta, settings.agent_image, settings.agent_runtime))
+            self._wait_for_transfer(state)
 
         def make_job() -> None:
             state.job = True
             left = int(state.deadline - time.time())
-            job.create_job(api, manifests.job(spec, meta, state.remote, left, settings.agent_image,
-                                              settings.agent_runtime))  # fmt: skip
+            job.create_job(api, manifests.job(spec, meta, self.pod_remote(spec, state.remote), left,
+                                              settings.agent_image, settings.agent_runtime))  # fmt: skip
 
         steps.run("secret", make_secret)
+        if storage.on_claim(spec):
+            steps.run("claim", make_claim)
         steps.run("job", make_job)
+
+    def _wait_for_transfer(self, state: K8sState) -> None:
+        """Until the transfer pod answers through the proxy (the claim bound, the pod running)."""
+        limit, last = time.monotonic() + self.TRANSFER_WAIT, ""
+        while time.monotonic() < limit:
+            try:
+                filesystem(state.remote)[0].ls("")
+                return
+            except Exception as error:  # not scheduled, not running, not listening yet
+                last = job.describe(error)
+            time.sleep(self.POLL)
+        phase = job.pod_phase(self.api(state), manifests.transfer_name(state.name))
+        raise RuntimeError(f"transfer pod {manifests.transfer_name(state.name)} did not answer in "
+                           f"{self.TRANSFER_WAIT:.0f} s (phase {phase}; last: {last})")  # fmt: skip
 
     def start(self, spec: TaskSpec, state: K8sState) -> None:
         api = self.api(state)
@@ -182,7 +240,7 @@ class K8sBackend:
     # ------------------------------------------------------------ delete and sweep
 
     def delete(self, spec: TaskSpec, state: K8sState) -> None:
-        if state.secret or state.job:
+        if state.secret or state.job or state.claim:
             try:
                 job.delete_all(self.api(state), state.name, spec.id, self.DELETE_WAIT, self.POLL)
             except Exception as error:
@@ -205,7 +263,7 @@ class K8sBackend:
     def delete_orphan(self, orphan: Orphan) -> None:
         handle = orphan.handle
         state = K8sState(namespace=handle["namespace"], name=handle["name"] or handle["label"],
-                         remote=handle["remote"], secret=True, job=True)  # fmt: skip
+                         remote=handle["remote"], secret=True, job=True, claim=True)  # fmt: skip
         self._api = None
         job.delete_all(self.api(state), state.name, handle["label"], self.DELETE_WAIT, self.POLL)
         if state.remote:

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..base import GroupState, Machine
 from ..kit.tags import TASK
-from .manifests import ENV_KEY, INDEX_ANNOTATION
+from .manifests import ENV_KEY, INDEX_ANNOTATION, ROLE
 
 ALIVE_PHASES = ("Pending", "Running")
 
@@ -70,12 +70,27 @@ def set_suspended(api: Api, name: str, suspended: bool) -> None:
     api.batch.patch_namespaced_job(name, api.namespace, {"spec": {"suspend": suspended}})
 
 
+def create_claim(api: Api, manifest: dict[str, Any]) -> None:
+    api.core.create_namespaced_persistent_volume_claim(api.namespace, manifest)
+
+
+def create_pod(api: Api, manifest: dict[str, Any]) -> None:
+    api.core.create_namespaced_pod(api.namespace, manifest)
+
+
+def pod_phase(api: Api, name: str) -> str:
+    found = api.core.read_namespaced_pod(name, api.namespace)
+    return str(found.status.phase) if found.status and found.status.phase else "Pending"
+
+
 def selector(task_id: str) -> str:
     return f"{TASK}={task_id}"
 
 
-def pods(api: Api, task_id: str) -> list[Any]:
-    return list(api.core.list_namespaced_pod(api.namespace, label_selector=selector(task_id)).items)
+def pods(api: Api, task_id: str, transfer: bool = False) -> list[Any]:
+    """The Job's pods (the ranks); with `transfer`, the transfer pod too."""
+    chosen = selector(task_id) + ("" if transfer else f",{ROLE}!=transfer")
+    return list(api.core.list_namespaced_pod(api.namespace, label_selector=chosen).items)
 
 
 def rank_of(pod: Any) -> int:
@@ -148,7 +163,8 @@ def ours(found: Any, task_id: str) -> bool:
 
 
 def delete_all(api: Api, name: str, task_id: str, wait: float, poll: float) -> None:
-    """Job, its pods and the Secret; idempotent; waits until no pod of the task is left."""
+    """Job, its pods, the transfer pod, the Secret and the claim; idempotent; waits until no pod
+    of the task is left (the claim's volume goes when no pod uses it)."""
     actions: list[Callable[[], object]] = [
         lambda: (
             ours(api.batch.read_namespaced_job(name, api.namespace), task_id)
@@ -159,6 +175,10 @@ def delete_all(api: Api, name: str, task_id: str, wait: float, poll: float) -> N
             ours(api.core.read_namespaced_secret(name, api.namespace), task_id)
             and api.core.delete_namespaced_secret(name, api.namespace)
         ),
+        lambda: (
+            ours(api.core.read_namespaced_persistent_volume_claim(name, api.namespace), task_id)
+            and api.core.delete_namespaced_persistent_volume_claim(name, api.namespace)
+        ),
     ]  # an object of that name without the task's label is someone else's: left alone
     for action in actions:
         try:
@@ -167,8 +187,8 @@ def delete_all(api: Api, name: str, task_id: str, wait: float, poll: float) -> N
             if not not_found(error):
                 raise
     limit = time.monotonic() + wait
-    while pods(api, task_id):
+    while pods(api, task_id, transfer=True):
         if time.monotonic() > limit:
-            left = ", ".join(pod.metadata.name for pod in pods(api, task_id))
+            left = ", ".join(pod.metadata.name for pod in pods(api, task_id, transfer=True))
             raise RuntimeError(f"pods still terminating after {wait:.0f} s: {left}")
         time.sleep(poll)

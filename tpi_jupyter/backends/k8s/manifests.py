@@ -29,6 +29,12 @@ SECRET_DIR = "/etc/tpi"  # environment values and storage credentials (0400)
 MACHINE_DIR = "/var/lib/tpi"  # the agent's work and private directories
 ENV_KEY = "env.json"
 STORAGE_KEY = "storage.json"
+TRANSFER_KEY = "transfer-token"  # the transfer pod's token (the client sends it through the proxy)
+CLAIM_DIR = "/tpi-remote"  # where the PersistentVolumeClaim is mounted, in task and transfer pods
+DEFAULT_CLAIM_GB = 10  # disk_size=-1 (automatic): the claim's size
+TRANSFER_PORT = 8080
+PROTOCOL = "tpi-k8s-pvc"  # the client's URL of a claim's remote (proxyfs.py)
+ROLE = "tpi-jupyter/role"  # "transfer" on the transfer pod, which is not a rank
 INDEX = "JOB_COMPLETION_INDEX"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 ID_ANNOTATION = "tpi-jupyter/task-id"
@@ -67,7 +73,7 @@ def resources(spec: TaskSpec) -> dict[str, dict[str, str]]:
     if found is None:  # the spec validated the syntax already
         raise ValueError(f"machine: {spec.native_machine!r} is not {{cpu}}-{{memory}}[+{{gpu}}*{{n}}]")
     wanted = {"cpu": found["cpu"], "memory": f"{found['memory']}M"}
-    if spec.disk_size > 0:
+    if spec.disk_size > 0 and spec.container:  # without a container, disk_size sizes the claim
         wanted["ephemeral-storage"] = f"{spec.disk_size}Gi"
     limits = dict(wanted)
     if found["accelerator"]:
@@ -96,12 +102,59 @@ def spot_scheduling(spec: TaskSpec) -> dict[str, Any]:
     }
 
 
-def secret(meta: dict[str, Any], values: dict[str, str], storage: dict[str, str]) -> dict[str, Any]:
+def secret(
+    meta: dict[str, Any], values: dict[str, str], storage: dict[str, str], token: str = ""
+) -> dict[str, Any]:
     data = {ENV_KEY: json.dumps(values), STORAGE_KEY: json.dumps(storage)}
+    if token:
+        data[TRANSFER_KEY] = token
     return {
         "apiVersion": "v1", "kind": "Secret", "metadata": meta, "type": "Opaque",
         "data": {key: base64.b64encode(text.encode()).decode() for key, text in data.items()},
     }  # fmt: skip
+
+
+def claim(spec: TaskSpec, meta: dict[str, Any]) -> dict[str, Any]:
+    """The remote's PersistentVolumeClaim: the default StorageClass, sized by disk_size; shared
+    by every rank (ReadWriteMany) when there are several."""
+    mode = "ReadWriteOnce" if spec.parallelism == 1 else "ReadWriteMany"
+    size = spec.disk_size if spec.disk_size > 0 else DEFAULT_CLAIM_GB
+    return {
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta,
+        "spec": {"accessModes": [mode], "resources": {"requests": {"storage": f"{size}Gi"}}},
+    }  # fmt: skip
+
+
+def transfer_pod(meta: dict[str, Any], agent_image: str, agent_runtime: str) -> dict[str, Any]:
+    """The pod that serves the claim to the client through the API server's pod proxy (transfer.py).
+
+    It runs in the agent's runtime image (Python and this package), not the user's."""
+    labels = {**meta["labels"], ROLE: "transfer"}
+    server = {
+        "name": "transfer", "image": agent_image,
+        "command": [f"{agent_runtime}/bin/python", "-m", "tpi_jupyter.backends.k8s.transfer", "--root", CLAIM_DIR,
+                    "--token-file", f"{SECRET_DIR}/{TRANSFER_KEY}", "--port", str(TRANSFER_PORT)],
+        "ports": [{"containerPort": TRANSFER_PORT, "name": "transfer"}],
+        "volumeMounts": [{"name": "tpi-remote", "mountPath": CLAIM_DIR},
+                         {"name": "tpi-secret", "mountPath": SECRET_DIR, "readOnly": True}],
+    }  # fmt: skip
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {**meta, "name": transfer_name(meta["name"]), "labels": labels},
+        "spec": {
+            "restartPolicy": "Always", "enableServiceLinks": False, "automountServiceAccountToken": False,
+            "containers": [server],
+            "volumes": [
+                {"name": "tpi-remote", "persistentVolumeClaim": {"claimName": meta["name"]}},
+                {"name": "tpi-secret", "secret": {"secretName": meta["name"], "defaultMode": 0o400,
+                                                  "items": [{"key": TRANSFER_KEY, "path": TRANSFER_KEY}]}},
+            ],
+        },
+    }  # fmt: skip
+
+
+def transfer_name(name: str) -> str:
+    return f"{name}-transfer"
 
 
 def _containers(spec: TaskSpec, remote: str, agent_image: str, agent_runtime: str) -> dict[str, Any]:
@@ -133,8 +186,11 @@ def _containers(spec: TaskSpec, remote: str, agent_image: str, agent_runtime: st
 def job(
     spec: TaskSpec, meta: dict[str, Any], remote: str, seconds_left: int, agent_image: str, agent_runtime: str
 ) -> dict[str, Any]:
-    """The Indexed Job, created suspended (`start` resumes it once the remote holds the task)."""
-    machine_dir: dict[str, Any] = {"sizeLimit": f"{spec.disk_size}Gi"} if spec.disk_size > 0 else {}
+    """The Indexed Job, created suspended (`start` resumes it once the remote holds the task).
+
+    A remote below CLAIM_DIR is the task's PersistentVolumeClaim, mounted there in every pod."""
+    sized = spec.disk_size > 0 and spec.container  # else disk_size sizes the claim
+    machine_dir: dict[str, Any] = {"sizeLimit": f"{spec.disk_size}Gi"} if sized else {}
     pod: dict[str, Any] = {
         "restartPolicy": "Never",
         "enableServiceLinks": False,
@@ -148,6 +204,9 @@ def job(
         ],
         **spot_scheduling(spec),
     }
+    if remote.startswith(f"{CLAIM_DIR}/"):
+        pod["volumes"].append({"name": "tpi-remote", "persistentVolumeClaim": {"claimName": meta["name"]}})
+        pod["containers"][0]["volumeMounts"].append({"name": "tpi-remote", "mountPath": CLAIM_DIR})
     if spec.permission_set:
         pod["serviceAccountName"] = spec.permission_set
     if node_selector(spec):

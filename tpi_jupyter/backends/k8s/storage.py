@@ -5,7 +5,8 @@ Pods get the client's storage credentials through the task's Secret (deleted wit
 unless `TPI_K8S_STORAGE_CREDENTIALS=none` says their service account has access (workload
 identity). `TPI_K8S_STORAGE_ENDPOINT` gives the store's endpoint as pods reach it, when it differs
 from this machine's (`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`). Which variables are forwarded, per store, is `FORWARDED`; a GCP key file is
-forwarded by content. The PersistentVolumeClaim mode is not done yet: it is refused.
+forwarded by content. Without `container` the remote is the task's PersistentVolumeClaim,
+reached through the transfer pod (proxyfs.py); deleting the claim deletes it.
 """
 
 from __future__ import annotations
@@ -31,13 +32,17 @@ GCP_KEY_CONTENT = "TPI_GCP_KEY_JSON"  # the pod writes it to a private file and 
 
 
 def check(spec: TaskSpec) -> None:
-    """Only an object-store container works yet: anything else is refused before anything exists."""
-    if protocol(spec.container) not in OBJECT_STORES:
+    """An object-store container, or none (a claim): anything else is refused before anything exists."""
+    if spec.container and protocol(spec.container) not in OBJECT_STORES:
         raise SpecError(
-            f"container: {spec.container or '(none)'!r} on k8s; accepted: an object-store URL "
-            "container=s3://bucket[/prefix], gs://bucket[/prefix] or az://container[/prefix] "
-            "(a PersistentVolumeClaim remote is not available yet)"
+            f"container: {spec.container!r} on k8s; accepted: an object-store URL "
+            "container=s3://bucket[/prefix], gs://bucket[/prefix] or az://container[/prefix], "
+            "or no container (a PersistentVolumeClaim of the default StorageClass)"
         )
+
+
+def on_claim(spec: TaskSpec) -> bool:
+    return not spec.container
 
 
 def protocol(container: str) -> str:
@@ -99,7 +104,9 @@ def take_environment(remote: str) -> dict[str, str]:
 
 
 def delete(remote: str) -> None:
-    """The task's prefix only (the bucket is the user's)."""
+    """The task's prefix only (the bucket is the user's); a claim's remote goes with the claim."""
+    if protocol(remote) not in OBJECT_STORES:
+        return
     fs, root = filesystem(remote)
     with contextlib.suppress(FileNotFoundError):
         if fs.exists(root):

@@ -18,7 +18,7 @@ def orphans(api: Api) -> list[Orphan]:
     found: dict[str, Orphan] = {}
     listings: list[tuple[str, Any]] = [
         ("job", api.batch.list_namespaced_job), ("secret", api.core.list_namespaced_secret),
-        ("pod", api.core.list_namespaced_pod),
+        ("pod", api.core.list_namespaced_pod), ("claim", api.core.list_namespaced_persistent_volume_claim),
     ]  # fmt: skip
     for kind, lister in listings:
         for item in lister(api.namespace, label_selector=TASK).items:
@@ -29,7 +29,7 @@ def orphans(api: Api) -> list[Orphan]:
                 task_id, api.namespace, labels.get(CREATOR, ""),
                 handle={"namespace": api.namespace, "label": labels[TASK], "name": "", "remote": ""}))  # fmt: skip
             orphan.resources.setdefault(kind, meta.name)
-            if kind in ("job", "secret"):
+            if kind in ("job", "secret", "claim"):
                 orphan.handle["name"] = meta.name
             if notes.get(REMOTE_ANNOTATION):
                 orphan.handle["remote"] = notes[REMOTE_ANNOTATION]
