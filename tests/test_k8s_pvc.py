@@ -277,3 +277,10 @@ def test_a_transfer_pod_that_never_answers_rolls_back(k8s: bed.Bed, monkeypatch:
     assert state.load(spec.id) is None
     api: Any = K8sBackend().api(K8sBackend().new_state(spec, 0))
     wait_for(lambda: labelled(api, spec.id) == [], timeout=90, interval=0.5)
+
+
+def test_the_claim_protocol_opens_in_a_fresh_process_without_the_backend() -> None:
+    """`tpi pull NAME` in a new process opens the remote before anything imports the backend."""
+    code = "import fsspec; print(fsspec.get_filesystem_class('tpi-k8s-pvc').__module__)"
+    found = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert found.stdout.strip() == "tpi_jupyter.backends.k8s.proxyfs", found.stdout
