@@ -25,7 +25,7 @@ def planned_state(spec: TaskSpec, deadline: float) -> GcpState:
     """The state create would fill in, from the spec alone."""
     from .settings import configured_project  # traitlets: on the client only
 
-    project = configured_project() or "<your project>"
+    project = configured_project() or "your-project"  # a placeholder the boot script can hold
     state = GcpState(deadline=deadline, project=project, zone=spec.native_region, name=base_name(spec.id),
                      creator="<your account>")  # fmt: skip
     machine, accelerator, count = split_machine(spec.native_machine)
