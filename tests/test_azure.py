@@ -296,6 +296,44 @@ def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: P
     assert arm.tagged(task.id) == []
 
 
+def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_only(
+    arm: ContractServer, workdir: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    account_id = arm.user_account("devstoreaccount1")
+    service = BlobServiceClient.from_connection_string(arm.azurite)
+    mine = service.get_container_client("mine")
+    if not mine.exists():
+        mine.create_container()
+    mine.upload_blob("keep.txt", b"the user's own data", overwrite=True)
+    (workdir / "input.txt").write_text("from the workdir\n")
+    task = start(["workdir=.", "output=results", "machine=s", "name=az-mine", "container=devstoreaccount1/mine/exp"],
+                 LIFE_SCRIPT)  # fmt: skip
+    az = task.record["backend"]
+    assert task.record["remote"] == f"abfs://mine@devstoreaccount1.dfs.core.windows.net/exp/{task.id}"
+    assert arm.bodies("storageaccounts") == [] and arm.bodies("containers") == []  # nothing new for storage
+    assignments = [(b["properties"], p) for m, p, b in arm.calls if m == "PUT" and "roleAssignments" in p]
+    data_roles = [(props["principalId"], path.split("/providers/Microsoft.Authorization")[0])
+                  for props, path in assignments if props["roleDefinitionId"].endswith(BLOB_ROLE)]  # fmt: skip
+    # The machines' identity: a data role on the user's container only; the caller gets none (theirs).
+    assert data_roles == [(az["identity_principal_id"], f"{account_id}/blobServices/default/containers/mine")]
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    custom = base64.b64decode(
+        created["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    ).decode()
+    assert "'devstoreaccount1'" in custom and "'mine'" in custom and f"'exp/{task.id}'" in custom
+    assert "AccountKey" not in custom and "sig=" not in custom
+
+    assert task.wait(timeout=90) == "succeeded", [p.output() for p in arm.played()]
+    assert mine.download_blob(f"exp/{task.id}/data/input.txt").readall() == b"from the workdir\n"
+    assert task.destroy() == ["results/out.txt"]
+    # Our prefix and role objects are gone; the user's container and data stay.
+    assert [b.name for b in mine.list_blobs()] == ["keep.txt"]
+    assert arm.tagged(task.id) == [] and arm.authorization_left() == [] and state.load(task.id) is None
+    assert account_id.lower() in arm.resources
+
+
 # ---------------------------------------------------------------- failures: before and midway
 
 
@@ -412,6 +450,45 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     compile(helper, "boot_helper.py", "exec")
     assert "AZURE_CLIENT_ID=IDENTITY-CLIENT-ID" in text and "azure-identity==" in text
     assert arm.calls == [] and state.records() == []  # nothing asked of Azure, nothing recorded
+
+
+def test_dry_run_json_prints_every_create_request_and_creates_nothing(
+    arm: ContractServer, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tpi_jupyter import cli
+
+    from .azure_contract import _kind, _models
+    from .azure_models import check
+
+    (workdir / "input.txt").write_text("x\n")
+    (workdir / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    words = ["run", "cloud=az", "workdir=.", "machine=m+t4", "spot=0.25", "name=az-dry", f"environment=TOKEN={SECRET}",
+             "--script", "run.sh", "--dry-run", "--json"]  # fmt: skip
+    assert cli.main(words) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(printed)
+    assert SECRET not in printed and plan["files"] == 2 and plan["task_id"]
+    made = plan["requests"]
+    kinds = [_kind(request["url"].lower()) for request in made]
+    assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
+                     "storageaccounts", "containers", "roleassignments", "roleassignments", "virtualmachinescalesets",
+                     "roledefinitions", "roleassignments"]  # fmt: skip
+    models = _models()
+    for request, kind in zip(
+        made, kinds, strict=True
+    ):  # what Resource Manager gets is what the SDK's types accept
+        assert request["method"] == "PUT" and request["url"].startswith(
+            "https://management.azure.com/subscriptions/"
+        )
+        assert check(request["body"], models[kind]) == [], request
+    scale_set = made[kinds.index("virtualmachinescalesets")]["body"]
+    assert scale_set["sku"] == {"name": "Standard_NC4as_T4_v3", "tier": "Standard", "capacity": 0}
+    assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": 0.25}
+    assert arm.calls == [] and state.records() == []
+    # --json is for plans only: one line, exit 2, nothing created.
+    assert cli.main([*words[:-2], "--json"]) == 2
+    assert "--json: shows a launch plan; accepted: --dry-run --json" in capsys.readouterr().err
+    assert arm.calls == [] and state.records() == []
 
 
 def test_upload_waits_until_the_callers_new_data_role_applies(

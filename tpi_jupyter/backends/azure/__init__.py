@@ -84,11 +84,16 @@ class AzureBackend:
             *requests.lines(spec, state),
         ]
 
+    def plan_requests(self, spec: TaskSpec, state: AzState) -> list[dict[str, Any]]:
+        """`--dry-run --json`: each create request with its body (nothing is asked of Azure)."""
+        return requests.as_json(spec, state)
+
     # ------------------------------------------------------------ create / start
 
     def create(self, spec: TaskSpec, state: AzState, steps: Steps) -> None:
         preflight(self.clients, spec, state)  # SpecError before anything exists
-        storage.choose(spec, state)
+        if not state.account:
+            storage.choose(spec, state)
         shipped = wheel.keys(MACHINE_EXTRA)
         state.wheel_key, state.lock_key = shipped.wheel_key, shipped.lock_key
         labels = tags(spec, state.creator)
@@ -117,7 +122,7 @@ class AzureBackend:
         (shared keys are off): Storage Blob Data Contributor on this container only."""
         scope = storage.container_id(state)
         identity.assign(self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR)
-        if state.creator != "unknown":
+        if state.creator != "unknown" and not state.user_container:  # the user reaches their own already
             identity.assign(
                 self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
             )

@@ -27,6 +27,7 @@ class AzState:
     container: str = ""
     prefix: str = ""
     user_container: bool = False  # the container is the user's: only our prefix is ours
+    account_group: str = ""  # the resource group of the user's storage account
     identity_id: str = ""
     identity_client_id: str = ""
     identity_principal_id: str = ""

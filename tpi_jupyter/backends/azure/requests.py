@@ -16,6 +16,7 @@ from .boot import bootstrap_versions, custom_data
 from .common import AzState, tags
 
 PROVIDERS = "/subscriptions/SUBSCRIPTION/resourceGroups/{group}/providers"
+ENDPOINT = "https://management.azure.com"
 
 
 def _plain(model: Any) -> Any:
@@ -36,6 +37,8 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
     )  # fmt: skip
     if not shown.account:
         storage.choose(spec, shown)
+    if shown.user_container:
+        shown.account_group = "ACCOUNT-GROUP"  # looked up at launch
     labels = tags(spec, "CALLER-OBJECT-ID")
     base = PROVIDERS.format(group=state.group)
     scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}"
@@ -56,14 +59,25 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
     found += [
         ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR)),
-        ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
-         identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)),
+    ]  # fmt: skip
+    if not spec.container:  # the caller's data role; on their own container they have one
+        found.append(("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
+                      identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)))  # fmt: skip
+    found += [
         ("PUT", f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}", scaleset.body(spec, shown, labels, text)),
         ("PUT", "/subscriptions/SUBSCRIPTION/providers/Microsoft.Authorization/roleDefinitions/NEW-UUID", identity.release_role_body(shown, scale_set_id)),
         ("PUT", f"{scale_set_id}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, "RELEASE-ROLE")),
     ]  # fmt: skip
     return [(method, path, _plain(body)) for method, path, body in found]
+
+
+def as_json(spec: TaskSpec, state: AzState) -> list[dict[str, Any]]:
+    """`--dry-run --json`: {method, url, body} of every create request, in order."""
+    return [
+        {"method": method, "url": f"{ENDPOINT}{path}", "body": body}
+        for method, path, body in planned(spec, state)
+    ]
 
 
 def lines(spec: TaskSpec, state: AzState) -> list[str]:
