@@ -364,6 +364,15 @@ class ContractServer:
                                            "sku": {"name": "Standard_LRS"}, "properties": {}}  # fmt: skip
         return rid
 
+    def user_identity(self, name: str, group: str = "users-ids") -> str:
+        """A user-assigned identity that exists before any task (the user's)."""
+        rid = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+        with self.lock:
+            self.resources[rid.lower()] = {"id": rid, "name": name, "location": "westus2",
+                                           "properties": {"clientId": f"client-{name}", "principalId": f"principal-{name}",
+                                                          "tenantId": "tenant"}}  # fmt: skip
+        return rid
+
     def played(self) -> list[Played]:
         with self.lock:
             return [p for s in self.scale_sets.values() for p in s.instances.values() if p is not None]

@@ -334,6 +334,30 @@ def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_on
     assert account_id.lower() in arm.resources
 
 
+def test_permission_set_attaches_the_users_identities_beside_the_tasks_own(
+    arm: ContractServer, workdir: Path
+) -> None:
+    first, second = arm.user_identity("vault-reader"), arm.user_identity("registry-pull", group="other-ids")
+    task = start(["machine=s", "name=az-ids", f"permission_set={first},{second}"], "#!/bin/bash\ntrue\n")
+    az = task.record["backend"]
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    assert list(created["identity"]["userAssignedIdentities"]) == [az["identity_id"], first, second]
+    # The task's roles stay with the task's own identity: the user's identities get none.
+    principals = {
+        b["properties"]["principalId"] for m, p, b in arm.calls if m == "PUT" and "roleAssignments" in p
+    }
+    assert principals == {az["identity_principal_id"], CALLER}
+    custom = base64.b64decode(
+        created["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    ).decode()
+    assert f"AZURE_CLIENT_ID={az['identity_client_id']}" in custom
+    assert task.wait(timeout=60) == "succeeded", [p.output() for p in arm.played()]
+    task.destroy()
+    # The user's identities are theirs: still there after destroy.
+    assert {first.lower(), second.lower()} <= set(arm.resources)
+    assert arm.tagged(task.id) == [] and arm.authorization_left() == []
+
+
 # ---------------------------------------------------------------- failures: before and midway
 
 
@@ -349,6 +373,13 @@ def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_on
         (
             [
                 "permission_set=/subscriptions/x/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i"
+            ],
+            "permission_set",
+            "",
+        ),
+        (
+            [
+                f"permission_set=/subscriptions/{SUBSCRIPTION}/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gone"
             ],
             "permission_set",
             "",
@@ -462,8 +493,9 @@ def test_dry_run_json_prints_every_create_request_and_creates_nothing(
 
     (workdir / "input.txt").write_text("x\n")
     (workdir / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    mine = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mine"
     words = ["run", "cloud=az", "workdir=.", "machine=m+t4", "spot=0.25", "name=az-dry", f"environment=TOKEN={SECRET}",
-             "--script", "run.sh", "--dry-run", "--json"]  # fmt: skip
+             f"permission_set={mine}", "--script", "run.sh", "--dry-run", "--json"]  # fmt: skip
     assert cli.main(words) == 0
     printed = capsys.readouterr().out
     plan = json.loads(printed)
@@ -484,6 +516,7 @@ def test_dry_run_json_prints_every_create_request_and_creates_nothing(
     scale_set = made[kinds.index("virtualmachinescalesets")]["body"]
     assert scale_set["sku"] == {"name": "Standard_NC4as_T4_v3", "tier": "Standard", "capacity": 0}
     assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": 0.25}
+    assert list(scale_set["identity"]["userAssignedIdentities"])[1:] == [mine]
     assert arm.calls == [] and state.records() == []
     # --json is for plans only: one line, exit 2, nothing created.
     assert cli.main([*words[:-2], "--json"]) == 2

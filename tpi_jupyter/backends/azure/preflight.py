@@ -11,6 +11,7 @@ from ...spec import SpecError, TaskSpec
 from . import storage
 from .clients import SCOPE, Clients
 from .common import AzState, describe
+from .identity import check_user_identities
 
 CREDENTIALS = "`az login`, AZURE_CLIENT_ID + AZURE_TENANT_ID with a federated token or certificate, or a managed identity"
 
@@ -76,15 +77,7 @@ def check_quota(clients: Clients, region: str, size: str, family: str, spot: boo
             )
 
 
-def unsupported(spec: TaskSpec) -> None:
-    """Modes this version of the Azure backend does not have yet: refused before anything exists."""
-    if spec.permission_set:
-        raise SpecError("permission_set: cloud=az does not take your identities in this version; accepted: none "
-                        "(each task gets its own managed identity)")  # fmt: skip
-
-
 def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
-    unsupported(spec)
     state.creator = caller(clients)
     state.subscription = clients.subscription
     state.region, state.size = spec.native_region, spec.native_machine
@@ -96,6 +89,7 @@ def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
         if spec.container:
             storage.choose(spec, state)
             storage.locate(clients, state)
+        check_user_identities(clients, spec, state)
     except SpecError:
         raise
     except Exception as error:
