@@ -233,6 +233,13 @@ class ContractServer:
                 return 200, self._vmss_view(self.scale_sets[lower])
             if lower in self.resources:
                 return 200, self.resources[lower]
+            if re.fullmatch(
+                r"/subscriptions/[^/]+/providers/microsoft\.authorization/roleassignments", lower
+            ):
+                principal = re.search(r"principalId eq '([^']+)'", query.get("$filter", [""])[0])
+                found = [b for rid, b in self.resources.items() if _kind(rid) == "roleassignments"]
+                return 200, {"value": [b for b in found if not principal
+                                       or b["properties"]["principalId"] == principal.group(1)]}  # fmt: skip
             if re.fullmatch(r"/subscriptions/[^/]+/providers/microsoft\.storage/storageaccounts", lower):
                 return 200, {
                     "value": [b for rid, b in self.resources.items() if _kind(rid) == "storageaccounts"]

@@ -333,6 +333,18 @@ def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_on
     assert arm.tagged(task.id) == [] and arm.authorization_left() == [] and state.load(task.id) is None
     assert account_id.lower() in arm.resources
 
+    # Forgotten by the registry: sweep finds the data role on the user's container too.
+    from tpi_jupyter.task import sweep
+
+    lost = start(
+        ["machine=s", "name=az-mine-lost", "container=devstoreaccount1/mine/exp"], "#!/bin/bash\ntrue\n"
+    )
+    assert lost.wait(timeout=60) == "succeeded"
+    state.delete(lost.id)
+    assert sweep("az", delete=True)[0].startswith(f"deleted {lost.id}")
+    assert arm.tagged(lost.id) == [] and arm.authorization_left() == []
+    assert account_id.lower() in arm.resources and "keep.txt" in [b.name for b in mine.list_blobs()]
+
 
 def test_permission_set_attaches_the_users_identities_beside_the_tasks_own(
     arm: ContractServer, workdir: Path

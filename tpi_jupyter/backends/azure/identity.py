@@ -106,10 +106,15 @@ def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id
               (scale_set_id, state.release_role, state.identity_principal_id)]  # fmt: skip
     if state.creator and state.creator != "unknown":
         wanted.append((container_scope, BLOB_DATA_CONTRIBUTOR, state.creator))
-    state.assignments = [
+    derived = [
         f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, principal)}"
         for scope, role, principal in wanted
     ]
+    # The identity's roles elsewhere (a user's container), which the group's names cannot say.
+    listed = clients("authorization").role_assignments.list_for_subscription(
+        filter=f"principalId eq '{state.identity_principal_id}'"
+    )
+    state.assignments = list(dict.fromkeys([*derived, *(str(found.id) for found in listed)]))
 
 
 def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> None:
