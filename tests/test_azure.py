@@ -445,6 +445,26 @@ def test_failure_midway_rolls_back_everything(arm: ContractServer, workdir: Path
     assert "tpi" not in names
 
 
+def test_failure_midway_in_the_users_container_removes_our_prefix_and_role_only(
+    arm: ContractServer, workdir: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    from tpi_jupyter.task import TaskError
+
+    arm.user_account("devstoreaccount1")
+    mine = BlobServiceClient.from_connection_string(arm.azurite).get_container_client("mine")
+    if not mine.exists():
+        mine.create_container()
+    mine.upload_blob("keep.txt", b"the user's own data", overwrite=True)
+    arm.fail["PUT virtualmachinescalesets"] = 400
+    with pytest.raises(TaskError, match="scale set"):
+        start(["name=az-roll-mine", "container=devstoreaccount1/mine/exp"], "#!/bin/bash\ntrue\n")
+    assert any(m == "PUT" and "/containers/mine/providers/" in p for m, p, _ in arm.calls)  # it got that far
+    assert arm.authorization_left() == [] and state.records() == []
+    assert [b.name for b in mine.list_blobs()] == ["keep.txt"]  # the wheel uploaded under our prefix went too
+
+
 def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer, workdir: Path) -> None:
     from tpi_jupyter.task import sweep
 
