@@ -329,7 +329,8 @@ def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_on
     assert mine.download_blob(f"exp/{task.id}/data/input.txt").readall() == b"from the workdir\n"
     assert task.destroy() == ["results/out.txt"]
     # Our prefix and role objects are gone; the user's container and data stay.
-    assert [b.name for b in mine.list_blobs()] == ["keep.txt"]
+    names = [b.name for b in mine.list_blobs()]
+    assert "keep.txt" in names and not [n for n in names if n.startswith(f"exp/{task.id}")]
     assert arm.tagged(task.id) == [] and arm.authorization_left() == [] and state.load(task.id) is None
     assert account_id.lower() in arm.resources
 
@@ -344,6 +345,10 @@ def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_on
     assert sweep("az", delete=True)[0].startswith(f"deleted {lost.id}")
     assert arm.tagged(lost.id) == [] and arm.authorization_left() == []
     assert account_id.lower() in arm.resources and "keep.txt" in [b.name for b in mine.list_blobs()]
+    for blob in mine.list_blobs(
+        name_starts_with=f"exp/{lost.id}/"
+    ):  # the prefix stays (README): the user's to delete
+        mine.delete_blob(blob.name)
 
 
 def test_permission_set_attaches_the_users_identities_beside_the_tasks_own(
@@ -457,12 +462,13 @@ def test_failure_midway_in_the_users_container_removes_our_prefix_and_role_only(
     if not mine.exists():
         mine.create_container()
     mine.upload_blob("keep.txt", b"the user's own data", overwrite=True)
+    before = sorted(b.name for b in mine.list_blobs())
     arm.fail["PUT virtualmachinescalesets"] = 400
     with pytest.raises(TaskError, match="scale set"):
         start(["name=az-roll-mine", "container=devstoreaccount1/mine/exp"], "#!/bin/bash\ntrue\n")
     assert any(m == "PUT" and "/containers/mine/providers/" in p for m, p, _ in arm.calls)  # it got that far
     assert arm.authorization_left() == [] and state.records() == []
-    assert [b.name for b in mine.list_blobs()] == ["keep.txt"]  # the wheel uploaded under our prefix went too
+    assert sorted(b.name for b in mine.list_blobs()) == before  # the wheel uploaded under our prefix went too
 
 
 def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer, workdir: Path) -> None:
