@@ -589,6 +589,17 @@ def test_upload_waits_until_the_callers_new_data_role_applies(
     with pytest.raises(TaskError, match="agent wheel upload failed"):
         start(["name=az-denied", "machine=s"], "#!/bin/bash\ntrue\n")
     assert arm.tagged(task.id) != [] and len(state.records()) == 1  # the denied launch rolled back
+    # In the user's own container no role of ours is new: a refusal is final on the first try.
+    arm.user_account("devstoreaccount1")
+    monkeypatch.setattr(AzureBackend, "ROLE_PROPAGATION", 2.0)  # without the rule: ~40 tries
+    monkeypatch.setattr(backend_module, "_put", lambda *a: (refused.append(a[1]), put_denied())[1])
+    with pytest.raises(TaskError, match="agent wheel upload failed"):
+        start(["name=az-denied-mine", "machine=s", "container=devstoreaccount1/mine"], "#!/bin/bash\ntrue\n")
+    assert refused == [".tpi/probe"] and len(state.records()) == 1
+
+
+def put_denied() -> None:
+    raise PermissionError("AuthorizationPermissionMismatch")
 
 
 def test_backend_and_machine_hooks_are_found_by_entry_point() -> None:

@@ -111,7 +111,7 @@ class AzureBackend:
         steps.together(parts)
         remote = self.remote_url(spec, state)
         steps.run("storage role assignments", lambda: self._storage_roles(state))
-        steps.run("agent wheel upload", lambda: self._ship(remote))
+        steps.run("agent wheel upload", lambda: self._ship(remote, wait=not state.user_container))
         boot_script = custom_data(spec.id, remote, state, bootstrap_versions(), spec.parallelism)
         steps.run("scale set", lambda: scaleset.create(self.clients, spec, state, labels, boot_script))
         steps.run("release role", lambda: identity.create_release_role(
@@ -127,9 +127,10 @@ class AzureBackend:
                 self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
             )
 
-    def _ship(self, remote: str) -> None:
-        """The wheel, once the caller's new role works (assignments take a while to apply)."""
-        limit = time.monotonic() + self.ROLE_PROPAGATION
+    def _ship(self, remote: str, wait: bool = True) -> None:
+        """The wheel, once the caller's new role works (assignments take a while to apply); in the
+        user's own container no role is new, so a refusal is final at once."""
+        limit = time.monotonic() + (self.ROLE_PROPAGATION if wait else 0.0)
         while True:
             try:
                 _put(remote, ".tpi/probe", b"")
