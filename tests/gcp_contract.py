@@ -21,6 +21,7 @@ size, and `preempt(name)` raises the instance's `instance/preempted` notice and 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import itertools
 import json
 import os
@@ -74,6 +75,40 @@ def exact_keys(what: str, body: dict[str, Any], allowed: set[str], required: set
         raise ApiError(
             400, f"Invalid JSON payload for {what}: unknown {sorted(unknown)}, missing {sorted(missing)}"
         )
+
+
+def check_firewall(body: dict[str, Any]) -> None:
+    """What the Firewall type leaves to the API: one of allowed/denied, priority 0-65535."""
+    if ("allowed" in body) == ("denied" in body):
+        raise ApiError(400, "Invalid value for field 'resource': exactly one of allowed or denied")
+    if not 0 <= int(body.get("priority", 1000)) <= 65535:
+        raise ApiError(400, f"Invalid value for field 'resource.priority': {body['priority']}")
+    for cidr in body.get("sourceRanges", []):
+        ipaddress.ip_network(cidr)  # a ValueError is a 500 here: the backend sent a bad range
+
+
+# The default network's own rules: default-allow-ssh, then the implied deny of all ingress.
+DEFAULT_RULES = [
+    {"name": "default-allow-ssh", "priority": 65534, "allowed": [{"IPProtocol": "tcp", "ports": ["22"]}],
+     "sourceRanges": ["0.0.0.0/0"]},
+    {"name": "implied-deny-ingress", "priority": 65535, "denied": [{"IPProtocol": "all"}],
+     "sourceRanges": ["0.0.0.0/0"]},
+]  # fmt: skip
+
+
+def _matches(rule: dict[str, Any], source: str, port: int, tag: str) -> bool:
+    if rule.get("direction", "INGRESS") != "INGRESS" or (
+        "targetTags" in rule and tag not in rule["targetTags"]
+    ):
+        return False
+    if not any(ipaddress.ip_address(source) in ipaddress.ip_network(r) for r in rule.get("sourceRanges", [])):
+        return False
+    entries = rule.get("allowed") or rule.get("denied") or []
+    return any(
+        e["IPProtocol"] == "all"
+        or (e["IPProtocol"] == "tcp" and (not e.get("ports") or str(port) in e["ports"]))
+        for e in entries
+    )
 
 
 def check_policy(policy: dict[str, Any]) -> None:
@@ -274,6 +309,15 @@ class ContractServer:
             if process.poll() is None:
                 os.killpg(process.pid, signal.SIGKILL)
 
+    def ingress_allowed(self, source: str, port: int, tag: str) -> bool:
+        """Whether a TCP connection reaches a VM with network tag `tag`, as GCP decides: the
+        matching rule of lowest priority number wins, and on a tie a deny beats an allow."""
+        with self._lock:
+            rules = [*self.firewalls.values(), *DEFAULT_RULES]
+        found = [r for r in rules if _matches(r, source, port, tag)]
+        best = min(found, key=lambda r: (int(r.get("priority", 1000)), "allowed" in r))
+        return "allowed" in best
+
     def instances(self, group: str) -> list[str]:
         with self._lock:
             found = self.groups.get(group)
@@ -369,6 +413,7 @@ class ContractServer:
                 raise ApiError(404, f"The resource 'projects/{project}' was not found")
             if rest == "global/firewalls" and method == "POST":
                 validate("Firewall", body)
+                check_firewall(body)
                 if body["name"] in self.firewalls:
                     raise ApiError(409, f"The resource 'firewalls/{body['name']}' already exists")
                 self.firewalls[body["name"]] = body
@@ -479,7 +524,9 @@ class ContractServer:
     ) -> Any:
         target = f"zones/{group.zone}/instanceGroupManagers/{group.name}"
         if verb == "" and method == "GET":
-            return {**group.body, "targetSize": group.target}
+            busy = sum(i.status != "RUNNING" for i in group.instances.values())
+            return {**group.body, "targetSize": group.target, "status": {"isStable": busy == 0},
+                    "currentActions": {"none": len(group.instances) - busy, "creating": busy}}  # fmt: skip
         if verb == "" and method == "DELETE":
             for instance in list(group.instances.values()):
                 self._end(instance)
@@ -507,7 +554,8 @@ class ContractServer:
         if verb == "listManagedInstances":
             return {"managedInstances": [
                 {"instance": f"{self.url}{BASE}{PROJECT}/zones/{group.zone}/instances/{i.name}",
-                 "instanceStatus": i.status, "currentAction": "NONE", "id": str(abs(hash(i.name)) % 10**12)}
+                 "instanceStatus": i.status,
+                 "currentAction": "NONE" if i.status == "RUNNING" else "CREATING", "id": str(abs(hash(i.name)) % 10**12)}
                 for i in group.instances.values()]}  # fmt: skip
         if verb == "listErrors":
             return {"items": group.errors}

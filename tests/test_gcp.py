@@ -144,6 +144,9 @@ def test_lifecycle_create_run_succeed_destroy(
     assert properties["tags"] == {"items": [rule["name"]]} and rule["targetTags"] == [rule["name"]]
     assert rule["denied"] == [{"IPProtocol": "all"}] and rule["priority"] < 65534
     assert rule["direction"] == "INGRESS" and rule["sourceRanges"] == ["0.0.0.0/0"]
+    # Not asked for SSH: the deny beats the network's default-allow-ssh for the task's machines.
+    assert not gcp.ingress_allowed("198.51.100.7", 22, rule["name"])
+    assert gcp.ingress_allowed("198.51.100.7", 22, "some-other-vm")  # the contract's defaults apply
     # No secret anywhere the cloud keeps: metadata, labels, any request body.
     everything = json.dumps(gcp.calls)
     assert SECRET not in everything
@@ -317,6 +320,74 @@ def test_preflight_one_line_errors_and_nothing_created(
                 and not c[1].endswith(":getIamPolicy")]  # fmt: skip
 
 
+def test_ssh_only_when_asked_only_from_that_range_and_rolled_back(
+    gcp: ContractServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TPI_GCP_SSH_CIDR", " 203.0.113.0/28 ")
+    # A failure midway removes both rules.
+    gcp.fail_on = "/instanceGroupManagers"
+    with pytest.raises(TaskError):
+        start(["name=gcp-ssh", "spot=0"], "#!/bin/bash\ntrue\n")
+    assert len(posts(gcp, "/global/firewalls")) == 2 and gcp.firewalls == {}
+    gcp.fail_on, gcp.calls[:] = "", []
+
+    task = start(["name=gcp-ssh", "spot=0"], "#!/bin/bash\nsleep 600\n")
+    backend = task.record["backend"]
+    deny, allow = posts(gcp, "/global/firewalls")
+    tag = backend["name"]
+    assert deny["denied"] == [{"IPProtocol": "all"}] and deny["targetTags"] == [tag]
+    assert allow["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+    assert allow["sourceRanges"] == ["203.0.113.0/28"] and allow["targetTags"] == [tag]
+    assert allow["priority"] < deny["priority"] < 65534
+    (template,) = posts(gcp, "/global/instanceTemplates")
+    assert template["properties"]["tags"] == {"items": [tag]}
+    assert backend["ssh_firewall"] == allow["name"] and backend["ssh_from"] == "203.0.113.0/28"
+    # As GCP evaluates the rules: port 22 from the range only, nothing else from anywhere.
+    assert gcp.ingress_allowed("203.0.113.9", 22, tag)
+    assert not gcp.ingress_allowed("203.0.113.16", 22, tag)
+    assert not gcp.ingress_allowed("203.0.113.9", 8888, tag)
+    task.destroy()
+    assert ours(gcp, task.id) == [] and gcp.firewalls == {}
+
+
+def test_ssh_rule_of_a_forgotten_task_is_swept(
+    gcp: ContractServer, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tpi_jupyter.backends.kit.sweep import sweep
+
+    monkeypatch.setenv("TPI_GCP_SSH_CIDR", "203.0.113.7/32")
+    task = start(["name=gcp-ssh-sweep", "spot=0"], "#!/bin/bash\nsleep 600\n")
+    assert len(gcp.firewalls) == 2
+    state.delete(task.id)
+    sweep(GcpBackend(), [], region=None, everyone=False, delete=True)
+    assert ours(gcp, task.id) == [] and gcp.firewalls == {}
+
+
+@pytest.mark.parametrize("value", ["anywhere", "203.0.113.7/33", "203.0.113.7/24"])
+def test_a_bad_ssh_range_is_one_line_and_creates_nothing(
+    gcp: ContractServer,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+) -> None:
+    from tpi_jupyter import cli
+
+    (workdir / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    monkeypatch.setenv("TPI_GCP_SSH_CIDR", value)
+    with pytest.raises(SpecError) as raised:
+        start(["name=gcp-ssh-bad", "spot=0"], "#!/bin/bash\ntrue\n")
+    message = str(raised.value)
+    assert message.startswith("TPI_GCP_SSH_CIDR: ") and "accepted: a CIDR" in message and "\n" not in message
+    capsys.readouterr()
+    assert (
+        cli.main(["run", "cloud=gcp", "name=gcp-ssh-bad", "--script", "run.sh", "--dry-run", "--json"]) == 2
+    )
+    assert capsys.readouterr().err == f"tpi: error: {message}\n"
+    assert state.records() == []
+    assert not [c for c in gcp.calls if c[0] in ("POST", "PUT", "DELETE") and c[1] != "/token"]
+
+
 def test_sweep_finds_and_deletes_a_forgotten_task(gcp: ContractServer, workdir: Path) -> None:
     from tpi_jupyter.backends.kit.sweep import sweep
 
@@ -430,6 +501,19 @@ def test_dry_run_json_prints_every_create_request_body_and_creates_nothing(
         "projects/deeplearning-platform-release/global/images/family/common-cu124-ubuntu-2204-py310"
     )
     assert gcp.calls == [] and state.records() == []
+    assert "no SSH" in " ".join(GcpBackend().plan(build_spec(words[1:-4], {}), GcpState(name="tpi-x")))
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("TPI_GCP_SSH_CIDR", "203.0.113.7/32")
+        assert cli.main(words) == 0
+        rules = [
+            r["body"]
+            for r in json.loads(capsys.readouterr().out)["requests"]
+            if r["url"].endswith("/firewalls")
+        ]
+        assert [r["priority"] for r in rules] == [900, 800] and rules[1]["sourceRanges"] == ["203.0.113.7/32"]
+        assert "allows tcp:22 from 203.0.113.7/32 only" in " ".join(
+            GcpBackend().plan(build_spec(words[1:-4], {}), GcpState(name="tpi-x"))
+        )
     # --json is for plans only: one line, exit 2, nothing created.
     assert cli.main([*words[:-2], "--json"]) == 2
     assert "--json: shows a launch plan; accepted: --dry-run --json" in capsys.readouterr().err
@@ -462,6 +546,14 @@ def test_stop_goes_through_the_bucket_and_each_machine_releases_itself(
     assert found.exists and [m.alive for m in found.machines] == [True] and found.machines[0].rank == 0
     assert found.events == [{"time": 1796068800.0, "kind": "group-error", "rank": None,
                              "detail": "ZONE_RESOURCE_POOL_EXHAUSTED: The zone does not have enough resources"}]  # fmt: skip
+    # A group in motion: its status and the instance's state and action are events too.
+    gcp.groups[group].instances[instance].status = "STAGING"
+    moving = GcpBackend().read(task.task_spec, task.backend_state).events
+    gcp.groups[group].instances[instance].status = "RUNNING"
+    assert [(e["kind"], e["rank"], e["detail"]) for e in moving if e["kind"] != "group-error"] == [
+        ("group", None, f"{group} not stable: target 1, 1 creating"),
+        ("instance", 0, f"{instance}: STAGING, action CREATING"),
+    ]
     task.stop()
     assert gcp.instances(group) == []
     (released,) = posts(gcp, f"/{group}/deleteInstances")  # the agent saw the stop key and released itself

@@ -85,7 +85,7 @@ class GcpBackend:
             f"checks first: credentials (ADC), project, zone {zone}, {machine} offered there, image {spec.native_image}",
             storage_line,
             account,
-            f"network: firewall rule {base} denies all ingress to the task's machines (no SSH)",
+            network_line(base),
             f"instance template {base}: {machine}, startup script installs this tpi-jupyter's agent (locked "
             "versions), no secret in metadata, terminated at the deadline",
             f"machines: managed instance group {base} in {zone}, 0 then {spec.parallelism} x {machine}, "
@@ -219,6 +219,12 @@ class GcpBackend:
     def delete_orphan(self, orphan: Orphan) -> None:
         known = {item.name for item in fields(GcpState)}
         self._delete(GcpState(**{k: v for k, v in orphan.handle.items() if k in known}), orphan.task_id)
+
+
+def network_line(base: str) -> str:
+    cidr = network.ssh_cidr()
+    ssh = f"; rule {base}-ssh allows tcp:22 from {cidr} only ({network.SSH_ENV})" if cidr else " (no SSH)"
+    return f"network: firewall rule {base} denies all ingress to the task's machines{ssh}"
 
 
 def _gcsfs_version() -> str:

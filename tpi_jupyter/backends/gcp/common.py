@@ -43,6 +43,8 @@ class GcpState:
     lock_key: str = ""
     template: str = ""
     firewall: str = ""
+    ssh_firewall: str = ""  # the allow-SSH rule, only with TPI_GCP_SSH_CIDR
+    ssh_from: str = ""  # the range it allows
     group: str = ""
     stopped: bool = False
 

@@ -61,16 +61,20 @@ def managed(clients: Clients, state: GcpState) -> list[Any]:
     return list(pages)
 
 
-def exists(clients: Clients, state: GcpState) -> bool:
+def get(clients: Clients, state: GcpState) -> Any:
+    """The group manager, or None when it is gone."""
     try:
-        clients("InstanceGroupManagersClient").get(
+        return clients("InstanceGroupManagersClient").get(
             project=state.project, zone=state.zone, instance_group_manager=state.group
         )
     except Exception as error:
         if not_found(error):
-            return False
+            return None
         raise
-    return True
+
+
+def exists(clients: Clients, state: GcpState) -> bool:
+    return get(clients, state) is not None
 
 
 def _name(url: str) -> str:
@@ -78,14 +82,20 @@ def _name(url: str) -> str:
 
 
 def read(clients: Clients, state: GcpState, owners: dict[str, tuple[int, int]]) -> GroupState:
-    if not exists(clients, state):
+    manager = get(clients, state)
+    if manager is None:
         return GroupState(exists=False)
-    machines, events = [], []
+    now, machines = time.time(), []
+    events = [*_group_events(manager, now)]
     for item in managed(clients, state):
         name = _name(item.instance)
         rank, boot = owners.get(name, (-1, 0))
         alive = item.instance_status in ALIVE_STATUSES or item.current_action in ("CREATING", "VERIFYING")
         machines.append(Machine(rank=rank, boot=boot, alive=alive))
+        status, action = item.instance_status or "no VM yet", item.current_action or "NONE"
+        if (status, action) != ("RUNNING", "NONE"):  # only what is in motion: a steady group is quiet
+            events.append({"time": now, "kind": "instance", "rank": rank if rank >= 0 else None,
+                           "detail": f"{name}: {status}, action {action}"})  # fmt: skip
     errors = clients("InstanceGroupManagersClient").list_errors(
         project=state.project, zone=state.zone, instance_group_manager=state.group
     )
@@ -95,6 +105,19 @@ def read(clients: Clients, state: GcpState, owners: dict[str, tuple[int, int]]) 
             {"time": _epoch(error.timestamp), "kind": "group-error", "rank": None, "detail": detail}
         )
     return GroupState(exists=True, machines=machines, events=events)
+
+
+def _group_events(manager: Any, now: float) -> list[dict[str, Any]]:
+    """The group's own status while it is not stable: its target and what it is doing."""
+    if "status" not in manager or "is_stable" not in manager.status or manager.status.is_stable:
+        return []  # stable, or a status GCP did not report
+    actions = manager.current_actions
+    doing = [f"{count} {word}" for word in ("creating", "recreating", "deleting", "restarting", "verifying")
+             if (count := getattr(actions, word, 0))]  # fmt: skip
+    detail = f"{manager.name} not stable: target {manager.target_size}" + (
+        f", {', '.join(doing)}" if doing else ""
+    )
+    return [{"time": now, "kind": "group", "rank": None, "detail": detail}]
 
 
 def _epoch(stamp: str) -> float:

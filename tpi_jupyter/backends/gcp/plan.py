@@ -13,7 +13,8 @@ from ..kit.wheel import keys
 from .boot import cloud_boot
 from .common import GcpState, base_name, labels, split_machine
 from .identity import CRM, IAM, STORAGE, account_body, bucket_binding, release_binding
-from .network import firewall_body
+from .network import bodies as firewall_bodies
+from .network import ssh_cidr
 from .storage import bucket_body, choose
 from .template import body as template_body
 
@@ -32,6 +33,7 @@ def planned_state(spec: TaskSpec, deadline: float) -> GcpState:
     state.machine_type, state.accelerator, state.accelerator_count = machine, accelerator, count
     state.image = f"projects/{image_project}/global/images/family/{family}"
     choose(spec, state)
+    state.ssh_from = ssh_cidr()
     state.service_account = (
         spec.permission_set.split(",", 1)[0] or f"{state.name}@{project}.iam.gserviceaccount.com"
     )
@@ -62,7 +64,10 @@ def requests(spec: TaskSpec, deadline: float) -> list[dict[str, Any]]:
             {"method": "POST", "url": f"{CRM}/v1/projects/{project}:setIamPolicy", "body": {"add binding": release_binding(state)}},
         ]  # fmt: skip
     made += [
-        {"method": "POST", "url": f"{COMPUTE}/projects/{project}/global/firewalls", "body": firewall_body(state, spec.id)},
+        {"method": "POST", "url": f"{COMPUTE}/projects/{project}/global/firewalls", "body": rule}
+        for rule in firewall_bodies(state, spec.id)
+    ]
+    made += [
         {"method": "POST", "url": f"{COMPUTE}/projects/{project}/global/instanceTemplates",
          "body": template_body(spec, state, found, startup)},
         {"method": "POST", "url": f"{COMPUTE}/projects/{project}/zones/{zone}/instanceGroupManagers",

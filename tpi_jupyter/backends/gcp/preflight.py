@@ -10,6 +10,7 @@ from typing import TypeVar
 from ...spec import SpecError, TaskSpec
 from ..kit.tags import label_value
 from .common import Clients, GcpState, base_name, not_found, split_machine, status_code
+from .network import ssh_cidr
 from .template import refuse_spot_price
 
 T = TypeVar("T")
@@ -52,6 +53,7 @@ def creator(clients: Clients) -> str:
 
 def preflight(clients: Clients, spec: TaskSpec, state: GcpState) -> None:
     refuse_spot_price(spec)
+    state.ssh_from = ssh_cidr()
     state.project, state.zone = clients.project(), spec.native_region
     state.creator, state.name = creator(clients), state.name or base_name(spec.id)
     zone = _ask(state, lambda: clients("ZonesClient").get(project=state.project, zone=state.zone), "region",
