@@ -36,6 +36,7 @@ LOCATIONS = ["West US 2", "East US", "North Europe", "West Europe"]
 SIZES = {"Standard_B1s": "standardBSFamily", "Standard_F8s_v2": "standardFSv2Family",
          "Standard_NC4as_T4_v3": "standardNCASv3_T4Family", "Standard_NC24ads_A100_v4": "standardNCADSA100v4Family"}  # fmt: skip
 AUTHORIZATION = ("roleassignments", "roledefinitions")
+SUBSCRIPTION = "00000000-0000-0000-0000-00000000cafe"
 
 
 def _models() -> dict[str, type]:
@@ -232,6 +233,17 @@ class ContractServer:
                 return 200, self._vmss_view(self.scale_sets[lower])
             if lower in self.resources:
                 return 200, self.resources[lower]
+            if re.fullmatch(
+                r"/subscriptions/[^/]+/providers/microsoft\.authorization/roleassignments", lower
+            ):
+                principal = re.search(r"principalId eq '([^']+)'", query.get("$filter", [""])[0])
+                found = [b for rid, b in self.resources.items() if _kind(rid) == "roleassignments"]
+                return 200, {"value": [b for b in found if not principal
+                                       or b["properties"]["principalId"] == principal.group(1)]}  # fmt: skip
+            if re.fullmatch(r"/subscriptions/[^/]+/providers/microsoft\.storage/storageaccounts", lower):
+                return 200, {
+                    "value": [b for rid, b in self.resources.items() if _kind(rid) == "storageaccounts"]
+                }
             listed = [body for rid, body in self.resources.items() if rid.rsplit("/", 1)[0] == lower]
             if listed or lower.endswith(("/storageaccounts", "/userassignedidentities")):
                 return 200, {"value": listed}
@@ -350,6 +362,23 @@ class ContractServer:
             for method, path, body in self.calls
             if method in ("PUT", "PATCH") and _kind(path.lower()) == kind and body
         ]
+
+    def user_account(self, account: str, group: str = "users-data") -> str:
+        """A storage account that exists before any task (the user's), in a group of its own."""
+        rid = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/Microsoft.Storage/storageAccounts/{account}"
+        with self.lock:
+            self.resources[rid.lower()] = {"id": rid, "name": account, "location": "westus2", "kind": "StorageV2",
+                                           "sku": {"name": "Standard_LRS"}, "properties": {}}  # fmt: skip
+        return rid
+
+    def user_identity(self, name: str, group: str = "users-ids") -> str:
+        """A user-assigned identity that exists before any task (the user's)."""
+        rid = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/{group}/providers/Microsoft.ManagedIdentity/userAssignedIdentities/{name}"
+        with self.lock:
+            self.resources[rid.lower()] = {"id": rid, "name": name, "location": "westus2",
+                                           "properties": {"clientId": f"client-{name}", "principalId": f"principal-{name}",
+                                                          "tenantId": "tenant"}}  # fmt: skip
+        return rid
 
     def played(self) -> list[Played]:
         with self.lock:

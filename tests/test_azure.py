@@ -296,6 +296,85 @@ def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: P
     assert arm.tagged(task.id) == []
 
 
+def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_only(
+    arm: ContractServer, workdir: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    account_id = arm.user_account("devstoreaccount1")
+    service = BlobServiceClient.from_connection_string(arm.azurite)
+    mine = service.get_container_client("mine")
+    if not mine.exists():
+        mine.create_container()
+    mine.upload_blob("keep.txt", b"the user's own data", overwrite=True)
+    (workdir / "input.txt").write_text("from the workdir\n")
+    task = start(["workdir=.", "output=results", "machine=s", "name=az-mine", "container=devstoreaccount1/mine/exp"],
+                 LIFE_SCRIPT)  # fmt: skip
+    az = task.record["backend"]
+    assert task.record["remote"] == f"abfs://mine@devstoreaccount1.dfs.core.windows.net/exp/{task.id}"
+    assert arm.bodies("storageaccounts") == [] and arm.bodies("containers") == []  # nothing new for storage
+    assignments = [(b["properties"], p) for m, p, b in arm.calls if m == "PUT" and "roleAssignments" in p]
+    data_roles = [(props["principalId"], path.split("/providers/Microsoft.Authorization")[0])
+                  for props, path in assignments if props["roleDefinitionId"].endswith(BLOB_ROLE)]  # fmt: skip
+    # The machines' identity: a data role on the user's container only; the caller gets none (theirs).
+    assert data_roles == [(az["identity_principal_id"], f"{account_id}/blobServices/default/containers/mine")]
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    custom = base64.b64decode(
+        created["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    ).decode()
+    assert "'devstoreaccount1'" in custom and "'mine'" in custom and f"'exp/{task.id}'" in custom
+    assert "AccountKey" not in custom and "sig=" not in custom
+
+    assert task.wait(timeout=90) == "succeeded", [p.output() for p in arm.played()]
+    assert mine.download_blob(f"exp/{task.id}/data/input.txt").readall() == b"from the workdir\n"
+    assert task.destroy() == ["results/out.txt"]
+    # Our prefix and role objects are gone; the user's container and data stay.
+    names = [b.name for b in mine.list_blobs()]
+    assert "keep.txt" in names and not [n for n in names if n.startswith(f"exp/{task.id}")]
+    assert arm.tagged(task.id) == [] and arm.authorization_left() == [] and state.load(task.id) is None
+    assert account_id.lower() in arm.resources
+
+    # Forgotten by the registry: sweep finds the data role on the user's container too.
+    from tpi_jupyter.task import sweep
+
+    lost = start(
+        ["machine=s", "name=az-mine-lost", "container=devstoreaccount1/mine/exp"], "#!/bin/bash\ntrue\n"
+    )
+    assert lost.wait(timeout=60) == "succeeded"
+    state.delete(lost.id)
+    assert sweep("az", delete=True)[0].startswith(f"deleted {lost.id}")
+    assert arm.tagged(lost.id) == [] and arm.authorization_left() == []
+    assert account_id.lower() in arm.resources and "keep.txt" in [b.name for b in mine.list_blobs()]
+    for blob in mine.list_blobs(
+        name_starts_with=f"exp/{lost.id}/"
+    ):  # the prefix stays (README): the user's to delete
+        mine.delete_blob(blob.name)
+
+
+def test_permission_set_attaches_the_users_identities_beside_the_tasks_own(
+    arm: ContractServer, workdir: Path
+) -> None:
+    first, second = arm.user_identity("vault-reader"), arm.user_identity("registry-pull", group="other-ids")
+    task = start(["machine=s", "name=az-ids", f"permission_set={first},{second}"], "#!/bin/bash\ntrue\n")
+    az = task.record["backend"]
+    (created,) = [b for b in arm.bodies("virtualmachinescalesets") if "location" in b]
+    assert list(created["identity"]["userAssignedIdentities"]) == [az["identity_id"], first, second]
+    # The task's roles stay with the task's own identity: the user's identities get none.
+    principals = {
+        b["properties"]["principalId"] for m, p, b in arm.calls if m == "PUT" and "roleAssignments" in p
+    }
+    assert principals == {az["identity_principal_id"], CALLER}
+    custom = base64.b64decode(
+        created["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
+    ).decode()
+    assert f"AZURE_CLIENT_ID={az['identity_client_id']}" in custom
+    assert task.wait(timeout=60) == "succeeded", [p.output() for p in arm.played()]
+    task.destroy()
+    # The user's identities are theirs: still there after destroy.
+    assert {first.lower(), second.lower()} <= set(arm.resources)
+    assert arm.tagged(task.id) == [] and arm.authorization_left() == []
+
+
 # ---------------------------------------------------------------- failures: before and midway
 
 
@@ -311,6 +390,13 @@ def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: P
         (
             [
                 "permission_set=/subscriptions/x/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/i"
+            ],
+            "permission_set",
+            "",
+        ),
+        (
+            [
+                f"permission_set=/subscriptions/{SUBSCRIPTION}/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/gone"
             ],
             "permission_set",
             "",
@@ -364,6 +450,27 @@ def test_failure_midway_rolls_back_everything(arm: ContractServer, workdir: Path
     assert "tpi" not in names
 
 
+def test_failure_midway_in_the_users_container_removes_our_prefix_and_role_only(
+    arm: ContractServer, workdir: Path
+) -> None:
+    from azure.storage.blob import BlobServiceClient
+
+    from tpi_jupyter.task import TaskError
+
+    arm.user_account("devstoreaccount1")
+    mine = BlobServiceClient.from_connection_string(arm.azurite).get_container_client("mine")
+    if not mine.exists():
+        mine.create_container()
+    mine.upload_blob("keep.txt", b"the user's own data", overwrite=True)
+    before = sorted(b.name for b in mine.list_blobs())
+    arm.fail["PUT virtualmachinescalesets"] = 400
+    with pytest.raises(TaskError, match="scale set"):
+        start(["name=az-roll-mine", "container=devstoreaccount1/mine/exp"], "#!/bin/bash\ntrue\n")
+    assert any(m == "PUT" and "/containers/mine/providers/" in p for m, p, _ in arm.calls)  # it got that far
+    assert arm.authorization_left() == [] and state.records() == []
+    assert sorted(b.name for b in mine.list_blobs()) == before  # the wheel uploaded under our prefix went too
+
+
 def test_sweep_finds_and_deletes_what_a_forgotten_task_left(arm: ContractServer, workdir: Path) -> None:
     from tpi_jupyter.task import sweep
 
@@ -414,6 +521,47 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     assert arm.calls == [] and state.records() == []  # nothing asked of Azure, nothing recorded
 
 
+def test_dry_run_json_prints_every_create_request_and_creates_nothing(
+    arm: ContractServer, workdir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tpi_jupyter import cli
+
+    from .azure_contract import _kind, _models
+    from .azure_models import check
+
+    (workdir / "input.txt").write_text("x\n")
+    (workdir / "run.sh").write_text("#!/bin/bash\ntrue\n")
+    mine = f"/subscriptions/{SUBSCRIPTION}/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/mine"
+    words = ["run", "cloud=az", "workdir=.", "machine=m+t4", "spot=0.25", "name=az-dry", f"environment=TOKEN={SECRET}",
+             f"permission_set={mine}", "--script", "run.sh", "--dry-run", "--json"]  # fmt: skip
+    assert cli.main(words) == 0
+    printed = capsys.readouterr().out
+    plan = json.loads(printed)
+    assert SECRET not in printed and plan["files"] == 2 and plan["task_id"]
+    made = plan["requests"]
+    kinds = [_kind(request["url"].lower()) for request in made]
+    assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
+                     "storageaccounts", "containers", "roleassignments", "roleassignments", "virtualmachinescalesets",
+                     "roledefinitions", "roleassignments"]  # fmt: skip
+    models = _models()
+    for request, kind in zip(
+        made, kinds, strict=True
+    ):  # what Resource Manager gets is what the SDK's types accept
+        assert request["method"] == "PUT" and request["url"].startswith(
+            "https://management.azure.com/subscriptions/"
+        )
+        assert check(request["body"], models[kind]) == [], request
+    scale_set = made[kinds.index("virtualmachinescalesets")]["body"]
+    assert scale_set["sku"] == {"name": "Standard_NC4as_T4_v3", "tier": "Standard", "capacity": 0}
+    assert scale_set["properties"]["virtualMachineProfile"]["billingProfile"] == {"maxPrice": 0.25}
+    assert list(scale_set["identity"]["userAssignedIdentities"])[1:] == [mine]
+    assert arm.calls == [] and state.records() == []
+    # --json is for plans only: one line, exit 2, nothing created.
+    assert cli.main([*words[:-2], "--json"]) == 2
+    assert "--json: shows a launch plan; accepted: --dry-run --json" in capsys.readouterr().err
+    assert arm.calls == [] and state.records() == []
+
+
 def test_upload_waits_until_the_callers_new_data_role_applies(
     arm: ContractServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -441,6 +589,17 @@ def test_upload_waits_until_the_callers_new_data_role_applies(
     with pytest.raises(TaskError, match="agent wheel upload failed"):
         start(["name=az-denied", "machine=s"], "#!/bin/bash\ntrue\n")
     assert arm.tagged(task.id) != [] and len(state.records()) == 1  # the denied launch rolled back
+    # In the user's own container no role of ours is new: a refusal is final on the first try.
+    arm.user_account("devstoreaccount1")
+    monkeypatch.setattr(AzureBackend, "ROLE_PROPAGATION", 2.0)  # without the rule: ~40 tries
+    monkeypatch.setattr(backend_module, "_put", lambda *a: (refused.append(a[1]), put_denied())[1])
+    with pytest.raises(TaskError, match="agent wheel upload failed"):
+        start(["name=az-denied-mine", "machine=s", "container=devstoreaccount1/mine"], "#!/bin/bash\ntrue\n")
+    assert refused == [".tpi/probe"] and len(state.records()) == 1
+
+
+def put_denied() -> None:
+    raise PermissionError("AuthorizationPermissionMismatch")
 
 
 def test_backend_and_machine_hooks_are_found_by_entry_point() -> None:

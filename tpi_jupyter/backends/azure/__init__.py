@@ -84,11 +84,16 @@ class AzureBackend:
             *requests.lines(spec, state),
         ]
 
+    def plan_requests(self, spec: TaskSpec, state: AzState) -> list[dict[str, Any]]:
+        """`--dry-run --json`: each create request with its body (nothing is asked of Azure)."""
+        return requests.as_json(spec, state)
+
     # ------------------------------------------------------------ create / start
 
     def create(self, spec: TaskSpec, state: AzState, steps: Steps) -> None:
         preflight(self.clients, spec, state)  # SpecError before anything exists
-        storage.choose(spec, state)
+        if not state.account:
+            storage.choose(spec, state)
         shipped = wheel.keys(MACHINE_EXTRA)
         state.wheel_key, state.lock_key = shipped.wheel_key, shipped.lock_key
         labels = tags(spec, state.creator)
@@ -106,7 +111,7 @@ class AzureBackend:
         steps.together(parts)
         remote = self.remote_url(spec, state)
         steps.run("storage role assignments", lambda: self._storage_roles(state))
-        steps.run("agent wheel upload", lambda: self._ship(remote))
+        steps.run("agent wheel upload", lambda: self._ship(remote, wait=not state.user_container))
         boot_script = custom_data(spec.id, remote, state, bootstrap_versions(), spec.parallelism)
         steps.run("scale set", lambda: scaleset.create(self.clients, spec, state, labels, boot_script))
         steps.run("release role", lambda: identity.create_release_role(
@@ -117,14 +122,15 @@ class AzureBackend:
         (shared keys are off): Storage Blob Data Contributor on this container only."""
         scope = storage.container_id(state)
         identity.assign(self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR)
-        if state.creator != "unknown":
+        if state.creator != "unknown" and not state.user_container:  # the user reaches their own already
             identity.assign(
                 self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
             )
 
-    def _ship(self, remote: str) -> None:
-        """The wheel, once the caller's new role works (assignments take a while to apply)."""
-        limit = time.monotonic() + self.ROLE_PROPAGATION
+    def _ship(self, remote: str, wait: bool = True) -> None:
+        """The wheel, once the caller's new role works (assignments take a while to apply); in the
+        user's own container no role is new, so a refusal is final at once."""
+        limit = time.monotonic() + (self.ROLE_PROPAGATION if wait else 0.0)
         while True:
             try:
                 _put(remote, ".tpi/probe", b"")

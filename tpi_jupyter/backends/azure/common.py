@@ -27,7 +27,9 @@ class AzState:
     container: str = ""
     prefix: str = ""
     user_container: bool = False  # the container is the user's: only our prefix is ours
+    account_group: str = ""  # the resource group of the user's storage account
     identity_id: str = ""
+    user_identities: list[str] = field(default_factory=list)  # `permission_set`: also attached, never deleted
     identity_client_id: str = ""
     identity_principal_id: str = ""
     subnet_id: str = ""

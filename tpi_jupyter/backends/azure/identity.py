@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from ...spec import SpecError, TaskSpec
 from ...state import tasks_dir
 from .clients import Clients
 from .common import AzState
@@ -30,6 +31,30 @@ def identity_body(state: AzState, labels: dict[str, str]) -> Any:
     from azure.mgmt.msi import models
 
     return models.Identity(location=state.region, tags=labels)
+
+
+def user_identities(spec: TaskSpec) -> list[str]:
+    return [found for found in spec.permission_set.split(",") if found]
+
+
+def check_user_identities(clients: Clients, spec: TaskSpec, state: AzState) -> None:
+    """`permission_set`: the user's identities, attached to the scale set beside the task's own
+    (which alone holds the task's data and release roles); each must exist in this subscription."""
+    accepted = "user-assigned identity resource ids in this subscription"
+    for found in user_identities(spec):
+        parts = found.split("/")
+        if len(parts) != 9 or parts[2] != state.subscription or parts[3].lower() != "resourcegroups":
+            raise SpecError(f"permission_set: {found!r} is not an identity in subscription {state.subscription}; "
+                            f"accepted: {accepted}")  # fmt: skip
+        try:
+            clients("msi").user_assigned_identities.get(parts[4], parts[8])
+        except Exception as error:
+            if getattr(error, "status_code", None) != 404:
+                raise
+            raise SpecError(
+                f"permission_set: identity {found!r} does not exist; accepted: {accepted}"
+            ) from None
+    state.user_identities = user_identities(spec)
 
 
 def create_identity(clients: Clients, state: AzState, labels: dict[str, str]) -> None:
@@ -81,10 +106,15 @@ def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id
               (scale_set_id, state.release_role, state.identity_principal_id)]  # fmt: skip
     if state.creator and state.creator != "unknown":
         wanted.append((container_scope, BLOB_DATA_CONTRIBUTOR, state.creator))
-    state.assignments = [
+    derived = [
         f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, principal)}"
         for scope, role, principal in wanted
     ]
+    # The identity's roles elsewhere (a user's container), which the group's names cannot say.
+    listed = clients("authorization").role_assignments.list_for_subscription(
+        filter=f"principalId eq '{state.identity_principal_id}'"
+    )
+    state.assignments = list(dict.fromkeys([*derived, *(str(found.id) for found in listed)]))
 
 
 def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> None:

@@ -8,8 +8,10 @@ import json
 from typing import Any
 
 from ...spec import SpecError, TaskSpec
+from . import storage
 from .clients import SCOPE, Clients
 from .common import AzState, describe
+from .identity import check_user_identities
 
 CREDENTIALS = "`az login`, AZURE_CLIENT_ID + AZURE_TENANT_ID with a federated token or certificate, or a managed identity"
 
@@ -75,18 +77,7 @@ def check_quota(clients: Clients, region: str, size: str, family: str, spot: boo
             )
 
 
-def unsupported(spec: TaskSpec) -> None:
-    """Modes this version of the Azure backend does not have yet: refused before anything exists."""
-    if spec.container:
-        raise SpecError("container: cloud=az does not use an existing container in this version; accepted: none "
-                        "(each task gets its own storage account)")  # fmt: skip
-    if spec.permission_set:
-        raise SpecError("permission_set: cloud=az does not take your identities in this version; accepted: none "
-                        "(each task gets its own managed identity)")  # fmt: skip
-
-
 def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
-    unsupported(spec)
     state.creator = caller(clients)
     state.subscription = clients.subscription
     state.region, state.size = spec.native_region, spec.native_machine
@@ -95,6 +86,10 @@ def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
         check_region(clients, state.region)
         sku = check_size(clients, state.region, state.size)
         check_quota(clients, state.region, state.size, str(sku.family or ""), spec.spot >= 0)
+        if spec.container:
+            storage.choose(spec, state)
+            storage.locate(clients, state)
+        check_user_identities(clients, spec, state)
     except SpecError:
         raise
     except Exception as error:

@@ -14,8 +14,10 @@ from ...spec import TaskSpec
 from . import identity, network, scaleset, storage
 from .boot import bootstrap_versions, custom_data
 from .common import AzState, tags
+from .identity import user_identities
 
 PROVIDERS = "/subscriptions/SUBSCRIPTION/resourceGroups/{group}/providers"
+ENDPOINT = "https://management.azure.com"
 
 
 def _plain(model: Any) -> Any:
@@ -32,10 +34,12 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
         identity_id=f"{PROVIDERS.format(group=state.group)}/Microsoft.ManagedIdentity/userAssignedIdentities/{state.name}",
         identity_client_id="IDENTITY-CLIENT-ID", identity_principal_id="IDENTITY-PRINCIPAL-ID",
         subnet_id=f"{PROVIDERS.format(group=state.group)}/Microsoft.Network/virtualNetworks/{state.name}/subnets/machines",
-        ssh_public_key="ssh-ed25519 FRESH-KEY",
+        ssh_public_key="ssh-ed25519 FRESH-KEY", user_identities=user_identities(spec),
     )  # fmt: skip
     if not shown.account:
         storage.choose(spec, shown)
+    if shown.user_container:
+        shown.account_group = "ACCOUNT-GROUP"  # looked up at launch
     labels = tags(spec, "CALLER-OBJECT-ID")
     base = PROVIDERS.format(group=state.group)
     scale_set_id = f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}"
@@ -56,14 +60,25 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
     found += [
         ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR)),
-        ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
-         identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)),
+    ]  # fmt: skip
+    if not spec.container:  # the caller's data role; on their own container they have one
+        found.append(("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
+                      identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)))  # fmt: skip
+    found += [
         ("PUT", f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}", scaleset.body(spec, shown, labels, text)),
         ("PUT", "/subscriptions/SUBSCRIPTION/providers/Microsoft.Authorization/roleDefinitions/NEW-UUID", identity.release_role_body(shown, scale_set_id)),
         ("PUT", f"{scale_set_id}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, "RELEASE-ROLE")),
     ]  # fmt: skip
     return [(method, path, _plain(body)) for method, path, body in found]
+
+
+def as_json(spec: TaskSpec, state: AzState) -> list[dict[str, Any]]:
+    """`--dry-run --json`: {method, url, body} of every create request, in order."""
+    return [
+        {"method": method, "url": f"{ENDPOINT}{path}", "body": body}
+        for method, path, body in planned(spec, state)
+    ]
 
 
 def lines(spec: TaskSpec, state: AzState) -> list[str]:

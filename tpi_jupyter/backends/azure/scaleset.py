@@ -59,7 +59,7 @@ def body(spec: TaskSpec, state: AzState, labels: dict[str, str], custom_data: st
     return m.VirtualMachineScaleSet(
         location=state.region, tags=labels, sku=m.Sku(name=state.size, tier="Standard", capacity=0),
         identity=m.VirtualMachineScaleSetIdentity(type="UserAssigned", user_assigned_identities={
-            state.identity_id: m.UserAssignedIdentitiesValue()}),
+            found: m.UserAssignedIdentitiesValue() for found in [state.identity_id, *state.user_identities]}),
         properties=properties,
     )  # fmt: skip
 

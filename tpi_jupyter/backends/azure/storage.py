@@ -41,9 +41,23 @@ def container_body() -> Any:
     return models.BlobContainer(container_properties=models.ContainerProperties(public_access="None"))
 
 
+def locate(clients: Clients, state: AzState) -> None:
+    """The resource group of the user's storage account, where the machines' data role goes."""
+    from ...spec import SpecError
+
+    for account in clients("storage").storage_accounts.list():
+        if str(account.name) == state.account:
+            state.account_group = str(account.id).split("/")[4]
+            return
+    raise SpecError(
+        f"container: storage account {state.account!r} is not in subscription {state.subscription}; "
+        "accepted: {storage account}/{container}[/prefix] of an account in this subscription"
+    )
+
+
 def container_id(state: AzState) -> str:
     return (
-        f"/subscriptions/{state.subscription}/resourceGroups/{state.group}/providers/"
+        f"/subscriptions/{state.subscription}/resourceGroups/{state.account_group or state.group}/providers/"
         f"Microsoft.Storage/storageAccounts/{state.account}/blobServices/default/containers/{state.container}"
     )
 
