@@ -292,7 +292,7 @@ def check_agent_wheel(wheel: Path, tmp_path: Path) -> None:
 PARALLEL_SCRIPT = """#!/bin/bash
 mkdir -p results
 # rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
-if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+if [ "$TPI_RANK" = 1 ]; then for _ in $(seq 1200); do [ -e "$GO_FILE" ] && break; sleep 0.1; done; fi
 echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
 """
 

@@ -201,7 +201,7 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
 PARALLEL_SCRIPT = """#!/bin/bash
 mkdir -p results
 # rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
-if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+if [ "$TPI_RANK" = 1 ]; then for _ in $(seq 1200); do [ -e "$GO_FILE" ] && break; sleep 0.1; done; fi
 echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
 """
 
@@ -261,7 +261,7 @@ def test_parallelism_two_each_rank_deletes_only_its_own_instance(
 EVICT_SCRIPT = """#!/bin/bash
 mkdir -p results
 echo "boot of rank $TPI_RANK" >> results/boots.txt
-while [ ! -e "$GO_FILE" ]; do sleep 0.1; done
+for _ in $(seq 1200); do [ -e "$GO_FILE" ] && break; sleep 0.1; done
 echo "finished"
 """
 

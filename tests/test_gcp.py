@@ -196,7 +196,7 @@ def test_lifecycle_create_run_succeed_destroy(
 PARALLEL_SCRIPT = """#!/bin/bash
 mkdir -p results
 # rank 1 runs until the test has seen rank 0 release itself (no race with a sleep)
-if [ "$TPI_RANK" = 1 ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+if [ "$TPI_RANK" = 1 ]; then for _ in $(seq 1200); do [ -e "$GO_FILE" ] && break; sleep 0.1; done; fi
 echo "rank $TPI_RANK done" | tee "results/rank-$TPI_RANK.txt"
 """
 
@@ -241,7 +241,7 @@ mkdir -p results
 n=$(cat results/epoch.txt 2>/dev/null || echo 0)
 while [ "$n" -lt 3 ]; do
   n=$((n + 1)); echo "$n" > results/epoch.txt; echo "epoch $n"
-  if [ "$n" = 2 ] && [ ! -e "$GO_FILE" ]; then while [ ! -e "$GO_FILE" ]; do sleep 0.1; done; fi
+  if [ "$n" = 2 ] && [ ! -e "$GO_FILE" ]; then for _ in $(seq 1200); do [ -e "$GO_FILE" ] && break; sleep 0.1; done; fi
 done
 """
 
