@@ -386,6 +386,7 @@ def test_permission_set_attaches_the_users_identities_beside_the_tasks_own(
         (["machine=m", "spot=0"], "machine", "quota"),
         ([], "cloud", "no-credentials"),
         ([], "cloud", "no-subscription"),
+        ([], "TPI_AZ_SSH_CIDR", "bad-ssh-cidr"),
         (["container=devstoreaccount1/mine"], "container", ""),
         (
             [
@@ -413,6 +414,8 @@ def test_preflight_refuses_in_one_line_before_creating_anything(
 ) -> None:
     if setup == "quota":
         arm.quota_zero = True
+    if setup == "bad-ssh-cidr":
+        monkeypatch.setenv("TPI_AZ_SSH_CIDR", "203.0.113.7/33")
     if setup == "no-subscription":
         monkeypatch.delenv("AZURE_SUBSCRIPTION_ID")
         monkeypatch.setenv("AZURE_CONFIG_DIR", str(tmp_path / "no-azure-cli"))
@@ -682,3 +685,39 @@ def test_subscription_from_the_environment_else_the_azure_cli_profile(
     (tmp_path / "azureProfile.json").unlink()
     with pytest.raises(SpecError, match=r"^cloud: az has no subscription; accepted: AZURE_SUBSCRIPTION_ID"):
         clients.subscription()
+
+
+def test_ssh_cidr_adds_one_inbound_rule_for_port_22_from_that_range_only(
+    arm: ContractServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tpi_jupyter.backends.azure import network
+    from tpi_jupyter.backends.azure.common import AzState
+
+    monkeypatch.setenv("TPI_AZ_SSH_CIDR", " 198.51.100.0/24 ")
+    backend = AzureBackend()
+    found = AzState(subscription=SUBSCRIPTION, region="westus2", name="tpi-ssh", group="tpi-ssh")
+    backend._create_group(found, {"tpi-task": "ssh"})
+    found.ssh_from = network.ssh_cidr()
+    network.create(backend.clients, found, {"tpi-task": "ssh"})  # the server checks it with the SDK's model
+    (security,) = arm.bodies("networksecuritygroups")
+    assert security["properties"]["securityRules"] == [{"name": "ssh", "properties": {
+        "description": "ssh, asked for with TPI_AZ_SSH_CIDR", "protocol": "Tcp", "access": "Allow",
+        "direction": "Inbound", "priority": 100, "sourceAddressPrefix": "198.51.100.0/24",
+        "sourcePortRange": "*", "destinationAddressPrefix": "*", "destinationPortRange": "22"}}]  # fmt: skip
+    backend.clients("resource").resource_groups.begin_delete("tpi-ssh").result()
+    # The dry run shows the same rule; without the variable, no rule at all.
+    plan = launch(build_spec(["name=az-ssh"], {"cloud": "az"}), "#!/bin/bash\ntrue\n", dry_run=True)
+    assert "tcp/22 from 198.51.100.0/24 only (TPI_AZ_SSH_CIDR)" in str(plan)
+    assert '"sourceAddressPrefix": "198.51.100.0/24"' in str(plan)
+    monkeypatch.delenv("TPI_AZ_SSH_CIDR")
+    plan = launch(build_spec(["name=az-ssh"], {"cloud": "az"}), "#!/bin/bash\ntrue\n", dry_run=True)
+    assert '"securityRules": []' in str(plan) and "without inbound rules" in str(plan)
+    # A bad range: one line naming the variable, nothing asked of Azure, even in a dry run.
+    calls = len(arm.calls)
+    monkeypatch.setenv("TPI_AZ_SSH_CIDR", "10.0.0.1/8")
+    with pytest.raises(
+        SpecError, match=r"^TPI_AZ_SSH_CIDR: '10.0.0.1/8' is not an address range; accepted: "
+    ):
+        launch(build_spec(["name=az-ssh"], {"cloud": "az"}), "#!/bin/bash\ntrue\n", dry_run=True)
+    assert len(arm.calls) == calls and state.records() == []
+

@@ -69,6 +69,12 @@ class AzureBackend:
 
     def plan(self, spec: TaskSpec, state: AzState) -> list[str]:
         base, region, size = state.name or base_name(spec.id), spec.native_region, spec.native_machine
+        cidr = network.ssh_cidr()
+        inbound = (
+            f"one inbound rule: tcp/22 from {cidr} only ({network.SSH_ENV})"
+            if cidr
+            else "without inbound rules"
+        )
         tag_text = ", ".join(f"{key}={value}" for key, value in tags(spec, "<your object id>").items())
         remote = self.remote_url(spec, state)
         return [
@@ -77,7 +83,7 @@ class AzureBackend:
             f"storage: {'your container' if spec.container else 'a storage account without shared keys, private container'} {remote}",
             f"identity: managed identity {base}, Storage Blob Data Contributor on the task's container only, "
             "and the right to delete instances of its own scale set only",
-            f"network: virtual network {base}, security group without inbound rules, no public address",
+            f"network: virtual network {base}, security group {inbound}, no public address",
             f"machines: Uniform scale set {base}, 0 then {spec.parallelism} x {size}, {pricing_text(spec.spot)}, "
             "no overprovisioning, custom data installs this tpi-jupyter's agent (locked versions, no secret)",
             f"tags: {tag_text}",

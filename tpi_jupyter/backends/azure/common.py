@@ -33,6 +33,7 @@ class AzState:
     identity_client_id: str = ""
     identity_principal_id: str = ""
     subnet_id: str = ""
+    ssh_from: str = ""  # TPI_AZ_SSH_CIDR: the one range allowed tcp/22; "" for no inbound rule
     key_file: str = ""
     ssh_public_key: str = ""
     scale_set: str = ""

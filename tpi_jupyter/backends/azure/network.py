@@ -1,13 +1,46 @@
 """The task's network: a virtual network with one subnet behind a security group that has no
-inbound rule (Azure's defaults deny inbound from the internet). Machines reach out through the
-subnet's default outbound access: no public address, nothing listening."""
+inbound rule (Azure's defaults deny inbound from the internet) unless `TPI_AZ_SSH_CIDR` asks for
+one: tcp/22 from that range only. Machines reach out through the subnet's default outbound
+access: no public address, so SSH needs a route into the network (VPN, peering, Bastion)."""
 
 from __future__ import annotations
 
+import ipaddress
+import os
 from typing import Any
 
+from ...spec import SpecError
 from .clients import Clients
 from .common import AzState
+
+SSH_ENV = "TPI_AZ_SSH_CIDR"  # set to a CIDR (e.g. 10.0.0.0/8) to open port 22 from it
+SSH_PRIORITY = 100  # above Azure's default rules (65000+); lower wins
+
+
+def ssh_cidr() -> str:
+    """The range asked for with TPI_AZ_SSH_CIDR, normalised; "" when unset (no SSH)."""
+    raw = os.environ.get(SSH_ENV, "").strip()
+    if not raw:
+        return ""
+    try:
+        return str(ipaddress.ip_network(raw, strict=True))
+    except ValueError:
+        raise SpecError(
+            f"{SSH_ENV}: {raw!r} is not an address range; accepted: a CIDR such as 203.0.113.7/32, "
+            "or unset for no SSH"
+        ) from None
+
+
+def _ssh_rules(state: AzState) -> list[Any]:
+    from azure.mgmt.network import models
+
+    if not state.ssh_from:
+        return []
+    return [models.SecurityRule(name="ssh", properties=models.SecurityRulePropertiesFormat(
+        description=f"ssh, asked for with {SSH_ENV}", protocol="Tcp", access="Allow", direction="Inbound",
+        priority=SSH_PRIORITY, source_address_prefix=state.ssh_from, source_port_range="*",
+        destination_address_prefix="*", destination_port_range="22",
+    ))]  # fmt: skip
 
 
 def security_group_body(state: AzState, labels: dict[str, str]) -> Any:
@@ -16,7 +49,7 @@ def security_group_body(state: AzState, labels: dict[str, str]) -> Any:
     return models.NetworkSecurityGroup(
         location=state.region,
         tags=labels,
-        properties=models.NetworkSecurityGroupPropertiesFormat(security_rules=[]),
+        properties=models.NetworkSecurityGroupPropertiesFormat(security_rules=_ssh_rules(state)),
     )
 
 

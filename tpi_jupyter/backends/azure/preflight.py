@@ -12,6 +12,7 @@ from . import storage
 from .clients import SCOPE, Clients
 from .common import AzState, describe
 from .identity import check_user_identities
+from .network import ssh_cidr
 
 CREDENTIALS = "`az login`, AZURE_CLIENT_ID + AZURE_TENANT_ID with a federated token or certificate, or a managed identity"
 
@@ -78,6 +79,7 @@ def check_quota(clients: Clients, region: str, size: str, family: str, spot: boo
 
 
 def preflight(clients: Clients, spec: TaskSpec, state: AzState) -> None:
+    state.ssh_from = ssh_cidr()  # a bad range is refused before anything is asked of Azure
     state.creator = caller(clients)
     state.subscription = clients.subscription
     state.region, state.size = spec.native_region, spec.native_machine

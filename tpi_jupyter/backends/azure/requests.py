@@ -34,7 +34,7 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
         identity_id=f"{PROVIDERS.format(group=state.group)}/Microsoft.ManagedIdentity/userAssignedIdentities/{state.name}",
         identity_client_id="IDENTITY-CLIENT-ID", identity_principal_id="IDENTITY-PRINCIPAL-ID",
         subnet_id=f"{PROVIDERS.format(group=state.group)}/Microsoft.Network/virtualNetworks/{state.name}/subnets/machines",
-        ssh_public_key="ssh-ed25519 FRESH-KEY", user_identities=user_identities(spec),
+        ssh_public_key="ssh-ed25519 FRESH-KEY", user_identities=user_identities(spec), ssh_from=network.ssh_cidr(),
     )  # fmt: skip
     if not shown.account:
         storage.choose(spec, shown)
