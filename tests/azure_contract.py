@@ -91,6 +91,8 @@ class ScaleSet:
         self.name = rid.rsplit("/", 1)[-1]
         self.next_id = 0
         self.instances: dict[str, Played | None] = {}  # instance id -> played machine
+        self.provisioning = "succeeded"  # the set's own, in its instance view
+        self.states: dict[str, tuple[str, str]] = {}  # instance id -> (provisioning, power) a test sets
         self.custom_data = base64.b64decode(
             body["properties"]["virtualMachineProfile"]["osProfile"]["customData"]
         ).decode()
@@ -129,9 +131,33 @@ class ScaleSet:
         with self.server.lock:
             self.remove(instance)
 
-    def vms(self) -> list[dict[str, Any]]:
-        return [{"name": f"{self.name}_{i}", "instanceId": i, "id": f"{self.rid}/virtualMachines/{i}",
-                 "properties": {"provisioningState": "Succeeded"}} for i in sorted(self.instances, key=int)]  # fmt: skip
+    def vms(self, expand: bool = False) -> list[dict[str, Any]]:
+        found = []
+        for i in sorted(self.instances, key=int):
+            properties: dict[str, Any] = {"provisioningState": "Succeeded"}
+            if expand:  # `$expand=instanceView`: the documented statuses, by code
+                provisioning, power = self.states.get(i, ("succeeded", "running"))
+                properties["instanceView"] = {"statuses": [
+                    _status(f"ProvisioningState/{provisioning}"), _status(f"PowerState/{power}")]}  # fmt: skip
+            found.append({"name": f"{self.name}_{i}", "instanceId": i, "id": f"{self.rid}/virtualMachines/{i}",
+                          "properties": properties})  # fmt: skip
+        return found
+
+    def instance_view(self) -> dict[str, Any]:
+        """GET .../virtualMachineScaleSets/{name}/instanceView."""
+        summary: dict[str, int] = {}
+        for i in self.instances:
+            code = f"ProvisioningState/{self.states.get(i, ('succeeded', 'running'))[0]}"
+            summary[code] = summary.get(code, 0) + 1
+        return {
+            "virtualMachine": {"statusesSummary": [{"code": c, "count": n} for c, n in summary.items()]},
+            "statuses": [_status(f"ProvisioningState/{self.provisioning}")],
+        }
+
+
+def _status(code: str) -> dict[str, Any]:
+    return {"code": code, "level": "Info", "displayStatus": code.split("/", 1)[1].capitalize(),
+            "time": "2026-01-01T00:00:00Z"}  # fmt: skip
 
 
 class ContractServer:
@@ -215,7 +241,13 @@ class ContractServer:
             groups = [b for rid, b in self.resources.items() if _kind(rid) == "resourcegroups"]
             return 200, {"value": [g for g in groups if not tag or tag.group(1) in (g.get("tags") or {})]}
         if re.search(r"/virtualmachinescalesets/[^/]+/virtualmachines(/|$)", lower):
-            return self._instances(method, lower)
+            return self._instances(method, lower, query)
+        if (
+            method == "GET"
+            and lower.endswith("/instanceview")
+            and lower[: -len("/instanceview")] in self.scale_sets
+        ):
+            return 200, self.scale_sets[lower[: -len("/instanceview")]].instance_view()
         if method == "PUT":
             return self._put(path, kind, body)
         if method == "PATCH" and kind == "virtualmachinescalesets":
@@ -303,14 +335,15 @@ class ContractServer:
     def _vmss_view(self, found: ScaleSet) -> dict[str, Any]:
         return {**found.body, "sku": dict(found.body["sku"])}
 
-    def _instances(self, method: str, lower: str) -> tuple[int, Any]:
+    def _instances(self, method: str, lower: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         base, _, rest = lower.rpartition("/virtualmachines")
         found = self.scale_sets.get(base)
         if found is None:
             return 404, {"error": {"code": "ResourceNotFound", "message": "scale set not found"}}
         parts = rest.strip("/").split("/")
         if method == "GET" and parts == [""]:
-            return 200, {"value": found.vms()}
+            expand = query.get("$expand", [""])[0].lower() == "instanceview"
+            return 200, {"value": found.vms(expand)}
         instance = parts[0]
         if instance not in found.instances:
             return 404, {"error": {"code": "NotFound", "message": f"instance {instance} not found"}}

@@ -721,3 +721,29 @@ def test_ssh_cidr_adds_one_inbound_rule_for_port_22_from_that_range_only(
         launch(build_spec(["name=az-ssh"], {"cloud": "az"}), "#!/bin/bash\ntrue\n", dry_run=True)
     assert len(arm.calls) == calls and state.records() == []
 
+
+def test_read_reports_the_sets_and_instances_states_in_motion_as_events(
+    arm: ContractServer, workdir: Path
+) -> None:
+    task = start(["name=az-events", "machine=s"], "#!/bin/bash\necho started\nsleep 60\n")
+    wait_for(lambda: task.read(fresh=True).ranks[0].state == "running", timeout=60)
+    backend = task.backend
+    assert backend.read(task.task_spec, task.backend_state).events == []  # a steady set is quiet
+    (scale_set,) = arm.scale_sets.values()
+    (instance,) = scale_set.instances
+    scale_set.provisioning = "updating"
+    scale_set.states[instance] = ("updating", "stopping")
+    found = backend.read(task.task_spec, task.backend_state)
+    assert [(e["kind"], e["rank"], e["detail"]) for e in found.events] == [
+        ("scale-set", None, "scale set provisioning updating"),
+        ("instance", 0, f"{scale_set.name}_{instance}: provisioning updating, power stopping"),
+    ]
+    assert len(found.machines) == 1 and found.machines[0].rank == 0
+    assert any(
+        e["kind"] == "instance" and "power stopping" in e["detail"]
+        for e in task.events(task.read(fresh=True))
+    )
+    # The instance view was asked for, as the SDK sends it.
+    assert any(p.endswith("/instanceView") for m, p, _ in arm.calls if m == "GET")
+    task.stop()
+    task.destroy()

@@ -10,6 +10,7 @@ and removes at will would claim ranks. Spot restore asks Azure to bring evicted 
 from __future__ import annotations
 
 import base64
+import time
 from typing import Any
 
 from ...spec import TaskSpec
@@ -110,12 +111,43 @@ def instances(clients: Clients, state: AzState) -> dict[str, str]:
 
 
 def read(clients: Clients, state: AzState, owners: dict[str, tuple[int, int]]) -> GroupState:
-    live = instances(clients, state)
-    machines = [
-        Machine(rank=owners[name][0], boot=owners[name][1], alive=True) for name in live if name in owners
+    """The instances (one list call with their instance views) and, as events, what is in motion:
+    the set's provisioning state and each instance's provisioning and power states."""
+    compute, now = clients("compute"), time.time()
+    events = _set_events(
+        compute.virtual_machine_scale_sets.get_instance_view(state.group, state.scale_set), now
+    )
+    machines = []
+    for vm in compute.virtual_machine_scale_set_vms.list(state.group, state.scale_set, expand="instanceView"):
+        name, properties = str(vm.name), vm.properties
+        rank, boot = owners.get(name, (-1, -1))
+        if getattr(properties, "provisioning_state", None) not in GONE_STATES:
+            machines.append(Machine(rank=rank, boot=boot, alive=True))
+        view = getattr(properties, "instance_view", None)
+        found = _states(getattr(view, "statuses", None) or [])
+        provisioning, power = (
+            found.get("ProvisioningState", "unknown"),
+            found.get("PowerState", "no power state yet"),
+        )
+        if (provisioning, power) != ("succeeded", "running"):  # only what is in motion: a steady set is quiet
+            events.append({"time": now, "kind": "instance", "rank": rank if rank >= 0 else None,
+                           "detail": f"{name}: provisioning {provisioning}, power {power}"})  # fmt: skip
+    return GroupState(exists=not state.stopped, machines=machines, events=events)
+
+
+def _states(statuses: list[Any]) -> dict[str, str]:
+    """Instance-view status codes ("PowerState/running") as {"PowerState": "running"}."""
+    return dict(str(item.code).split("/", 1) for item in statuses if "/" in str(item.code or ""))
+
+
+def _set_events(view: Any, now: float) -> list[dict[str, Any]]:
+    """The set's own provisioning state while it is not `succeeded`."""
+    provisioning = _states(getattr(view, "statuses", None) or []).get("ProvisioningState", "succeeded")
+    if provisioning == "succeeded":
+        return []
+    return [
+        {"time": now, "kind": "scale-set", "rank": None, "detail": f"scale set provisioning {provisioning}"}
     ]
-    machines += [Machine(rank=-1, boot=-1, alive=True) for name in live if name not in owners]
-    return GroupState(exists=not state.stopped, machines=machines)
 
 
 def delete_instance(clients: Clients, state: AzState, instance_id: str) -> None:
