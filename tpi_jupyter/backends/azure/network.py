@@ -5,11 +5,9 @@ access: no public address, so SSH needs a route into the network (VPN, peering, 
 
 from __future__ import annotations
 
-import ipaddress
-import os
 from typing import Any
 
-from ...spec import SpecError
+from ..kit import network as kit_network
 from .clients import Clients
 from .common import AzState
 
@@ -19,16 +17,7 @@ SSH_PRIORITY = 100  # above Azure's default rules (65000+); lower wins
 
 def ssh_cidr() -> str:
     """The range asked for with TPI_AZ_SSH_CIDR, normalised; "" when unset (no SSH)."""
-    raw = os.environ.get(SSH_ENV, "").strip()
-    if not raw:
-        return ""
-    try:
-        return str(ipaddress.ip_network(raw, strict=True))
-    except ValueError:
-        raise SpecError(
-            f"{SSH_ENV}: {raw!r} is not an address range; accepted: a CIDR such as 203.0.113.7/32, "
-            "or unset for no SSH"
-        ) from None
+    return kit_network.ssh_cidr(SSH_ENV)
 
 
 def _ssh_rules(state: AzState) -> list[Any]:

@@ -4,12 +4,10 @@ with `TPI_GCP_SSH_CIDR` set, a second rule allows tcp:22 from that range only, a
 
 from __future__ import annotations
 
-import ipaddress
 import json
-import os
 from typing import Any
 
-from ...spec import SpecError
+from ..kit import network as kit_network
 from .common import Clients, GcpState, not_found
 
 SSH_ENV = "TPI_GCP_SSH_CIDR"  # set to a CIDR (e.g. 203.0.113.7/32) to open port 22 from it
@@ -19,16 +17,7 @@ SSH_PRIORITY = 800  # before the task's own deny (on a tie, GCP lets the deny wi
 
 def ssh_cidr() -> str:
     """The range asked for with TPI_GCP_SSH_CIDR, normalised; "" when unset (no SSH)."""
-    raw = os.environ.get(SSH_ENV, "").strip()
-    if not raw:
-        return ""
-    try:
-        return str(ipaddress.ip_network(raw, strict=True))
-    except ValueError:
-        raise SpecError(
-            f"{SSH_ENV}: {raw!r} is not an address range; accepted: a CIDR such as 203.0.113.7/32, "
-            "or unset for no SSH"
-        ) from None
+    return kit_network.ssh_cidr(SSH_ENV)
 
 
 def firewall_body(state: GcpState, task_id: str) -> dict[str, Any]:
