@@ -207,6 +207,8 @@ EXPECTED_DEFAULTS = {
     "output": "",
     "exclude": (),
     "container": "",
+    "launch": "script",
+    "placement": "none",
 }
 
 
@@ -962,6 +964,8 @@ BAD_INPUTS = [
     ("exclude-empty", ["exclude="], "exclude"),
     ("exclude-empty-entry", ["exclude=a,,b"], "exclude"),
     ("exclude-multiline", ["exclude=a\nb"], "exclude"),
+    ("launch-unknown", ["launch=mpirun"], "launch"),
+    ("placement-unknown", ["placement=spread"], "placement"),
     # tokens
     ("unknown-key", ["machin=m"], "machin"),
     ("unknown-key-script", ["script=run.sh"], "script"),

@@ -179,6 +179,10 @@ ARGUMENT_TABLE = (
              "lines; repeat the key for more"),
     Argument("container", "", "none", "an existing bucket or container to use instead of a new "
              "one; for local, a directory or an fsspec URL other processes can reach"),
+    Argument("launch", "script", "script", "script (every rank runs the script) or mpi (rank 0 runs "
+             "it, to call mpirun across the task's machines; the others serve SSH)"),
+    Argument("placement", "none", "none", "none, or cluster (machines of a multi-node task packed close: "
+             "AWS cluster placement group)"),
 )  # fmt: skip
 ARGUMENT = {argument.name: argument for argument in ARGUMENT_TABLE}
 ARGUMENTS = tuple(ARGUMENT)
@@ -186,6 +190,8 @@ ARGUMENTS = tuple(ARGUMENT)
 EXTRA_MODULES = {"aws": ("boto3", "s3fs"), "s3": ("s3fs",), "gcs": ("gcsfs",), "azure": ("adlfs",)}
 PROTOCOL_EXTRA = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs", "az": "azure", "abfs": "azure",
                   "abfss": "azure"}  # fmt: skip
+LAUNCHES = ("script", "mpi")
+PLACEMENTS = ("none", "cluster")
 LIST_ARGUMENTS = ("exclude",)
 MAP_ARGUMENTS = ("environment", "tags")
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -358,6 +364,8 @@ class TaskSpec:
     output: str = ""
     exclude: tuple[str, ...] = ()
     container: str = ""
+    launch: str = "script"
+    placement: str = "none"
 
     @classmethod
     def from_args(cls, raw: Mapping[str, Any], *, cwd: str | os.PathLike[str] | None = None) -> TaskSpec:
@@ -387,6 +395,8 @@ class TaskSpec:
                                         NATIVE_PERMISSION_SET),
             container=_container(str(get("container")), cloud),
             exclude=_exclude(raw.get("exclude", ())),
+            launch=_choice("launch", str(get("launch")), LAUNCHES),
+            placement=_choice("placement", str(get("placement")), PLACEMENTS),
         )  # fmt: skip
         _check_extra(cloud)
         workdir, output = _storage(str(get("workdir")), str(get("output")), cwd)
