@@ -33,9 +33,17 @@ class Depth:
 
 
 class TaskQueue(Protocol):
-    """One run's queue. `url` is what machines get to reopen it (no secret in it)."""
+    """One run's queue. `url` is what machines get to reopen it (no secret in it).
+
+    A run's queue is named after its task id (`for_task`), so a cloud backend can grant the
+    task's machine identity access to it before the queue exists.
+    """
 
     url: str
+
+    @classmethod
+    def for_task(cls, task_id: str, remote_url: str, region: str) -> TaskQueue:
+        """The queue of task `task_id` whose remote is `remote_url` (not created yet)."""
 
     def create(self) -> None:
         """Create the queue (and its subscription, where the service has one); idempotent."""
@@ -61,12 +69,17 @@ class TaskQueue(Protocol):
         """Remove the queue and everything in it; idempotent."""
 
 
-def open_queue(cloud: str, url: str, **options: Any) -> TaskQueue:
-    """The queue of `cloud` at `url` (entry point `tpi_jupyter.queues`)."""
+def queue_class(cloud: str) -> type[TaskQueue]:
+    """The queue class of `cloud` (entry point `tpi_jupyter.queues`)."""
     from importlib.metadata import entry_points
 
     found = {entry.name: entry for entry in entry_points(group=ENTRY_POINT_GROUP)}
     if cloud not in found:
         raise ValueError(f"queue: no queue for cloud {cloud!r}; accepted: {', '.join(sorted(found))}")
-    queue: TaskQueue = found[cloud].load()(url, **options)
-    return queue
+    loaded: type[TaskQueue] = found[cloud].load()
+    return loaded
+
+
+def open_queue(cloud: str, url: str, **options: Any) -> TaskQueue:
+    """Reopen a queue from its `url` (on a machine, or in a later client session)."""
+    return queue_class(cloud)(url, **options)  # type: ignore[call-arg]
