@@ -21,6 +21,8 @@ from .backends.base import pricing_text as pricing_text  # the faces' one pricin
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
 from .output import MASK_MIN
+from .prices.estimate import plan_price_lines, price_line, price_warnings
+from .prices.usage import machine_seconds
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
@@ -514,7 +516,8 @@ class Task:
 
     def cost_text(self, snapshot: Snapshot) -> str:
         """Cost so far, from the backend ("n/a" where no price lookup exists)."""
-        return self.backend.cost(self.task_spec, self.backend_state, self.elapsed(snapshot))
+        seconds = machine_seconds(self, snapshot) if self.backend.capabilities.prices else self.elapsed(snapshot)
+        return self.backend.cost(self.task_spec, self.backend_state, seconds)
 
     def summary(self) -> str:
         spec = self.spec
@@ -526,6 +529,7 @@ class Task:
             f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}"
             + (f": {outcome}" if outcome else ""),
         ]
+        lines.append(price_line(self.task_spec))
         if int(spec["parallelism"]) > 1:
             lines.append(f"policy: {FAILURE_POLICY}")
         if not self.record.get("shebang", True):
@@ -613,7 +617,7 @@ def launch(
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
         # imported from the local environment (likely credentials): masked in logs by the agent
-        "masked": masked, "warnings": short_secrets(masked, values),
+        "masked": masked, "warnings": short_secrets(masked, values) + price_warnings(spec),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
     record["events"] += [
@@ -743,6 +747,7 @@ def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> P
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
+        *(f"  {line}" for line in plan_price_lines(spec)),
     ]  # fmt: skip
     if found:
         lines.append("  - files to upload:")

@@ -38,7 +38,7 @@ class Capabilities:
     preemption: bool  # `tpi preempt` can interrupt a rank as a spot reclaim would
     sweep: bool  # the backend can list and delete resources of forgotten tasks
     ranks: Literal["claims", "index"]  # machines claim ranks in the remote, or the platform numbers them
-    prices: bool  # a price lookup exists (cost so far), else cost shows "n/a"
+    prices: bool  # a price lookup exists: cost() gets machine-seconds run (else elapsed; may show "n/a")
     poll_interval: float  # the least seconds between two reads of the cloud for one task
     env_protection: str  # one line: how `.tpi/env` is kept private
     timing: Timing = field(default_factory=Timing)
@@ -105,7 +105,8 @@ class Backend(Protocol[S]):
         """Interrupt one rank's machine as the cloud reclaiming a spot machine would."""
 
     def cost(self, spec: TaskSpec, state: S, seconds: float) -> str:
-        """Cost so far as text ("n/a" without a price lookup)."""
+        """Cost so far as text ("n/a" without a price lookup). `seconds`: machine-seconds run
+        (prices/usage.py) when `capabilities.prices`, else the task's elapsed seconds."""
 
 
 class Sweepable(Protocol):

@@ -45,7 +45,7 @@ class AwsBackend:
     name = "aws"
     state_type = AwsState
     capabilities = Capabilities(
-        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        preemption=True, sweep=True, ranks="claims", prices=True, poll_interval=3.0,
         env_protection="an SSE-S3 encrypted object in the task's private bucket prefix, readable by its role only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
     )  # fmt: skip
@@ -190,7 +190,9 @@ class AwsBackend:
         group.preempt(self.clients, state, self._owners(spec, state), rank)
 
     def cost(self, spec: TaskSpec, state: AwsState, seconds: float) -> str:
-        return "n/a"  # until a price lookup exists
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 

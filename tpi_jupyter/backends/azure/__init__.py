@@ -44,7 +44,7 @@ class AzureBackend:
     name = "az"
     state_type = AzState
     capabilities = Capabilities(
-        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        preemption=True, sweep=True, ranks="claims", prices=True, poll_interval=3.0,
         env_protection="a blob in the task's private container (no shared keys), readable by its managed identity only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
     )  # fmt: skip
@@ -214,7 +214,9 @@ class AzureBackend:
                 )
 
     def cost(self, spec: TaskSpec, state: AzState, seconds: float) -> str:
-        return "n/a"  # until a price lookup exists
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 
