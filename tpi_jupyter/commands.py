@@ -179,12 +179,20 @@ def _duration(seconds: float) -> str:
 
 def status_text(task: Task) -> str:
     snapshot = task.read()
-    lines = [task.summary(), "ranks:"]
+    lines = [task.summary(), f"cost: {task_cost(task, snapshot)}", "ranks:"]
     for rank in snapshot.ranks:
         code = "" if rank.code is None else f" code {rank.code}"
         reason = f" ({rank.reason})" if rank.reason else ""
         lines.append(f"  {rank.rank}: {rank.state}, {rank.boots} boot(s){code}{reason}")
     return "\n".join(lines)
+
+
+def task_cost(task: Task, snapshot: Snapshot) -> str:
+    """Cost so far; a backend missing here (uninstalled extra) must not break the report."""
+    try:
+        return task.cost_text(snapshot)
+    except Exception:
+        return "n/a"
 
 
 def events_text(task: Task) -> str:
@@ -236,6 +244,11 @@ def run_verb(
         return None
     if args.verb == "destroy":
         destroy(args.task, out, progress)
+        return None
+    if args.verb == "prices":
+        from .prices.verb import prices
+
+        prices(args, out)
         return None
     task = find_task(args.task)
     if args.verb == "status":

@@ -140,16 +140,19 @@ def _gcp_offer(catalogue: Catalogue, region: str, machine: str) -> Offer | None:
         if kind is None or gpu is not None:
             return None
         gpu = Gpu(kind, int(match["count"]), float(catalogue.data["gpus"].get(kind, 0)))
+    if gpu is not None and gpu.kind not in rates.get("gpu", {}):
+        return None
     family = rates[shape["family"]]
     billed = float(shape.get("billed_cpu", shape["cpu"]))
-    prices = []
+    prices: list[float | None] = []
     for index in (0, 1):
-        price = billed * family["cpu"][index] + float(shape["memory"]) * family["memory"][index]
+        parts = [(billed, family["cpu"][index]), (float(shape["memory"]), family["memory"][index])]
         if gpu is not None:
-            if gpu.kind not in rates["gpu"]:
-                return None
-            price += gpu.count * rates["gpu"][gpu.kind][index]
-        prices.append(round(price, 6))
+            parts.append((gpu.count, rates["gpu"][gpu.kind][index]))
+        known = all(rate is not None for _, rate in parts)  # a refresh may lack a spot rate
+        prices.append(round(sum(amount * rate for amount, rate in parts), 6) if known else None)
+    if prices[0] is None:
+        return None
     return Offer("gcp", region, machine, float(shape["cpu"]), float(shape["memory"]), gpu, prices[0], prices[1])
 
 
