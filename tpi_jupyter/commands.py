@@ -26,7 +26,7 @@ from .spec import SpecError, TaskSpec, check_name, parse_assignments, random_nam
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, failure_text, format_line, launch
 from .task import sweep as sweep_task
-from .textview import clock, event_text
+from .textview import clock, cost_text, event_text
 
 Printer = Callable[[str], None]
 
@@ -179,20 +179,12 @@ def _duration(seconds: float) -> str:
 
 def status_text(task: Task) -> str:
     snapshot = task.read()
-    lines = [task.summary(), f"cost: {task_cost(task, snapshot)}", "ranks:"]
+    lines = [task.summary(), f"cost: {cost_text(task, snapshot)}", "ranks:"]
     for rank in snapshot.ranks:
         code = "" if rank.code is None else f" code {rank.code}"
         reason = f" ({rank.reason})" if rank.reason else ""
         lines.append(f"  {rank.rank}: {rank.state}, {rank.boots} boot(s){code}{reason}")
     return "\n".join(lines)
-
-
-def task_cost(task: Task, snapshot: Snapshot) -> str:
-    """Cost so far; a backend missing here (uninstalled extra) must not break the report."""
-    try:
-        return task.cost_text(snapshot)
-    except Exception:
-        return "n/a"
 
 
 def events_text(task: Task) -> str:

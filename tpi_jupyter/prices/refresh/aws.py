@@ -56,12 +56,11 @@ def on_demand(stream: IO[bytes], types: set[str]) -> dict[str, float]:
     return found
 
 
-def spot(region: str, types: list[str]) -> dict[str, float]:
+def spot(session: Any, region: str, types: list[str]) -> dict[str, float]:
     """Instance type -> the lowest current Linux spot price among the region's zones."""
-    import boto3
     import botocore.exceptions
 
-    client = boto3.client("ec2", region_name=region, endpoint_url=endpoint("TPI_PRICES_AWS_EC2_URL") or None)
+    client = session.client("ec2", region_name=region, endpoint_url=endpoint("TPI_PRICES_AWS_EC2_URL") or None)
     now = datetime.datetime.now(datetime.timezone.utc)
     found: dict[str, float] = {}
     try:
@@ -72,8 +71,6 @@ def spot(region: str, types: list[str]) -> dict[str, float]:
             for item in page["SpotPriceHistory"]:
                 price = float(item["SpotPrice"])
                 found[item["InstanceType"]] = min(price, found.get(item["InstanceType"], price))
-    except botocore.exceptions.NoCredentialsError:
-        raise
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as error:
         raise RefreshError(f"aws: DescribeSpotPriceHistory in {region} failed ({error.__class__.__name__}); "
                            "the previous catalogue is kept") from None  # fmt: skip
@@ -81,8 +78,10 @@ def spot(region: str, types: list[str]) -> dict[str, float]:
 
 
 def fetch(base: dict[str, Any]) -> dict[str, Any]:
-    import botocore.exceptions
+    import boto3
 
+    session = boto3.session.Session()  # a fresh one: credentials are looked up now, not cached
+    signed = session.get_credentials() is not None
     base_url = endpoint("TPI_PRICES_AWS_URL").rstrip("/")
     regions, types = sorted(base["prices"]), sorted(base["types"])
     files = offer_files(base_url, regions)
@@ -99,9 +98,9 @@ def fetch(base: dict[str, Any]) -> dict[str, Any]:
             except Exception as error:  # ijson's errors, a cut connection
                 raise RefreshError(f"aws: {where(files[region])} could not be read ({error.__class__.__name__}); "
                                    "the previous catalogue is kept") from None  # fmt: skip
-        try:
-            spots: dict[str, float | None] = dict(spot(region, sorted(found)))
-        except botocore.exceptions.NoCredentialsError:
+        if signed:
+            spots: dict[str, float | None] = dict(spot(session, region, sorted(found)))
+        else:
             old = base["prices"].get(region, {})
             spots = {kind: (old[kind][1] if kind in old and len(old[kind]) > 1 else None) for kind in found}
             note = f"spot prices kept from {base.get('taken')} (DescribeSpotPriceHistory needs AWS credentials)"
