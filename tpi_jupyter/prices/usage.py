@@ -65,7 +65,8 @@ def _read(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
             end: float | None = finished[rank]
         else:
             beat = _stamp(fs, layout.join(root, layout.heartbeat(rank, boot)), 0, cache=False)
-            fresh = beat is not None and now - beat < STALE_HEARTBEATS * interval
+            # only a rank's last boot can still run, while its heartbeat is fresh and the task not over
+            fresh = beat is not None and now - beat < STALE_HEARTBEATS * interval and boot == last[rank]
             end = None if fresh and snapshot.status not in ("succeeded", "failed", "timeout") else (beat or start)
         found.append((start, end))
     return found
