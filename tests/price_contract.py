@@ -48,7 +48,9 @@ GCP_GPU = {"t4": "Nvidia Tesla T4", "v100": "Nvidia Tesla V100", "p100": "Nvidia
 class PriceServer:
     truth: Truth
     fail_on: str = ""  # a path fragment: the request after the first such one answers HTTP 500
-    requests: list[tuple[str, str, dict[str, str]]] = field(default_factory=list)  # method, path+query, headers
+    requests: list[tuple[str, str, dict[str, str]]] = field(
+        default_factory=list
+    )  # method, path+query, headers
     _seen: int = 0
 
     def start(self) -> str:
@@ -111,7 +113,9 @@ class PriceServer:
             return 200, self.spot_history(dict(urllib.parse.parse_qsl(body.decode())), scope[1]), "text/xml"
         if path == "/offers/v1.0/aws/AmazonEC2/current/region_index.json":
             return 200, json.dumps(self.region_index()).encode(), "application/json"
-        if match := re.fullmatch(r"/offers/v1\.0/aws/AmazonEC2/20250601000000/([a-z0-9-]+)/index\.json", path):
+        if match := re.fullmatch(
+            r"/offers/v1\.0/aws/AmazonEC2/20250601000000/([a-z0-9-]+)/index\.json", path
+        ):
             return 200, json.dumps(self.offer_file(match[1])).encode(), "application/json"
         if path == "/api/retail/prices":
             return 200, json.dumps(self.azure_page(query)).encode(), "application/json"
@@ -145,7 +149,11 @@ class PriceServer:
                 terms[sku] = {code: {"offerTermCode": "JRTCKXETXF", "sku": sku, "priceDimensions": {
                     f"{code}.6YS6EN2CT7": {"unit": "Hrs", "pricePerUnit": {"USD": f"{amount:.10f}"},
                                            "description": f"${amount} per On Demand {system} {kind} Instance Hour"}}}}  # fmt: skip
-        products["STORAGE1"] = {"sku": "STORAGE1", "productFamily": "Storage", "attributes": {"volumeType": "gp3"}}
+        products["STORAGE1"] = {
+            "sku": "STORAGE1",
+            "productFamily": "Storage",
+            "attributes": {"volumeType": "gp3"},
+        }
         terms["STORAGE1"] = {"STORAGE1.JRTCKXETXF": {"priceDimensions": {"STORAGE1.JRTCKXETXF.6YS6EN2CT7": {
             "unit": "GB-Mo", "pricePerUnit": {"USD": "0.08"}}}}}  # fmt: skip
         reserved = {sku: {f"{sku}.4NA7Y494T4": {"priceDimensions": {f"{sku}.4NA7Y494T4.6YS6EN2CT7": {
@@ -186,7 +194,14 @@ class PriceServer:
                         (name + " Low Priority", "Virtual Machines " + name.split()[0] + " Series", price / 10, "Consumption"),
                         (name, "Virtual Machines " + name.split()[0] + " Series", price / 3, "DevTestConsumption")]  # fmt: skip
                 if spot is not None:
-                    rows.append((name + " Spot", "Virtual Machines " + name.split()[0] + " Series", spot, "Consumption"))
+                    rows.append(
+                        (
+                            name + " Spot",
+                            "Virtual Machines " + name.split()[0] + " Series",
+                            spot,
+                            "Consumption",
+                        )
+                    )
                 items += [{"currencyCode": "USD", "tierMinimumUnits": 0.0, "retailPrice": amount, "unitPrice": amount,
                            "armRegionName": region, "location": region, "effectiveStartDate": "2025-06-01T00:00:00Z",
                            "meterName": sku, "productName": product, "skuName": sku, "serviceName": "Virtual Machines",
@@ -224,7 +239,11 @@ class PriceServer:
                     skus.append(_sku("Spot Preemptible " + base, region, "Preemptible", spot, unit))
                 skus.append(_sku("Commitment v1: " + base.replace("running", "for 1 Year"), region, "Commit1Yr",
                                  price / 2, unit))  # fmt: skip
-            skus.append(_sku(f"N2 Custom Extended Instance Ram running in {region}", region, "OnDemand", 9.0, "GiBy.h"))
+            skus.append(
+                _sku(
+                    f"N2 Custom Extended Instance Ram running in {region}", region, "OnDemand", 9.0, "GiBy.h"
+                )
+            )
             skus.append(_sku(f"Nvidia Tesla A100 80GB GPU running in {region}", region, "OnDemand", 9.0, "h"))
         return skus
 
@@ -330,7 +349,9 @@ def _clause(token: str) -> tuple[str, str]:
 
 def matches(item: dict[str, Any], groups: list[list[tuple[str, str]]]) -> bool:
     field = {"priceType": "type"}  # the filter's name for the items' `type`
-    return all(any(str(item.get(field.get(name, name))) == value for name, value in group) for group in groups)
+    return all(
+        any(str(item.get(field.get(name, name))) == value for name, value in group) for group in groups
+    )
 
 
 def truth_from(shipped: dict[str, dict[str, Any]], factor: float) -> Truth:

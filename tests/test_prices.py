@@ -27,7 +27,7 @@ GPU_KINDS = {"t4", "v100", "p100", "a100", "a10g", "a10", "l4", "h100"}
 
 def raw(cloud: str) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(
-        resources.files("tpi_jupyter.prices").joinpath("data", f"{cloud}.json").read_text("utf-8")
+        resources.files("tpi_jupyter.prices").joinpath("data").joinpath(f"{cloud}.json").read_text("utf-8")
     )
     return data
 
@@ -36,7 +36,11 @@ def raw(cloud: str) -> dict[str, Any]:
 def test_catalogue_says_when_and_where_its_prices_come_from(cloud: str) -> None:
     data = raw(cloud)
     assert data["cloud"] == cloud and data["currency"] == "USD"
-    assert data["taken"] == "2025-06" and "June 2025" in data["note"] and f"tpi prices refresh {cloud}" in data["note"]
+    assert (
+        data["taken"] == "2025-06"
+        and "June 2025" in data["note"]
+        and f"tpi prices refresh {cloud}" in data["note"]
+    )
     for shape in data["types"].values():
         assert shape["cpu"] > 0 and shape["memory"] > 0
         gpu = shape.get("gpu")
@@ -63,7 +67,8 @@ def test_gcp_rates_price_shapes_by_vcpu_memory_and_gpu() -> None:
     assert custom is not None and custom.on_demand == pytest.approx(8 * n2c["cpu"][0] + 32 * n2c["memory"][0])
     small = catalogue.load("gcp").offer("us-west1", "e2-small")  # type: ignore[union-attr]
     assert small is not None and small.on_demand == pytest.approx(
-        0.5 * rates["e2"]["cpu"][0] + 2 * rates["e2"]["memory"][0], abs=1e-6  # prices keep 6 decimals
+        0.5 * rates["e2"]["cpu"][0] + 2 * rates["e2"]["memory"][0],
+        abs=1e-6,  # prices keep 6 decimals
     )
 
 
@@ -106,7 +111,9 @@ def test_constraints_pick_the_cheapest_type_in_the_region() -> None:
 
 
 @pytest.mark.parametrize("cloud", catalogue.PRICED_CLOUDS)
-@pytest.mark.parametrize("query", ["cpu>=8,memory>=32", "gpu=t4", "gpus>=2,gpu_memory>=16", "cpu<=4,gpu=none"])
+@pytest.mark.parametrize(
+    "query", ["cpu>=8,memory>=32", "gpu=t4", "gpus>=2,gpu_memory>=16", "cpu<=4,gpu=none"]
+)
 def test_the_pick_meets_every_condition_and_nothing_cheaper_does(cloud: str, query: str) -> None:
     region = REGIONS[cloud]["us-east"]
     try:
@@ -138,7 +145,9 @@ def test_bad_constraints_are_one_line_naming_the_key(value: str, word: str) -> N
     with pytest.raises(SpecError) as raised:
         TaskSpec.from_args({"cloud": "aws", "machine": value})
     message = str(raised.value)
-    assert "\n" not in message and message.startswith("machine:") and word in message and "accepted" in message
+    assert (
+        "\n" not in message and message.startswith("machine:") and word in message and "accepted" in message
+    )
 
 
 def test_kubernetes_turns_constraints_into_a_request() -> None:
@@ -160,7 +169,13 @@ def test_cli_refuses_bad_constraints_with_exit_2_and_creates_nothing(
 
 
 def test_dry_run_shows_the_pick_the_price_and_the_most_it_can_cost(tpi_home: Path, workdir: Path) -> None:
-    words = ["cloud=aws", "region=eu-west", "machine=cpu>=8,memory>=32,gpu=t4", "parallelism=3", "timeout=7200"]
+    words = [
+        "cloud=aws",
+        "region=eu-west",
+        "machine=cpu>=8,memory>=32,gpu=t4",
+        "parallelism=3",
+        "timeout=7200",
+    ]
     plan = run_task(words, "echo", defaults={}, wait=False, dry_run=True, out=lambda _: None).plan
     assert isinstance(plan, Plan)
     text = plan.text()
@@ -188,7 +203,9 @@ def test_a_bid_below_the_spot_price_is_warned_in_one_line(tpi_home: Path, workdi
     assert f"! {warning}" in str(plan)
     # the most a bid can cost is the bid itself
     assert f"at most {estimate.money(bid * 24)}" in str(plan)
-    assert estimate.spot_warning(build_spec(["cloud=gcp", "machine=m+t4", f"spot={offer.spot * 2}"], {})) is None
+    assert (
+        estimate.spot_warning(build_spec(["cloud=gcp", "machine=m+t4", f"spot={offer.spot * 2}"], {})) is None
+    )
     assert estimate.spot_warning(build_spec(["cloud=gcp", "machine=m+t4", "spot=0"], {})) is None
 
 
@@ -215,7 +232,9 @@ def test_prices_table_lists_a_generic_machine_across_clouds_cheapest_first(
     assert "k8s: no price catalogue" in out and "prices of 2025-06" in out
 
 
-def test_prices_filters_by_constraints_region_cloud_and_spot(tpi_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prices_filters_by_constraints_region_cloud_and_spot(
+    tpi_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["prices", "gpus>=4,gpu=t4", "--cloud", "az", "--region", "us-east", "--spot"]) == 0
     table = rows(capsys.readouterr().out)
     expected = {name for name, shape in raw("az")["types"].items()
@@ -225,7 +244,9 @@ def test_prices_filters_by_constraints_region_cloud_and_spot(tpi_home: Path, cap
     assert spots == sorted(spots)
 
 
-def test_prices_cuts_long_tables_and_lists_all_on_request(tpi_home: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prices_cuts_long_tables_and_lists_all_on_request(
+    tpi_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["prices", "cpu>=1"]) == 0
     out = capsys.readouterr().out
     assert len(rows(out)) == 30 and "more (--all lists every one)" in out
@@ -237,7 +258,9 @@ def test_prices_cuts_long_tables_and_lists_all_on_request(tpi_home: Path, capsys
 @pytest.mark.parametrize(("words", "key"), [(["cpu>>1"], "QUERY"), (["nonesuch.type"], "QUERY"),
                                             (["t4", "--cloud", "k8s"], "--cloud"), (["a", "b"], "QUERY"),
                                             (["refresh", "k8s"], "CLOUD")])  # fmt: skip
-def test_prices_bad_input_is_one_line_exit_2(words: list[str], key: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_prices_bad_input_is_one_line_exit_2(
+    words: list[str], key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["prices", *words]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and key in err and "accepted" in err

@@ -40,7 +40,11 @@ def test_machine_seconds_count_every_boot_from_claim_to_its_end(tpi_home: Path, 
     write(root, layout.heartbeat(0, 0), layout.timestamp(t0 + 100))
     write(root, claim_key(0, 1), f"i-b\n{layout.timestamp(t0 + 200)}\n")
     write(root, layout.heartbeat(0, 1), layout.timestamp(t0 + 290))
-    write(root, layout.status(0), json.dumps({"result": "success", "code": 0, "finished": layout.timestamp(t0 + 300)}))
+    write(
+        root,
+        layout.status(0),
+        json.dumps({"result": "success", "code": 0, "finished": layout.timestamp(t0 + 300)}),
+    )
     # rank 1: running since t0+10, heartbeat fresh
     write(root, claim_key(1, 0), f"i-c\n{layout.timestamp(t0 + 10)}\n")
     write(root, layout.heartbeat(1, 0), layout.timestamp(now - 1))
@@ -86,14 +90,18 @@ def test_aws_task_shows_price_warning_and_cost_so_far_in_every_face(
     offer = catalogue.load("aws").offer("us-west-1", "t3.medium")  # type: ignore[union-attr]
     assert offer is not None and offer.spot is not None
     bid = round(offer.spot / 2, 5)
-    spec = build_spec(["cloud=aws", "machine=cpu>=2,memory>=4", f"spot={bid}", "name=cost-aws", "timeout=600"], {})
+    spec = build_spec(
+        ["cloud=aws", "machine=cpu>=2,memory>=4", f"spot={bid}", "name=cost-aws", "timeout=600"], {}
+    )
     assert spec.machine == "t3.medium"  # the cheapest spot type with 2 vCPUs and 4 GiB in us-west-1
     task = launch(spec, SCRIPT)
     assert isinstance(task, Task)
     try:
         assert estimate.spot_warning(spec) in task.record["warnings"]
         assert "price: " in task.summary() and "spot)" in task.summary()
-        machines = [PlayedMachine(i, tmp_path / "machines") for i in group_instances(task.record["backend"]["group"])]
+        machines = [
+            PlayedMachine(i, tmp_path / "machines") for i in group_instances(task.record["backend"]["group"])
+        ]
         assert task.wait(timeout=90) == "succeeded"
         for machine in machines:
             assert machine.wait() == 0, machine.output()
@@ -101,7 +109,9 @@ def test_aws_task_shows_price_warning_and_cost_so_far_in_every_face(
         seconds = machine_seconds(task, snapshot)
         assert 3 <= seconds <= task.elapsed(snapshot)  # the script's sleep, at most the whole task
         cost = task.cost_text(snapshot)
-        assert cost.startswith(f"{estimate.money(offer.spot * seconds / 3600)} so far · {estimate.money(offer.spot)}/h")
+        assert cost.startswith(
+            f"{estimate.money(offer.spot * seconds / 3600)} so far · {estimate.money(offer.spot)}/h"
+        )
         assert f"at most {estimate.money(bid * 600 / 3600)}" in cost  # the bid caps what an hour costs
         assert f"cost: {cost}" in status_text(task)
         assert f"cost {cost}" in text_report(task, snapshot, [])

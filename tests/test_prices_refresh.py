@@ -92,7 +92,9 @@ def test_azure_refresh_pages_the_retail_prices_api(server: PriceServer) -> None:
             assert offer is not None and offer.on_demand == pytest.approx(price), (region, size)
             assert offer.spot == pytest.approx(spot)  # " Spot", not Low Priority, Windows or DevTest
     pages = [path for _, path, _ in server.requests if path.startswith("/api/retail/prices")]
-    items = sum(len(found) for found in server.truth["az"].values()) * 3  # on-demand, Windows, spot + Low Priority
+    items = (
+        sum(len(found) for found in server.truth["az"].values()) * 3
+    )  # on-demand, Windows, spot + Low Priority
     assert len(pages) >= items // PAGE  # every NextPageLink followed
     assert "%24filter=" in pages[0] and "api-version=" in pages[0]
 
@@ -116,7 +118,9 @@ def test_gcp_refresh_reads_the_billing_catalog(server: PriceServer) -> None:
     assert all(API_KEY not in path for path, _ in calls)  # the key travels in a header
 
 
-def test_failure_midway_keeps_the_previous_catalogue(server: PriceServer, capsys: pytest.CaptureFixture[str]) -> None:
+def test_failure_midway_keeps_the_previous_catalogue(
+    server: PriceServer, capsys: pytest.CaptureFixture[str]
+) -> None:
     refresh(["az"], lambda _: None)
     before = catalogue.user_path("az").read_bytes()
     server.fail_on, server._seen = "/api/retail/prices", 0  # the second page fails

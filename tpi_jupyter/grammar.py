@@ -122,7 +122,9 @@ def _prices_options(prices: argparse.ArgumentParser) -> None:
     prices.add_argument("--cloud", default="", help="only this cloud (aws, gcp, az)")
     prices.add_argument("--region", default="", help="only this region (generic or native)")
     prices.add_argument("--spot", action="store_true", help="order by spot price")
-    prices.add_argument("--all", dest="every", action="store_true", help="every match (default: the 30 cheapest)")
+    prices.add_argument(
+        "--all", dest="every", action="store_true", help="every match (default: the 30 cheapest)"
+    )
 
 
 def _rank(text: str) -> int:

@@ -516,7 +516,9 @@ class Task:
 
     def cost_text(self, snapshot: Snapshot) -> str:
         """Cost so far, from the backend ("n/a" where no price lookup exists)."""
-        seconds = machine_seconds(self, snapshot) if self.backend.capabilities.prices else self.elapsed(snapshot)
+        seconds = (
+            machine_seconds(self, snapshot) if self.backend.capabilities.prices else self.elapsed(snapshot)
+        )
         return self.backend.cost(self.task_spec, self.backend_state, seconds)
 
     def summary(self) -> str:

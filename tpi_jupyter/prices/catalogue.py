@@ -153,7 +153,9 @@ def _gcp_offer(catalogue: Catalogue, region: str, machine: str) -> Offer | None:
         prices.append(round(sum(amount * rate for amount, rate in parts), 6) if known else None)
     if prices[0] is None:
         return None
-    return Offer("gcp", region, machine, float(shape["cpu"]), float(shape["memory"]), gpu, prices[0], prices[1])
+    return Offer(
+        "gcp", region, machine, float(shape["cpu"]), float(shape["memory"]), gpu, prices[0], prices[1]
+    )
 
 
 def _gcp_shape(types: dict[str, Any], base: str) -> dict[str, Any] | None:
@@ -178,7 +180,7 @@ def user_path(cloud: str) -> Path:
 
 
 def shipped(cloud: str) -> dict[str, Any]:
-    text = resources.files("tpi_jupyter.prices").joinpath("data", f"{cloud}.json").read_text("utf-8")
+    text = resources.files("tpi_jupyter.prices").joinpath("data").joinpath(f"{cloud}.json").read_text("utf-8")
     data: dict[str, Any] = json.loads(text)
     return data
 

@@ -64,10 +64,14 @@ def parse(value: str, key: str = "machine") -> list[Condition]:
             raise ConstraintError(f"{key}: {part.strip()!r} is not a condition; accepted: {ACCEPTED}")
         name, op, text = match.groups()
         if name not in KEYS:
-            raise ConstraintError(f"{key}: unknown constraint {name!r}; accepted: {', '.join(KEYS)} ({ACCEPTED})")
+            raise ConstraintError(
+                f"{key}: unknown constraint {name!r}; accepted: {', '.join(KEYS)} ({ACCEPTED})"
+            )
         if name == "gpu":
             if op != "=" or not re.fullmatch(r"[a-z][a-z0-9]*", text.lower()):
-                raise ConstraintError(f"{key}: {part.strip()!r}: gpu takes = and a kind; accepted: {ACCEPTED}")
+                raise ConstraintError(
+                    f"{key}: {part.strip()!r}: gpu takes = and a kind; accepted: {ACCEPTED}"
+                )
             conditions.append(Condition(name, op, text.lower()))
             continue
         if not re.fullmatch(r"[0-9]+(\.[0-9]+)?", text):

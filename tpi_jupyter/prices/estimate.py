@@ -95,7 +95,9 @@ def cost_text(spec: TaskSpec, machine_seconds: float) -> str:
     if found.rate is None:
         return f"n/a ({unpriced(spec)})" if found.offer is None else "n/a (no spot price)"
     so_far = found.rate * machine_seconds / 3600
-    return f"{money(so_far)} so far · {money(found.rate * found.machines)}/h · at most {money(found.most or 0)}"
+    return (
+        f"{money(so_far)} so far · {money(found.rate * found.machines)}/h · at most {money(found.most or 0)}"
+    )
 
 
 def price_warnings(spec: TaskSpec) -> list[str]:

@@ -76,7 +76,9 @@ def render(query: Query) -> str:
     shown = found if query.rows <= 0 else found[: query.rows]
     rows = [HEADER, *(_row(offer) for offer in shown)]
     widths = [max(len(row[i]) for row in rows) for i in range(len(HEADER))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     if len(shown) < len(found):
         lines.append(f"... and {len(found) - len(shown)} more (--all lists every one)")
     clouds = [query.cloud] if query.cloud else [*PRICED_CLOUDS, "k8s"]

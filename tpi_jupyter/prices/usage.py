@@ -23,7 +23,9 @@ _STAMPS: dict[str, float | None] = {}  # claim files never change: read once
 
 def machine_seconds(task: Task, snapshot: Snapshot, now: float | None = None) -> float:
     now = time.time() if now is None else now
-    return sum(max(0.0, (now if end is None else end) - start) for start, end in intervals(task, snapshot, now))
+    return sum(
+        max(0.0, (now if end is None else end) - start) for start, end in intervals(task, snapshot, now)
+    )
 
 
 def intervals(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
@@ -67,7 +69,11 @@ def _read(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
             beat = _stamp(fs, layout.join(root, layout.heartbeat(rank, boot)), 0, cache=False)
             # only a rank's last boot can still run, while its heartbeat is fresh and the task not over
             fresh = beat is not None and now - beat < STALE_HEARTBEATS * interval and boot == last[rank]
-            end = None if fresh and snapshot.status not in ("succeeded", "failed", "timeout") else (beat or start)
+            end = (
+                None
+                if fresh and snapshot.status not in ("succeeded", "failed", "timeout")
+                else (beat or start)
+            )
         found.append((start, end))
     return found
 
@@ -79,7 +85,11 @@ def _task_start(task: Task) -> float:
 def _started(task: Task, snapshot: Snapshot) -> dict[int, float]:
     """Ranks the platform numbers (k8s) have no claim: their machine-started events say when."""
     group = snapshot.group.events if snapshot.group else []
-    return {int(e["rank"]): float(e["time"]) for e in group if e.get("kind") == "machine-started" and e.get("rank") is not None}
+    return {
+        int(e["rank"]): float(e["time"])
+        for e in group
+        if e.get("kind") == "machine-started" and e.get("rank") is not None
+    }
 
 
 def _claimed(fs: Any, root: str, rank: int, boot: int, names: set[str]) -> float | None:

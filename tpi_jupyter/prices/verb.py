@@ -25,7 +25,9 @@ def prices(args: argparse.Namespace, out: Callable[[str], None]) -> None:
         if len(words) > 1:
             raise UsageFailure(f"QUERY: one query, got {len(words)} words; accepted: one word such as "
                                "m+t4 or cpu>=8,memory>=32 (no spaces)")  # fmt: skip
-        query = Query(words[0] if words else "", args.cloud, args.region, args.spot, 0 if args.every else DEFAULT_ROWS)
+        query = Query(
+            words[0] if words else "", args.cloud, args.region, args.spot, 0 if args.every else DEFAULT_ROWS
+        )
         out(render(query))
     except ConstraintError as error:
         raise UsageFailure(str(error)) from None

@@ -49,8 +49,11 @@ def on_demand(stream: IO[bytes], types: set[str]) -> dict[str, float]:
     found = {}
     for sku, attrs in attributes.items():
         kind = attrs.get("instanceType", "")
-        if kind in types and sku in prices and units.get(sku) == "Hrs" and all(
-            attrs.get(key) == value for key, value in WANTED.items()
+        if (
+            kind in types
+            and sku in prices
+            and units.get(sku) == "Hrs"
+            and all(attrs.get(key) == value for key, value in WANTED.items())
         ):
             found[kind] = prices[sku]
     return found
@@ -60,7 +63,9 @@ def spot(session: Any, region: str, types: list[str]) -> dict[str, float]:
     """Instance type -> the lowest current Linux spot price among the region's zones."""
     import botocore.exceptions
 
-    client = session.client("ec2", region_name=region, endpoint_url=endpoint("TPI_PRICES_AWS_EC2_URL") or None)
+    client = session.client(
+        "ec2", region_name=region, endpoint_url=endpoint("TPI_PRICES_AWS_EC2_URL") or None
+    )
     now = datetime.datetime.now(datetime.timezone.utc)
     found: dict[str, float] = {}
     try:
@@ -103,7 +108,9 @@ def fetch(base: dict[str, Any]) -> dict[str, Any]:
         else:
             old = base["prices"].get(region, {})
             spots = {kind: (old[kind][1] if kind in old and len(old[kind]) > 1 else None) for kind in found}
-            note = f"spot prices kept from {base.get('taken')} (DescribeSpotPriceHistory needs AWS credentials)"
+            note = (
+                f"spot prices kept from {base.get('taken')} (DescribeSpotPriceHistory needs AWS credentials)"
+            )
             notes += [] if note in notes else [note]
         prices[region] = {kind: [price, spots.get(kind)] for kind, price in sorted(found.items())}
     data = stamped(base, f"{base_url}{INDEX} and EC2 DescribeSpotPriceHistory", notes)

@@ -26,8 +26,13 @@ def query_filter(regions: list[str], sizes: list[str]) -> str:
 
 def items(regions: list[str], sizes: list[str]) -> list[dict[str, Any]]:
     base = endpoint("TPI_PRICES_AZURE_URL")
-    url: str | None = base + "?" + urllib.parse.urlencode(
-        {"api-version": API_VERSION, "$filter": query_filter(regions, sizes)}, quote_via=urllib.parse.quote
+    url: str | None = (
+        base
+        + "?"
+        + urllib.parse.urlencode(
+            {"api-version": API_VERSION, "$filter": query_filter(regions, sizes)},
+            quote_via=urllib.parse.quote,
+        )
     )
     found: list[dict[str, Any]] = []
     for _ in range(MAX_PAGES):
@@ -46,7 +51,7 @@ def fetch(base: dict[str, Any]) -> dict[str, Any]:
     prices: dict[str, dict[str, list[float | None]]] = {}
     for item in items(regions, sizes):
         kind = _kind(item)
-        region, size = item.get("armRegionName"), item.get("armSkuName")
+        region, size = str(item.get("armRegionName")), str(item.get("armSkuName"))
         if kind is None or region not in regions or size not in sizes:
             continue
         entry = prices.setdefault(region, {}).setdefault(size, [None, None])

@@ -23,7 +23,9 @@ MAX_PAGES = 1000
 FAMILIES = {"N1 Predefined": "n1", "Custom": "n1-custom", "N2 Custom": "n2-custom", "N2": "n2", "E2": "e2",
             "G2": "g2", "A2": "a2"}  # fmt: skip
 GPUS = {"T4": "t4", "V100": "v100", "P100": "p100", "L4": "l4", "A100": "a100"}
-_MACHINE = re.compile(r"(?:Spot Preemptible )?(N1 Predefined|N2 Custom|Custom|N2|E2|G2|A2) Instance (Core|Ram) running in .*")
+_MACHINE = re.compile(
+    r"(?:Spot Preemptible )?(N1 Predefined|N2 Custom|Custom|N2|E2|G2|A2) Instance (Core|Ram) running in .*"
+)
 _GPU = re.compile(r"(?:Spot Preemptible )?Nvidia (?:Tesla )?(T4|V100|P100|L4|A100) GPU running in .*")
 USAGE = {"OnDemand": 0, "Preemptible": 1}
 
@@ -36,8 +38,10 @@ def _headers() -> dict[str, str]:
         import google.auth
         import google.auth.transport.requests
 
-        credentials, _ = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-billing.readonly"])
-        credentials.refresh(google.auth.transport.requests.Request())
+        credentials, _ = google.auth.default(
+            scopes=["https://www.googleapis.com/auth/cloud-billing.readonly"]
+        )
+        credentials.refresh(google.auth.transport.requests.Request())  # type: ignore[no-untyped-call]
     except Exception:
         raise RefreshError("gcp: the Cloud Billing Catalog API needs TPI_PRICES_GCP_API_KEY or Application "
                            "Default Credentials (gcloud auth application-default login); the previous "

@@ -40,12 +40,16 @@ def where(url: str) -> str:
 def open_url(url: str, headers: dict[str, str] | None = None) -> IO[bytes]:
     request = urllib.request.Request(url, headers={"User-Agent": "tpi-jupyter-prices", **(headers or {})})
     try:
-        response: IO[bytes] = urllib.request.urlopen(request, timeout=TIMEOUT)  # noqa: S310 (https or a test's http)
+        response: IO[bytes] = urllib.request.urlopen(request, timeout=TIMEOUT)
     except urllib.error.HTTPError as error:
-        raise RefreshError(f"{where(url)} answered HTTP {error.code}; the previous catalogue is kept") from None
+        raise RefreshError(
+            f"{where(url)} answered HTTP {error.code}; the previous catalogue is kept"
+        ) from None
     except (urllib.error.URLError, OSError) as error:
         reason = getattr(error, "reason", error)
-        raise RefreshError(f"{where(url)} could not be reached ({reason}); the previous catalogue is kept") from None
+        raise RefreshError(
+            f"{where(url)} could not be reached ({reason}); the previous catalogue is kept"
+        ) from None
     return response
 
 
@@ -54,4 +58,6 @@ def get_json(url: str, headers: dict[str, str] | None = None) -> Any:
         try:
             return json.load(response)
         except (ValueError, OSError) as error:
-            raise RefreshError(f"{where(url)} sent no valid JSON ({error}); the previous catalogue is kept") from None
+            raise RefreshError(
+                f"{where(url)} sent no valid JSON ({error}); the previous catalogue is kept"
+            ) from None
