@@ -369,7 +369,8 @@ class TaskSpec:
     container: str = ""
     launch: str = "script"
     placement: str = "none"
-    machine_query: str = ""  # the constraints that picked `machine` (machine=cpu>=8,...), if any
+    # Not an argument: the constraints that picked `machine` (machine=cpu>=8,...), if any.
+    machine_query: str = field(default="", metadata={"derived": True})
 
     @classmethod
     def from_args(cls, raw: Mapping[str, Any], *, cwd: str | os.PathLike[str] | None = None) -> TaskSpec:
@@ -445,6 +446,8 @@ class TaskSpec:
         data = asdict(self)
         data["environment"] = sorted(self.environment)
         data["exclude"] = list(self.exclude)
+        if not self.machine_query:  # kept only where constraints chose the machine
+            del data["machine_query"]
         return data
 
 
