@@ -90,14 +90,14 @@ def spot_warning(spec: TaskSpec) -> str | None:
 
 
 def cost_text(spec: TaskSpec, machine_seconds: float) -> str:
-    """Cost so far from machine-seconds actually run: `$0.42 so far · $1.05/h · at most $25.25`."""
+    """Cost so far from machine-seconds run: `$0.42 so far · $1.05/h (3 x $0.35) · at most $25.25`."""
     found = estimate(spec)
     if found.rate is None:
         return f"n/a ({unpriced(spec)})" if found.offer is None else "n/a (no spot price)"
     so_far = found.rate * machine_seconds / 3600
-    return (
-        f"{money(so_far)} so far · {money(found.rate * found.machines)}/h · at most {money(found.most or 0)}"
-    )
+    each = f" ({found.machines} x {money(found.rate)})" if found.machines > 1 else ""
+    hourly = f"{money(found.rate * found.machines)}/h{each}"
+    return f"{money(so_far)} so far · {hourly} · at most {money(found.most or 0)}"
 
 
 def price_warnings(spec: TaskSpec) -> list[str]:
