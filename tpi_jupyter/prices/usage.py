@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 REREAD = 30.0  # seconds between two listings of a running task's reports
 Interval = tuple[float, float | None]  # (start, end); end None: still running
-_CACHE: dict[str, tuple[float, list[Interval]]] = {}
+ENDED = ("succeeded", "failed", "timeout")  # read once more at the end, then never again
+_CACHE: dict[str, tuple[float, list[Interval], bool]] = {}  # task id -> (read at, intervals, ended)
 _STAMPS: dict[str, float | None] = {}  # claim files never change: read once
 
 
@@ -30,19 +31,18 @@ def machine_seconds(task: Task, snapshot: Snapshot, now: float | None = None) ->
 
 def intervals(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
     cached = _CACHE.get(task.id)
-    final = all(end is not None for _, end in cached[1]) if cached else False
-    if cached and (final or time.monotonic() - cached[0] < REREAD) and _settled(cached[1], snapshot):
-        return cached[1]
+    if cached is not None:
+        read_at, found, ended = cached
+        if ended or (time.monotonic() - read_at < REREAD and _settled(found, snapshot)):
+            return found
     found = _read(task, snapshot, now)
-    _CACHE[task.id] = (time.monotonic(), found)
+    _CACHE[task.id] = (time.monotonic(), found, snapshot.status in ENDED)
     return found
 
 
 def _settled(cached: list[Interval], snapshot: Snapshot) -> bool:
     """A cached reading stays good until a rank gains a boot or the task ends."""
-    return len(cached) >= sum(rank.boots for rank in snapshot.ranks) and not (
-        snapshot.status in ("succeeded", "failed", "timeout") and any(end is None for _, end in cached)
-    )
+    return len(cached) >= sum(rank.boots for rank in snapshot.ranks) and snapshot.status not in ENDED
 
 
 def _read(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
@@ -69,11 +69,7 @@ def _read(task: Task, snapshot: Snapshot, now: float) -> list[Interval]:
             beat = _stamp(fs, layout.join(root, layout.heartbeat(rank, boot)), 0, cache=False)
             # only a rank's last boot can still run, while its heartbeat is fresh and the task not over
             fresh = beat is not None and now - beat < STALE_HEARTBEATS * interval and boot == last[rank]
-            end = (
-                None
-                if fresh and snapshot.status not in ("succeeded", "failed", "timeout")
-                else (beat or start)
-            )
+            end = None if fresh and snapshot.status not in ENDED else (beat or start)
         found.append((start, end))
     return found
 
