@@ -34,8 +34,10 @@ import botocore.session
 
 Truth = dict[str, dict[str, dict[str, tuple[float, float | None]]]]
 PAGE = 7  # small pages, so that every refresh pages several times
-AZURE_FIELDS = {"serviceName", "priceType", "armRegionName", "armSkuName", "serviceFamily", "skuName",
-                "productName", "meterName", "currencyCode", "type", "location"}  # fmt: skip
+# The documented filter fields, and the query parameters the API takes.
+AZURE_FIELDS = {"armRegionName", "location", "meterId", "meterName", "productId", "skuId", "productName",
+                "skuName", "serviceName", "serviceId", "serviceFamily", "priceType", "armSkuName"}  # fmt: skip
+AZURE_PARAMS = {"api-version", "$filter", "$skip", "meterRegion", "currencyCode"}
 GCP_PARAMS = {"currencyCode", "pageSize", "pageToken", "startTime", "endTime"}
 API_KEY = "contract-test-key"
 GCP_FAMILY = {"n1": "N1 Predefined", "n1-custom": "Custom", "n2": "N2", "n2-custom": "N2 Custom", "e2": "E2",
@@ -211,6 +213,11 @@ class PriceServer:
         return items
 
     def azure_page(self, query: dict[str, str]) -> dict[str, Any]:
+        unknown = set(query) - AZURE_PARAMS
+        if unknown:
+            raise ContractViolation(f"unknown query parameters {sorted(unknown)}")
+        if query.get("meterRegion", "'primary'") != "'primary'":
+            raise ContractViolation("meterRegion takes 'primary'")
         clauses = parse_filter(query.get("$filter", ""))
         items = [item for item in self.azure_items() if matches(item, clauses)]
         skip = int(query.get("$skip", "0"))

@@ -154,3 +154,28 @@ def test_a_broken_user_copy_falls_back_to_the_shipped_catalogue(tpi_home: Path) 
     path.write_text(json.dumps({"cloud": "aws"}))
     loaded = catalogue.load("aws")
     assert loaded is not None and loaded.origin == "shipped"
+
+
+def test_the_contract_server_refuses_what_the_services_would(server: PriceServer) -> None:
+    import urllib.error
+    import urllib.request
+
+    def status(path: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> int:
+        request = urllib.request.Request(server.url + path, data=data, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return int(response.status)
+        except urllib.error.HTTPError as error:
+            return error.code
+
+    assert status("/api/retail/prices?$filter=nosuchField%20eq%20%27x%27") == 400
+    assert status("/api/retail/prices?$filter=serviceName%20eq%20%27Virtual%20Machines%27&top=5") == 400
+    assert status("/api/retail/prices?$filter=serviceName%20eq%20%27Virtual%20Machines%27") == 200
+    assert status("/v1/services/6F81-5844-456A/skus?currencyCode=USD") == 403  # no key
+    assert status("/v1/services/6F81-5844-456A/skus?nosuch=1", headers={"X-Goog-Api-Key": API_KEY}) == 400
+    signed = {"Authorization": "AWS4-HMAC-SHA256 Credential=AKID/20250601/us-east-1/ec2/aws4_request"}
+    form = b"Action=DescribeSpotPriceHistory&Version=2016-11-15&InstanceType.1=t3.micro"
+    assert status("/", form, signed) == 200
+    assert status("/", form + b"&NoSuchParameter=1", signed) == 400
+    assert status("/", form.replace(b"2016-11-15", b"2014-01-01"), signed) == 400
+    assert status("/", form) == 400  # unsigned

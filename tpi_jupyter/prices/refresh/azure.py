@@ -1,4 +1,5 @@
-"""Azure Retail Prices API: `GET {url}?$filter=...`, pages followed by `NextPageLink`.
+"""Azure Retail Prices API: `GET {url}?$filter=...`, pages followed by `NextPageLink`; primary
+meters only (`meterRegion='primary'`), as the API documents for one price per meter and region.
 
 Linux pay-as-you-go items (`type` Consumption, no `Windows` in productName, not Low Priority)
 give on-demand prices; those whose skuName ends in ` Spot` give spot prices.
@@ -30,7 +31,7 @@ def items(regions: list[str], sizes: list[str]) -> list[dict[str, Any]]:
         base
         + "?"
         + urllib.parse.urlencode(
-            {"api-version": API_VERSION, "$filter": query_filter(regions, sizes)},
+            {"api-version": API_VERSION, "meterRegion": "'primary'", "$filter": query_filter(regions, sizes)},
             quote_via=urllib.parse.quote,
         )
     )
