@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from tpi_jupyter import layout, state
-from tpi_jupyter.commands import build_spec, status_text
+from tpi_jupyter.commands import build_spec, status_text, task_json
 from tpi_jupyter.prices import catalogue, estimate, usage
 from tpi_jupyter.prices.usage import machine_seconds
 from tpi_jupyter.ranks import claim_key
@@ -114,6 +114,7 @@ def test_aws_task_shows_price_warning_and_cost_so_far_in_every_face(
         )
         assert f"at most {estimate.money(bid * 600 / 3600)}" in cost  # the bid caps what an hour costs
         assert f"cost: {cost}" in status_text(task)
+        assert task_json(task, snapshot, detail=True)["cost"] == cost
         assert f"cost {cost}" in text_report(task, snapshot, [])
         assert task_summary(task, snapshot)["cost"] == cost == task_detail(task)["cost"]
         view = TaskWidget(task)

@@ -165,6 +165,7 @@ def task_json(task: Task, snapshot: Snapshot | None, error: Exception | None = N
     if detail:
         entry["ranks"] = [asdict(rank) for rank in snapshot.ranks]
         entry["events"] = task.events(snapshot)
+        entry["cost"] = cost_text(task, snapshot)
     return entry
 
 
