@@ -179,3 +179,20 @@ def test_the_contract_server_refuses_what_the_services_would(server: PriceServer
     assert status("/", form + b"&NoSuchParameter=1", signed) == 400
     assert status("/", form.replace(b"2016-11-15", b"2014-01-01"), signed) == 400
     assert status("/", form) == 400  # unsigned
+
+
+def test_refresh_without_names_does_every_cloud_and_one_failure_spares_the_others(
+    server: PriceServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["prices", "refresh"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out] == ["aws", "gcp", "az"]
+    before = {cloud: catalogue.user_path(cloud).read_bytes() for cloud in ("aws", "gcp")}
+    server.fail_on, server._seen = "/skus", 0  # GCP's second page fails
+    server.truth["aws"]["us-east-1"]["t3.micro"] = (0.5, 0.2)
+    assert main(["prices", "refresh"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "gcp: " in captured.err and "HTTP 500" in captured.err
+    assert catalogue.user_path("gcp").read_bytes() == before["gcp"]
+    assert catalogue.user_path("aws").read_bytes() != before["aws"]  # refreshed despite gcp's failure
+    assert catalogue.load("aws").offer("us-east-1", "t3.micro").on_demand == 0.5  # type: ignore[union-attr]

@@ -30,24 +30,36 @@ def _source(cloud: str) -> Fetch:
 
 
 def refresh(clouds: list[str], out: Callable[[str], None]) -> None:
-    """Refresh each cloud in turn; the first failure stops with a one-line RefreshError."""
+    """Refresh each cloud (all three without names); a cloud that fails keeps its previous
+    catalogue, the others go on, and the failures end as one RefreshError line."""
     for cloud in clouds:
         if cloud not in PRICED_CLOUDS:
             raise RefreshError(f"CLOUD: {cloud!r} has no price source; accepted: {', '.join(PRICED_CLOUDS)}")
+    failures = []
     for cloud in clouds or list(PRICED_CLOUDS):
-        catalogue = load(cloud)
-        assert catalogue is not None
         try:
-            data = check(_source(cloud)(catalogue.data), cloud)
-        except CatalogueError as error:
-            raise RefreshError(f"{error}; the previous catalogue is kept") from None
-        old, new = count(catalogue.data), count(data)
-        if new < MIN_SHARE * old:
-            raise RefreshError(f"{cloud}: the source priced only {new} of {old} machine types and regions; "
-                               "the previous catalogue is kept")  # fmt: skip
-        write(cloud, data)
-        out(f"{cloud}: {new} prices ({data['taken']}) written to {user_path(cloud)}"
-            + "".join(f"; {note}" for note in data.get("notes", [])))  # fmt: skip
+            out(refresh_one(cloud))
+        except RefreshError as error:
+            text = str(error)
+            failures.append(text if text.startswith(f"{cloud}:") else f"{cloud}: {text}")
+    if failures:
+        raise RefreshError("; ".join(failures))
+
+
+def refresh_one(cloud: str) -> str:
+    catalogue = load(cloud)
+    assert catalogue is not None
+    try:
+        data = check(_source(cloud)(catalogue.data), cloud)
+    except CatalogueError as error:
+        raise RefreshError(f"{error}; the previous catalogue is kept") from None
+    old, new = count(catalogue.data), count(data)
+    if new < MIN_SHARE * old:
+        raise RefreshError(f"{cloud}: the source priced only {new} of {old} machine types and regions; "
+                           "the previous catalogue is kept")  # fmt: skip
+    write(cloud, data)
+    notes = "".join(f"; {note}" for note in data.get("notes", []))
+    return f"{cloud}: {new} prices ({data['taken']}) written to {user_path(cloud)}{notes}"
 
 
 def count(data: dict[str, Any]) -> int:
