@@ -142,11 +142,14 @@ class PriceServer:
             variants = [("Linux", "Shared", "NA", "Used", price), ("Windows", "Shared", "NA", "Used", price * 2),
                         ("Linux", "Dedicated", "NA", "Used", price * 3), ("Linux", "Shared", "SQL Std", "Used", price * 4),
                         ("Linux", "Shared", "NA", "AllocatedCapacityReservation", price * 5)]  # fmt: skip
+            variants.append(("Linux", "Shared", "NA", "Used", price * 6))  # a capacity block (below)
             for variant, (system, tenancy, software, capacity, amount) in enumerate(variants):
                 sku = f"SKU{number:04d}V{variant}"
+                market = "CapacityBlock" if variant == len(variants) - 1 else "OnDemand"
                 products[sku] = {"sku": sku, "productFamily": "Compute Instance", "attributes": {
                     "instanceType": kind, "operatingSystem": system, "tenancy": tenancy, "preInstalledSw": software,
-                    "capacitystatus": capacity, "regionCode": region, "licenseModel": "No License required"}}  # fmt: skip
+                    "capacitystatus": capacity, "regionCode": region, "licenseModel": "No License required",
+                    "marketoption": market}}  # fmt: skip
                 code = f"{sku}.JRTCKXETXF"
                 terms[sku] = {code: {"offerTermCode": "JRTCKXETXF", "sku": sku, "priceDimensions": {
                     f"{code}.6YS6EN2CT7": {"unit": "Hrs", "pricePerUnit": {"USD": f"{amount:.10f}"},

@@ -18,7 +18,6 @@ from .http import RefreshError, endpoint, get_json, open_url, where
 
 INDEX = "/offers/v1.0/aws/AmazonEC2/current/region_index.json"
 WANTED = {"operatingSystem": "Linux", "tenancy": "Shared", "preInstalledSw": "NA", "capacitystatus": "Used"}
-KEPT = ("instanceType", *WANTED)
 
 
 def offer_files(base_url: str, regions: list[str]) -> dict[str, str]:
@@ -28,35 +27,42 @@ def offer_files(base_url: str, regions: list[str]) -> dict[str, str]:
 
 
 def on_demand(stream: IO[bytes], types: set[str]) -> dict[str, float]:
-    """Instance type -> hourly USD, from one regional offer file read as a stream."""
+    """Instance type -> hourly USD, from one regional offer file read as a stream. Only the
+    products wanted are kept as they end (a big region lists hundreds of thousands)."""
     import ijson
 
-    attributes: dict[str, dict[str, str]] = {}
+    wanted: dict[str, str] = {}  # sku -> instance type
+    current: dict[str, str] = {}
     prices: dict[str, float] = {}
     units: dict[str, str] = {}
     for prefix, event, value in ijson.parse(stream):
-        if event != "string":
-            continue
         parts = prefix.split(".")
-        if parts[0] == "products" and len(parts) == 4 and parts[2] == "attributes" and parts[3] in KEPT:
-            attributes.setdefault(parts[1], {})[parts[3]] = value
-        elif parts[0] == "terms" and len(parts) > 3 and parts[1] == "OnDemand":
+        if parts[0] == "products":
+            if event == "string" and len(parts) == 4 and parts[2] == "attributes":
+                current[parts[3]] = value
+            elif event == "end_map" and len(parts) == 2:  # one product read whole
+                if _wanted(current, types):
+                    wanted[parts[1]] = current["instanceType"]
+                current = {}
+        elif (
+            event == "string" and len(parts) > 3 and parts[:2] == ["terms", "OnDemand"] and parts[2] in wanted
+        ):
             sku = parts[2]  # rate codes hold dots, SKUs do not
             if prefix.endswith(".unit"):
                 units[sku] = value
             elif prefix.endswith(".pricePerUnit.USD") and float(value) > 0:
                 prices[sku] = float(value)
-    found = {}
-    for sku, attrs in attributes.items():
-        kind = attrs.get("instanceType", "")
-        if (
-            kind in types
-            and sku in prices
-            and units.get(sku) == "Hrs"
-            and all(attrs.get(key) == value for key, value in WANTED.items())
-        ):
-            found[kind] = prices[sku]
-    return found
+    return {kind: prices[sku] for sku, kind in wanted.items() if sku in prices and units.get(sku) == "Hrs"}
+
+
+def _wanted(attributes: dict[str, str], types: set[str]) -> bool:
+    """Linux on shared hardware, nothing pre-installed, on-demand capacity (not reserved, not a
+    capacity block) of a type in the catalogue."""
+    return (
+        attributes.get("instanceType") in types
+        and all(attributes.get(key) == value for key, value in WANTED.items())
+        and attributes.get("marketoption", "OnDemand") == "OnDemand"
+    )
 
 
 def spot(session: Any, region: str, types: list[str]) -> dict[str, float]:
