@@ -26,33 +26,42 @@ def offer_files(base_url: str, regions: list[str]) -> dict[str, str]:
     return {region: base_url + found[region]["currentVersionUrl"] for region in regions if region in found}
 
 
+CHUNK = 1 << 20
+
+
 def on_demand(stream: IO[bytes], types: set[str]) -> dict[str, float]:
-    """Instance type -> hourly USD, from one regional offer file read as a stream. Only the
-    products wanted are kept as they end (a big region lists hundreds of thousands)."""
+    """Instance type -> hourly USD, from one regional offer file read once as a stream: two
+    ijson pipelines (products, OnDemand terms) take the same chunks and build their objects in
+    C; only the wanted products are kept (a big region lists hundreds of thousands)."""
     import ijson
 
+    products, terms = ijson.sendable_list(), ijson.sendable_list()
+    pipelines = [ijson.kvitems_coro(products, "products"), ijson.kvitems_coro(terms, "terms.OnDemand")]
     wanted: dict[str, str] = {}  # sku -> instance type
-    current: dict[str, str] = {}
     prices: dict[str, float] = {}
-    units: dict[str, str] = {}
-    for prefix, event, value in ijson.parse(stream):
-        parts = prefix.split(".")
-        if parts[0] == "products":
-            if event == "string" and len(parts) == 4 and parts[2] == "attributes":
-                current[parts[3]] = value
-            elif event == "end_map" and len(parts) == 2:  # one product read whole
-                if _wanted(current, types):
-                    wanted[parts[1]] = current["instanceType"]
-                current = {}
-        elif (
-            event == "string" and len(parts) > 3 and parts[:2] == ["terms", "OnDemand"] and parts[2] in wanted
-        ):
-            sku = parts[2]  # rate codes hold dots, SKUs do not
-            if prefix.endswith(".unit"):
-                units[sku] = value
-            elif prefix.endswith(".pricePerUnit.USD") and float(value) > 0:
-                prices[sku] = float(value)
-    return {kind: prices[sku] for sku, kind in wanted.items() if sku in prices and units.get(sku) == "Hrs"}
+    while chunk := stream.read(CHUNK):
+        for pipeline in pipelines:
+            pipeline.send(chunk)
+        for sku, product in products:
+            if _wanted(product.get("attributes", {}), types):
+                wanted[sku] = product["attributes"]["instanceType"]
+        for sku, offers in terms:  # products come first in the file, so `wanted` is complete
+            if sku in wanted and (price := _hourly(offers)) is not None:
+                prices[sku] = price
+        del products[:], terms[:]
+    for pipeline in pipelines:
+        pipeline.close()
+    return {kind: prices[sku] for sku, kind in wanted.items() if sku in prices}
+
+
+def _hourly(offers: dict[str, Any]) -> float | None:
+    """The USD price per hour of an OnDemand term (`priceDimensions`, unit `Hrs`)."""
+    for offer in offers.values():
+        for dimension in offer.get("priceDimensions", {}).values():
+            usd = dimension.get("pricePerUnit", {}).get("USD")
+            if dimension.get("unit") == "Hrs" and usd is not None and float(usd) > 0:
+                return float(usd)
+    return None
 
 
 def _wanted(attributes: dict[str, str], types: set[str]) -> bool:
