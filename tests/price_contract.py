@@ -12,7 +12,8 @@ rejects what the real service would not take:
   DevTest items as distractors.
 - Google Cloud Billing Catalog API: `/v1/services/6F81-5844-456A/skus` with an API key header,
   `pageSize`/`pageToken`/`currencyCode`, `nextPageToken`, prices as `units` + `nanos`, commitment
-  and other-SKU distractors.
+  and other-SKU distractors; every page is checked with google-cloud-billing's own
+  `ListSkusResponse` type before it is sent.
 What it serves comes from `truth`: {cloud: {region: {name: (on_demand, spot)}}} (GCP names are
 families as "n1.cpu" / "n1.memory" and GPUs as "gpu.t4").
 """
@@ -31,6 +32,7 @@ from typing import Any
 from xml.sax.saxutils import escape
 
 import botocore.session
+from google.cloud import billing_v1
 
 Truth = dict[str, dict[str, dict[str, tuple[float, float | None]]]]
 PAGE = 7  # small pages, so that every refresh pages several times
@@ -266,7 +268,10 @@ class PriceServer:
         skus = self.gcp_skus()
         start = int(query.get("pageToken") or 0)
         following = str(start + PAGE) if start + PAGE < len(skus) else ""
-        return {"skus": skus[start : start + PAGE], "nextPageToken": following}
+        page = {"skus": skus[start : start + PAGE], "nextPageToken": following}
+        # What is served is what the API's own types accept (unknown fields refused).
+        billing_v1.ListSkusResponse.from_json(json.dumps(page), ignore_unknown_fields=False)
+        return page
 
 
 class ContractViolation(ValueError):
