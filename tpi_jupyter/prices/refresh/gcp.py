@@ -24,9 +24,9 @@ FAMILIES = {"N1 Predefined": "n1", "Custom": "n1-custom", "N2 Custom": "n2-custo
             "G2": "g2", "A2": "a2"}  # fmt: skip
 GPUS = {"T4": "t4", "V100": "v100", "P100": "p100", "L4": "l4", "A100": "a100"}
 _MACHINE = re.compile(
-    r"(?:Spot Preemptible )?(N1 Predefined|N2 Custom|Custom|N2|E2|G2|A2) Instance (Core|Ram) running in .*"
+    r"(?:(?:Spot )?Preemptible )?(N1 Predefined|N2 Custom|Custom|N2|E2|G2|A2) Instance (Core|Ram) running in .*"
 )
-_GPU = re.compile(r"(?:Spot Preemptible )?Nvidia (?:Tesla )?(T4|V100|P100|L4|A100) GPU running in .*")
+_GPU = re.compile(r"(?:(?:Spot )?Preemptible )?Nvidia (?:Tesla )?(T4|V100|P100|L4|A100) GPU running in .*")
 USAGE = {"OnDemand": 0, "Preemptible": 1}
 
 
