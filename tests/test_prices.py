@@ -153,6 +153,7 @@ def test_bad_constraints_are_one_line_naming_the_key(value: str, word: str) -> N
 def test_kubernetes_turns_constraints_into_a_request() -> None:
     spec = TaskSpec.from_args({"cloud": "k8s", "machine": "cpu>=8,memory>=32,gpu=t4"})
     assert spec.machine == "8-32000+nvidia-tesla-t4*1"
+    assert TaskSpec.from_args({"cloud": "k8s", "machine": "cpu>=4"}).machine == "4-8000"
 
 
 def test_cli_refuses_bad_constraints_with_exit_2_and_creates_nothing(

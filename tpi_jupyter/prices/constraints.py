@@ -128,7 +128,8 @@ def k8s_request(query: str) -> str:
     lower = {c.key: float(c.value) for c in conditions if c.key in NUMERIC and c.op in (">=", "=", ">")}
     gpu = next((str(c.value) for c in conditions if c.key == "gpu"), "none")
     cpu = lower.get("cpu", 1.0)
-    memory = int(lower.get("memory", 1.0) * 1000)  # the k8s native form counts memory in MB
+    # the k8s native form counts memory in MB; without a bound, 2 GB per vCPU (a general-purpose ratio)
+    memory = int(lower.get("memory", 2.0 * cpu) * 1000)
     text = f"{cpu:g}-{memory}"
     count = int(lower.get("gpus", 1 if gpu != "none" else 0))
     if count:
