@@ -276,3 +276,11 @@ def test_magic_prints_the_table_and_refuses_bad_queries_as_usage_errors(
     assert rows(capsys.readouterr().out)[0][2] in {MACHINES[c]["m+t4"] for c in catalogue.PRICED_CLOUDS}
     with pytest.raises(UsageError, match=r"^QUERY: 'cpu>>1' is not a condition"):
         ip.run_line_magic("tpi", "prices cpu>>1")
+
+
+def test_local_checks_constraints_but_has_nothing_to_pick() -> None:
+    spec = TaskSpec.from_args({"machine": "cpu>=8,gpu=t4"})
+    assert (spec.cloud, spec.machine, spec.machine_query) == ("local", "cpu>=8,gpu=t4", "cpu>=8,gpu=t4")
+    assert estimate.price_line(spec) == "price: $0 (local machines are processes here)"
+    with pytest.raises(SpecError, match=r"^machine: unknown constraint 'vram'"):
+        TaskSpec.from_args({"machine": "vram>=8"})
