@@ -125,3 +125,19 @@ def test_aws_task_shows_price_warning_and_cost_so_far_in_every_face(
     finally:
         task.destroy()
     assert state.load(task.id) is None
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "az", "k8s"])
+def test_every_cloud_backend_prices_machine_seconds_from_the_catalogue(cloud: str) -> None:
+    from tpi_jupyter.backends.base import get_backend
+
+    spec = build_spec([f"cloud={cloud}", "machine=m+t4", "parallelism=2", "timeout=7200"], {})
+    backend = get_backend(cloud)
+    text = backend.cost(spec, None, 5400)  # 1.5 machine-hours
+    if cloud == "k8s":
+        assert not backend.capabilities.prices and text == f"n/a ({catalogue.NO_CATALOGUE['k8s']})"
+        return
+    offer = catalogue.load(cloud).offer(spec.native_region, spec.native_machine)  # type: ignore[union-attr]
+    assert offer is not None and backend.capabilities.prices
+    assert text == (f"{estimate.money(offer.on_demand * 1.5)} so far · {estimate.money(offer.on_demand * 2)}/h "
+                    f"(2 x {estimate.money(offer.on_demand)}) · at most {estimate.money(offer.on_demand * 4)}")  # fmt: skip
