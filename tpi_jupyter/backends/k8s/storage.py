@@ -89,20 +89,6 @@ def _boto_credentials() -> dict[str, str]:
     return {}
 
 
-def take_environment(remote: str) -> dict[str, str]:
-    """The environment values task.py wrote to the remote; removed from there (a Secret holds them)."""
-    import json
-
-    fs, root = filesystem(remote)
-    path = layout.join(root, layout.ENV)
-    try:
-        values = json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return {}
-    fs.rm_file(path)
-    return {str(key): str(value) for key, value in values.items()}
-
-
 def delete(remote: str) -> None:
     """The task's prefix only (the bucket is the user's); a claim's remote goes with the claim."""
     if protocol(remote) not in OBJECT_STORES:
