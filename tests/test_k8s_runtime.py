@@ -26,14 +26,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tpi_jupyter import agent_wheel, layout
-from tpi_jupyter.backends.base import Timing
 from tpi_jupyter.backends.k8s import K8sBackend, config, manifests, runtime
 from tpi_jupyter.backends.kit.tags import label_value
 from tpi_jupyter.commands import build_spec
@@ -45,6 +43,7 @@ from .aws_moto import moto_endpoint  # noqa: F401 - fixture
 from .conftest import wait_for
 from .k8s import bed, images
 from .test_k8s_backend import everything_but_the_secret, labelled
+from .test_k8s_pvc import cluster, k8s, needs_bed  # noqa: F401 - fixtures: a bed per module, fast cadences
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKERFILE = REPO / "docker" / "agent-runtime" / "Dockerfile"
@@ -136,38 +135,6 @@ def test_the_bundled_runtime_runs_where_only_busybox_sh_exists(bundled: Path, tm
 
 # ---------------------------------------------------------------- on the test bed
 
-needs_bed = pytest.mark.skipif(
-    not bed.built(), reason="the Kubernetes test bed is not built: run `scripts/k8s-testbed build`"
-)
-
-
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
-    root = tmp_path_factory.mktemp("k8s-runtime-bed")
-    testbed = bed.up(root)
-    try:
-        yield testbed
-    finally:
-        bed.down(root)
-
-
-@pytest.fixture
-def k8s(cluster: bed.Bed, tpi_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> bed.Bed:
-    """KUBECONFIG at the bed, the test venv as the agent's runtime, fast cadences."""
-    python = tmp_path / "agent-runtime" / "bin" / "python"  # the stand-in runs it on this host
-    python.parent.mkdir(parents=True)
-    python.write_text(f'#!/bin/sh\nexec {sys.executable} "$@"\n')
-    python.chmod(0o755)
-    for name, value in {"KUBECONFIG": str(cluster.kubeconfig), "TPI_K8S_AGENT_RUNTIME": str(python.parent.parent),
-                        "TPI_K8S_AGENT_IMAGE": "tpi-agent-runtime:test"}.items():  # fmt: skip
-        monkeypatch.setenv(name, value)
-    fast = Timing(log_interval=0.25, heartbeat_interval=1, sync_interval=1)
-    monkeypatch.setattr(K8sBackend, "capabilities",
-                        replace(K8sBackend.capabilities, timing=fast, poll_interval=0.3))  # fmt: skip
-    for name, value in (("STOP_WAIT", 30.0), ("DELETE_WAIT", 90.0), ("POLL", 0.3)):
-        monkeypatch.setattr(K8sBackend, name, value)
-    return cluster
-
 
 def run_to_the_end(words: list[str], script: str, timeout: float = 240) -> Task:
     task = launch(build_spec(["cloud=k8s", *words], {}), script)
@@ -193,7 +160,7 @@ echo "$line, through sh" > results/out.txt
 
 @needs_bed
 @as_root
-def test_a_task_whose_images_hold_only_busybox_sh(k8s: bed.Bed, bundled: Path, workdir: Path,
+def test_a_task_whose_images_hold_only_busybox_sh(k8s: bed.Bed, bundled: Path, workdir: Path,  # noqa: F811
                                                   monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
     """The runtime image (busybox sh + cp, /opt/tpi) and the user's image (busybox sh only) as the
     stand-in's local root filesystems: the init container copies the runtime, the transfer pod and
@@ -309,8 +276,9 @@ def _store(kind: str, request: pytest.FixtureRequest, gateway: str, monkeypatch:
 @needs_bed
 @pytest.mark.parametrize("kind", ["gs", "az"])
 def test_gs_and_az_containers_reached_through_the_task_secret(
-    kind: str, k8s: bed.Bed, workdir: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> None:
+    kind: str, k8s: bed.Bed, workdir: Path, request: pytest.FixtureRequest,  # noqa: F811
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
     container = _store(kind, request, k8s.gateway, monkeypatch)
     (workdir / "input.txt").write_text(f"hello from {kind}\n")
     script = '#!/bin/bash\nmkdir -p results\ncat input.txt > results/out.txt\necho "rank $TPI_RANK done"\n'
@@ -347,7 +315,7 @@ echo client-done
 
 
 @needs_bed
-def test_in_cluster_a_pod_runs_a_task_with_its_service_account(k8s: bed.Bed, bucket: str,
+def test_in_cluster_a_pod_runs_a_task_with_its_service_account(k8s: bed.Bed, bucket: str,  # noqa: F811
                                                                 moto_endpoint: str) -> None:  # noqa: F811  # fmt: skip
     """No kubeconfig in the pod: `load_incluster_config` with the token, CA and namespace the API
     server's projected volume mounts at /var/run/secrets/kubernetes.io/serviceaccount, and
