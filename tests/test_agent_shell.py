@@ -73,7 +73,12 @@ def test_a_missing_interpreter_that_is_not_bash_fails_127_with_one_line(tmp_path
     )
 
 
-def test_the_choice_is_a_machine_hook_and_the_clouds_keep_the_login_shell(tmp_path: Path) -> None:
+def test_the_choice_is_a_machine_hook_and_the_clouds_keep_the_login_shell(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert machine_hooks("k8s").script_command is agent_shell.container_command
     for cloud in ("aws", "gcp", "az"):
         assert getattr(machine_hooks(cloud), "script_command", script_command) is script_command
+    monkeypatch.setenv("TPI_PRIVATE_AGENT", "1")  # as the VMs' boot script sets it
+    script = write(tmp_path, "echo hi\n")
+    assert script_command(script) == ["/bin/bash", "-l", str(script)]
