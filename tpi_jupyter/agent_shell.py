@@ -65,8 +65,8 @@ def container_command(script: Path) -> list[str]:
     if present:
         return [str(script)]
     if os.path.basename(program) == "bash":
-        options = words[1:] if os.path.basename(words[0]) == "bash" and words[1:2] != [] else []
-        options = [option for option in options if option.startswith("-")]  # `#!/bin/bash -e` keeps -e
+        direct = os.path.basename(words[0]) == "bash"  # `#!/bin/bash -e` keeps -e; `env bash` has none
+        options = [word for word in words[1:] if word.startswith("-")] if direct else []
         return _with_note(f"tpi-agent: the script asks for bash ({' '.join(words)}), which this image "
                           f"lacks: running it with {SH}", [SH, *options, str(script)])  # fmt: skip
     note = (
