@@ -26,6 +26,7 @@ from ..spec import TaskSpec
 from ..state import home
 from ..sync import filesystem
 from .base import Capabilities, GroupState, Machine, Timing
+from . import local_net
 from .kit.steps import Steps
 from .local_group import STOP_GRACE, kill_group, kill_marked, script_pid
 
@@ -151,7 +152,9 @@ class LocalBackend:
         for rank, info in (_read_json(base / "machines.json") or {}).items():
             kill_group(info.get("pid"), signal.SIGKILL)
             kill_group(script_pid(base, int(rank)), signal.SIGKILL)
-        return kill_marked(str(base))
+        left = kill_marked(str(base))
+        local_net.destroy(base)  # multi-node: namespaces (and what runs in them), veths, bridge
+        return left
 
     def delete(self, spec: TaskSpec, state: LocalState) -> None:
         if not state.base:
