@@ -34,9 +34,9 @@ Outcome = dict[str, Any]
 def run(agent: Agent, deadline: float, sync_interval: float) -> Outcome:
     """The script's run for this rank, whatever the task's launch mode and size."""
     world = int(agent.task["spec"]["parallelism"])
-    if world <= 1:
-        return agent._run_script(deadline, sync_interval)
     mpi = agent.task["spec"].get("launch", "script") == "mpi"
+    if world <= 1 and not mpi:  # launch=mpi on one machine still gets its hostfile
+        return agent._run_script(deadline, sync_interval)
     try:
         if mpi and agent.rank > 0:
             return _serve(agent, deadline, sync_interval)
@@ -194,11 +194,18 @@ def _serve_until_done(
             done = mpi_launch.rank0_result(agent.remote)
             if done is not None:
                 agent.log.line(f"[tpi] rank 0 reported {done.get('result')}; this worker ends with it")
-                return {"result": done.get("result"), "code": done.get("code"), "reason": "worker of rank 0's mpirun"}
+                return _mirror(done)
         if time.time() >= next_sync:
             agent._push_quietly()
             next_sync = time.time() + sync_interval
         time.sleep(0.1)
+
+
+def _mirror(rank0: Outcome) -> Outcome:
+    """A worker's outcome: the job's result is rank 0's (a failure stops the workers, as ever)."""
+    if rank0.get("result") == "failure":
+        return {"result": "failure", "code": None, "reason": "stopped: rank 0 failed", "stopped_by": 0}
+    return {"result": rank0.get("result"), "code": None, "reason": "worker of rank 0's mpirun"}
 
 
 def _end(server: subprocess.Popen[bytes]) -> None:

@@ -682,7 +682,7 @@ def _write_remote(
     env_path = layout.join(root, layout.ENV)
     fs.pipe_file(env_path, json.dumps(values).encode())
     private = [env_path]
-    if record["spec"].get("launch") == "mpi" and int(record["spec"]["parallelism"]) > 1:
+    if record["spec"].get("launch") == "mpi":
         from .mpi_launch import make_key  # a fresh key per task, as private as the environment
 
         private.append(layout.join(root, layout.SSH_KEY))
