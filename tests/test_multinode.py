@@ -149,7 +149,9 @@ def test_without_namespaces_ranks_share_loopback_with_a_note(
     assert seen[0]["MASTER_PORT"] == seen[1]["MASTER_PORT"] != "29500"  # a free port: ranks share one stack
     assert seen[0]["peers"] == {"1": "127.0.0.1"}
     notes = [e["detail"] for e in task.events() if e["kind"] == "network"]
-    assert notes == ["no network namespace per rank here (TPI_LOCAL_NETNS=0): the ranks share this machine's loopback"]
+    assert notes == [
+        "no network namespace per rank here (TPI_LOCAL_NETNS=0): the ranks share this machine's loopback"
+    ]
     task.destroy()
 
 
@@ -179,7 +181,10 @@ def test_a_stale_address_of_an_earlier_boot_does_not_count(tmp_path: Path) -> No
     with pytest.raises(multinode.RendezvousError, match=r"rank\(s\) 1 did not publish"):
         multinode.wait_for_all(remote, 2, 0.2, 0.05, lambda: "")
     multinode.publish(remote, 1, 1, "10.0.0.9")
-    assert [r["address"] for r in multinode.wait_for_all(remote, 2, 1, 0.05, lambda: "")] == ["10.0.0.2", "10.0.0.9"]
+    assert [r["address"] for r in multinode.wait_for_all(remote, 2, 1, 0.05, lambda: "")] == [
+        "10.0.0.2",
+        "10.0.0.9",
+    ]
 
 
 def tpi_run(workdir: Path, *words: str) -> subprocess.CompletedProcess[str]:
@@ -200,7 +205,9 @@ def only_task() -> Task:
 def test_mpi_allreduce_across_three_namespaces_with_tpi_run(tpi_home: Path, workdir: Path) -> None:
     shutil.copy(EXAMPLES / "allreduce.c", workdir)
     (workdir / "run.sh").write_text(ALLREDUCE_RUN)
-    done = tpi_run(workdir, "parallelism=3", "launch=mpi", "workdir=.", "timeout=180", "--script", "run.sh", "--wait")
+    done = tpi_run(
+        workdir, "parallelism=3", "launch=mpi", "workdir=.", "timeout=180", "--script", "run.sh", "--wait"
+    )
     task = only_task()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
     published = [json.loads(remote_path(task, layout.address(rank)).read_text()) for rank in range(3)]
@@ -266,13 +273,18 @@ mpirun --hostfile "$TPI_HOSTFILE" -np "$WORLD_SIZE" --map-by node ./allreduce $p
 @needs_mpi
 def test_a_lost_worker_restarts_the_whole_mpi_job(tpi_home: Path, workdir: Path) -> None:
     shutil.copy(EXAMPLES / "allreduce.c", workdir)
-    task = start(["parallelism=3", "launch=mpi", "spot=0", "workdir=.", "output=results", "timeout=200"], RESTARTING_RUN)
+    task = start(
+        ["parallelism=3", "launch=mpi", "spot=0", "workdir=.", "output=results", "timeout=200"],
+        RESTARTING_RUN,
+    )
     wait_for(lambda: len([line for line in rank_lines(task, 0) if "sum 6 ok" in line]) == 3, 90)
     first = json.loads(remote_path(task, layout.address(2)).read_text())
     task.preempt(2)  # the machine of rank 2 is lost mid-run, without warning
     assert finished(task, 150) == "succeeded", task.tail_text(60)
     lines = rank_lines(task, 0)
-    assert any("rank 2 was lost" in line and "restarting the whole MPI job (restart 1" in line for line in lines)
+    assert any(
+        "rank 2 was lost" in line and "restarting the whole MPI job (restart 1" in line for line in lines
+    )
     assert "attempt 2" in lines and len([line for line in lines if "sum 6 ok" in line]) == 6
     restarted = [e for e in task.events() if e["kind"] == "job-restarted"]
     assert len(restarted) == 1 and "rank 2 was lost" in restarted[0]["detail"]
@@ -296,5 +308,7 @@ def test_stop_ends_sshd_namespaces_and_every_process(tpi_home: Path, workdir: Pa
     wait_for(lambda: not task.read(fresh=True).group.exists, 60)  # type: ignore[union-attr]
     assert not sshd_of(task) and netns_leftovers() == []
     running = [p for p in psutil.process_iter(["name", "status"]) if p.info["status"] != psutil.STATUS_ZOMBIE]
-    assert not [p for p in running if p.info["name"] in ("orted", "allreduce", "mpirun")]  # dead and reaped or zombies
+    assert not [
+        p for p in running if p.info["name"] in ("orted", "allreduce", "mpirun")
+    ]  # dead and reaped or zombies
     task.destroy()

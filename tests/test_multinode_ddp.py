@@ -25,7 +25,7 @@ ROOT = Path(__file__).parent.parent
 
 
 def torch_ready() -> str:
-    """"" when torch imports in this venv (installing it if needed), else why not."""
+    """ "" when torch imports in this venv (installing it if needed), else why not."""
     if importlib.util.find_spec("torch") is not None:
         return ""
     done = subprocess.run([str(ROOT / "scripts" / "install-torch"), sys.executable], capture_output=True,
@@ -44,11 +44,15 @@ def torch_available() -> None:
 
 
 @needs_netns
-def test_two_rank_ddp_step_with_gloo_crosses_namespaces(tpi_home: Path, workdir: Path, torch_available: None) -> None:
+def test_two_rank_ddp_step_with_gloo_crosses_namespaces(
+    tpi_home: Path, workdir: Path, torch_available: None
+) -> None:
     shutil.copy(EXAMPLES / "ddp_step.py", workdir)
     task = start(["parallelism=2", "workdir=.", "timeout=300"], "python ddp_step.py\n")
     assert finished(task, 240) == "succeeded", task.tail_text(40)
-    addresses = [json.loads(remote_path(task, layout.address(rank)).read_text())["address"] for rank in range(2)]
+    addresses = [
+        json.loads(remote_path(task, layout.address(rank)).read_text())["address"] for rank in range(2)
+    ]
     assert addresses[0] != addresses[1] and all(a.startswith("10.245.") for a in addresses)
     for rank in range(2):
         lines = [line for line in rank_lines(task, rank) if line.startswith("ddp rank")]

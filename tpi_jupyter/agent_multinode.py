@@ -13,6 +13,7 @@ No IPython or Jupyter imports: this runs on bare machines.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -22,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from . import mpi_launch, multinode
 from .backends.base import Timing
-from .multinode import MASTER_PORT, RendezvousError
 from .mpi_launch import LaunchError
+from .multinode import MASTER_PORT, RendezvousError
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -88,7 +89,9 @@ def _publish(agent: Agent, **ports: int) -> str:
 
 def _wait(agent: Agent, deadline: float, world: int) -> list[dict[str, Any]]:
     timeout = min(multinode.timeout_of(agent.values), max(0.0, deadline - time.time()))
-    records = multinode.wait_for_all(agent.remote, world, timeout, _interval(agent), _cancelled(agent, deadline))
+    records = multinode.wait_for_all(
+        agent.remote, world, timeout, _interval(agent), _cancelled(agent, deadline)
+    )
     listed = ", ".join(str(record["address"]) for record in records)
     agent.log.line(f"[tpi] all {world} ranks published: {listed} (MASTER_ADDR {records[0]['address']})")
     return records
@@ -115,7 +118,9 @@ def _launch_mpi(agent: Agent, deadline: float, sync_interval: float) -> Outcome:
         env = multinode.script_variables(records, 0, agent.private / "hostfile")
         env |= mpi_launch.launcher_variables(mpi_launch.client_config(key, records))
         boots = {rank: int(record["boot"]) for rank, record in enumerate(records) if rank > 0}
-        check = _throttled(lambda: mpi_launch.lost_worker(agent.remote, boots, heartbeat), _interval(agent))
+        check = _throttled(
+            functools.partial(mpi_launch.lost_worker, agent.remote, boots, heartbeat), _interval(agent)
+        )
         outcome = agent._run_script(deadline, sync_interval, extra_env=env, restart=check)
         why = str(outcome.get("restart") or "")
         if not why and outcome.get("result") == "failure" and "reason" not in outcome:

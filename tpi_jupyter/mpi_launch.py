@@ -113,7 +113,9 @@ def start_sshd(key: Path, address: str, port: int) -> subprocess.Popen[bytes]:
     give_up = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < give_up:
         if server.poll() is not None:
-            raise LaunchError(f"launch=mpi: sshd exited with code {server.returncode} (see {directory}/sshd.log)")
+            raise LaunchError(
+                f"launch=mpi: sshd exited with code {server.returncode} (see {directory}/sshd.log)"
+            )
         try:
             with socket.create_connection((address, port), timeout=1):
                 return server
@@ -162,9 +164,9 @@ def lost_worker(remote: RemoteLike, boots: dict[int, int], heartbeat_interval: f
         now = latest_boot(remote, rank)
         if now > boot:
             return f"rank {rank} was lost (boot {now} took its place)"
-        if remote.names(layout.rank_dir(rank)) and layout.STATUS not in remote.names(layout.rank_dir(rank)):
-            if _heartbeat_age(remote, rank, boot) > LOST_HEARTBEATS * heartbeat_interval:
-                return f"rank {rank} was lost (no heartbeat for {LOST_HEARTBEATS * heartbeat_interval:g} s)"
+        silent = _heartbeat_age(remote, rank, boot) > LOST_HEARTBEATS * heartbeat_interval
+        if silent and layout.STATUS not in remote.names(layout.rank_dir(rank)):
+            return f"rank {rank} was lost (no heartbeat for {LOST_HEARTBEATS * heartbeat_interval:g} s)"
     return ""
 
 

@@ -33,7 +33,9 @@ master = os.environ["MASTER_ADDR"]
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:  # which address reaches rank 0
     probe.connect((master, 9))  # a UDP connect sends nothing: it only picks the route
     address = probe.getsockname()[0]
-print(f"ddp rank {rank} of {world} at {address} (master {master}): "
-      f"gradient {'ok' if gradient_ok else 'WRONG'}, weights {'agree' if same else 'DIFFER'}")
+print(
+    f"ddp rank {rank} of {world} at {address} (master {master}): "
+    f"gradient {'ok' if gradient_ok else 'WRONG'}, weights {'agree' if same else 'DIFFER'}"
+)
 dist.destroy_process_group()
 raise SystemExit(0 if gradient_ok and same else 1)

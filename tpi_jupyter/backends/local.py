@@ -25,8 +25,8 @@ from ..agent import PROCESS_MARK, write_atomic
 from ..spec import TaskSpec
 from ..state import home
 from ..sync import filesystem
-from .base import Capabilities, GroupState, Machine, Timing
 from . import local_net
+from .base import Capabilities, GroupState, Machine, Timing
 from .kit.steps import Steps
 from .local_group import STOP_GRACE, kill_group, kill_marked, script_pid
 

@@ -129,7 +129,9 @@ def load(base: Path) -> dict[str, Any] | None:
 
 
 def _namespaces(net: dict[str, Any]) -> list[str]:
-    listed = [line.split()[0] for line in _run("ip", "netns", "list", check=False).splitlines() if line.strip()]
+    listed = [
+        line.split()[0] for line in _run("ip", "netns", "list", check=False).splitlines() if line.strip()
+    ]
     return [name for name in listed if name.startswith(net["prefix"])]
 
 
@@ -157,9 +159,13 @@ def destroy(base: Path) -> None:
 def leftovers(base: Path) -> list[str]:
     """What of the task's network still exists (for tests and for destroy's check)."""
     net = names(base)
-    found = [name for name in _run("ip", "netns", "list", check=False).split() if name.startswith(net["prefix"])]
+    found = [
+        name for name in _run("ip", "netns", "list", check=False).split() if name.startswith(net["prefix"])
+    ]
     links = _run("ip", "-br", "link", "show", check=False).splitlines()
-    found += [line.split()[0].split("@")[0] for line in links if line.startswith((net["bridge"], net["veth"]))]
+    found += [
+        line.split()[0].split("@")[0] for line in links if line.startswith((net["bridge"], net["veth"]))
+    ]
     return found
 
 
