@@ -147,7 +147,10 @@ def hostfile_text(records: list[dict[str, Any]]) -> str:
 def script_variables(records: list[dict[str, Any]], rank: int, hostfile: Path) -> dict[str, str]:
     """What the script of `rank` gets; the hostfile is written here (the rank's private dir)."""
     hostfile.write_text(hostfile_text(records))
+    # In a local namespace the host name resolves to loopback: gloo must be told the interface.
+    interface = {"GLOO_SOCKET_IFNAME": "eth0"} if os.environ.get(NETNS_VARIABLE) else {}
     return {
+        **interface,
         "TPI_NODE_IPS": "\n".join(str(record["address"]) for record in records),
         "TPI_HOSTFILE": str(hostfile),
         "MASTER_ADDR": str(records[0]["address"]),
