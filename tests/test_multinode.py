@@ -271,28 +271,32 @@ mpirun --hostfile "$TPI_HOSTFILE" -np "$WORLD_SIZE" --map-by node ./allreduce $p
 
 @needs_netns
 @needs_mpi
-def test_a_lost_worker_restarts_the_whole_mpi_job(tpi_home: Path, workdir: Path) -> None:
+@pytest.mark.parametrize("lost", [2, 0], ids=["worker", "rank0"])
+def test_a_lost_machine_restarts_the_whole_mpi_job(tpi_home: Path, workdir: Path, lost: int) -> None:
     shutil.copy(EXAMPLES / "allreduce.c", workdir)
-    task = start(
-        ["parallelism=3", "launch=mpi", "spot=0", "workdir=.", "output=results", "timeout=200"],
-        RESTARTING_RUN,
-    )
+    task = start(["parallelism=3", "launch=mpi", "spot=0", "workdir=.", "output=results", "timeout=200"],
+                 RESTARTING_RUN)  # fmt: skip
     wait_for(lambda: len([line for line in rank_lines(task, 0) if "sum 6 ok" in line]) == 3, 90)
-    first = json.loads(remote_path(task, layout.address(2)).read_text())
-    task.preempt(2)  # the machine of rank 2 is lost mid-run, without warning
+    wait_for(lambda: synced_attempts(task) == "1", 30)  # a respawned rank 0 resumes from it
+    first = json.loads(remote_path(task, layout.address(lost)).read_text())
+    task.preempt(lost)  # the machine of that rank is lost mid-run, without warning
     assert finished(task, 150) == "succeeded", task.tail_text(60)
     lines = rank_lines(task, 0)
-    assert any(
-        "rank 2 was lost" in line and "restarting the whole MPI job (restart 1" in line for line in lines
-    )
+    restart_line = f"rank {lost} was lost"
+    assert any(restart_line in line and "(restart 1" in line for line in lines)
     assert "attempt 2" in lines and len([line for line in lines if "sum 6 ok" in line]) == 6
     restarted = [e for e in task.events() if e["kind"] == "job-restarted"]
-    assert len(restarted) == 1 and "rank 2 was lost" in restarted[0]["detail"]
-    second = json.loads(remote_path(task, layout.address(2)).read_text())
-    assert (first["boot"], second["boot"]) == (0, 1)  # the respawned worker republished
+    assert len(restarted) == 1 and restart_line in restarted[0]["detail"]
+    second = json.loads(remote_path(task, layout.address(lost)).read_text())
+    assert (first["boot"], second["boot"]) == (0, 1)  # the respawned rank republished
     assert [s["result"] for s in statuses(task)] == ["success"] * 3
     task.destroy()
     assert netns_leftovers() == [] and not sshd_of(task)
+
+
+def synced_attempts(task: Task) -> str:
+    path = remote_path(task, layout.data("results/attempts"))
+    return path.read_text().strip() if path.exists() else ""
 
 
 @needs_netns

@@ -113,6 +113,10 @@ def _launch_mpi(agent: Agent, deadline: float, sync_interval: float) -> Outcome:
     key = mpi_launch.fetch_key(agent.remote, agent.private)
     heartbeat = Timing(**agent.task.get("timing", {})).heartbeat_interval
     _publish(agent)
+    if agent.boot > 0:  # this machine replaces a lost rank 0: the job starts over
+        why = f"rank 0 was lost (boot {agent.boot} took its place)"
+        count = mpi_launch.record_restart(agent.remote, why)
+        agent.log.line(f"[tpi] {why}: the whole MPI job runs again from the last synced data (restart {count})")
     while True:
         records = _wait(agent, deadline, world)
         env = multinode.script_variables(records, 0, agent.private / "hostfile")
