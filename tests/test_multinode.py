@@ -133,6 +133,9 @@ def test_every_rank_gets_the_variables_and_its_own_address(tpi_home: Path, workd
     published = [json.loads(remote_path(task, layout.address(rank)).read_text()) for rank in range(3)]
     assert [record["address"] for record in published] == addresses
     assert any(e["kind"] == "network" and "namespace per rank" in e["detail"] for e in task.events())
+    assert not [
+        line for rank in range(3) for line in rank_lines(task, rank) if "[tpi]" in line
+    ]  # logs are the script's
     task.destroy()
     assert netns_leftovers() == [] and local_net.leftovers(Path(task.backend_state.base)) == []
 
@@ -153,6 +156,21 @@ def test_without_namespaces_ranks_share_loopback_with_a_note(
         "no network namespace per rank here (TPI_LOCAL_NETNS=0): the ranks share this machine's loopback"
     ]
     task.destroy()
+
+
+@needs_mpi
+def test_mpi_without_namespaces_runs_on_shared_loopback(
+    tpi_home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TPI_LOCAL_NETNS", "0")
+    shutil.copy(EXAMPLES / "allreduce.c", workdir)
+    task = start(["parallelism=3", "launch=mpi", "workdir=.", "timeout=120"], ALLREDUCE_RUN)
+    assert finished(task) == "succeeded", task.tail_text(40)
+    hostfile = Path(task.backend_state.base) / "machines" / "0" / "agent" / "hostfile"
+    assert hostfile.read_text() == f"127.0.0.1 slots={3 * (os.cpu_count() or 1)}\n"  # one host, listed once
+    assert len([line for line in rank_lines(task, 0) if line.endswith(": sum 6 ok")]) == 3
+    task.destroy()
+    assert not sshd_of(task)
 
 
 def test_rendezvous_timeout_is_one_line_naming_the_missing_ranks(tmp_path: Path) -> None:

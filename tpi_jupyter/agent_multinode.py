@@ -82,19 +82,17 @@ def _interval(agent: Agent) -> float:
 
 def _publish(agent: Agent, **ports: int) -> str:
     address = multinode.node_address(agent.cloud)
-    multinode.publish(agent.remote, agent.rank, agent.boot, address, **ports)
-    agent.log.line(f"[tpi] rank {agent.rank} (boot {agent.boot}) published its address {address}")
+    multinode.publish(
+        agent.remote, agent.rank, agent.boot, address, **ports
+    )  # no log line: logs are the script's
     return address
 
 
 def _wait(agent: Agent, deadline: float, world: int) -> list[dict[str, Any]]:
     timeout = min(multinode.timeout_of(agent.values), max(0.0, deadline - time.time()))
-    records = multinode.wait_for_all(
-        agent.remote, world, timeout, _interval(agent), _cancelled(agent, deadline)
+    return multinode.wait_for_all(
+        agent.remote, world, timeout, _interval(agent), _cancelled(agent, deadline), agent.log.line
     )
-    listed = ", ".join(str(record["address"]) for record in records)
-    agent.log.line(f"[tpi] all {world} ranks published: {listed} (MASTER_ADDR {records[0]['address']})")
-    return records
 
 
 def _rendezvous(agent: Agent, deadline: float, world: int) -> list[dict[str, Any]]:
@@ -116,7 +114,9 @@ def _launch_mpi(agent: Agent, deadline: float, sync_interval: float) -> Outcome:
     if agent.boot > 0:  # this machine replaces a lost rank 0: the job starts over
         why = f"rank 0 was lost (boot {agent.boot} took its place)"
         count = mpi_launch.record_restart(agent.remote, why)
-        agent.log.line(f"[tpi] {why}: the whole MPI job runs again from the last synced data (restart {count})")
+        agent.log.line(
+            f"[tpi] {why}: the whole MPI job runs again from the last synced data (restart {count})"
+        )
     while True:
         records = _wait(agent, deadline, world)
         env = multinode.script_variables(records, 0, agent.private / "hostfile")

@@ -29,6 +29,7 @@ from . import layout
 
 RENDEZVOUS_TIMEOUT = 900.0  # seconds; `TPI_RENDEZVOUS_TIMEOUT` in the task's environment changes it
 TIMEOUT_VARIABLE = "TPI_RENDEZVOUS_TIMEOUT"
+SLOW = 10.0  # seconds of waiting before the rank's log says whom it waits for
 MASTER_PORT = 29500  # torch.distributed's usual port, on a machine (or namespace) of its own
 NETNS_VARIABLE = "TPI_NETNS"  # set by the local group: the rank's network namespace
 ADDRESS_VARIABLE = "TPI_NODE_ADDRESS"  # set by the local group: the rank's address there
@@ -106,12 +107,19 @@ def current_record(remote: RemoteLike, rank: int) -> dict[str, Any] | None:
 
 
 def wait_for_all(
-    remote: RemoteLike, world: int, timeout: float, interval: float, cancelled: Callable[[], str]
+    remote: RemoteLike,
+    world: int,
+    timeout: float,
+    interval: float,
+    cancelled: Callable[[], str],
+    say: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Every rank's current record, rank 0 first; RendezvousError after `timeout` seconds or
-    when `cancelled()` gives a reason (a stop, a failed rank, the deadline)."""
+    when `cancelled()` gives a reason (a stop, a failed rank, the deadline). A wait longer than
+    SLOW seconds is said once (to the rank's log): a quick rendezvous leaves the log the script's."""
     found: dict[int, dict[str, Any]] = {}
-    give_up = time.monotonic() + timeout
+    began = time.monotonic()
+    give_up, said = began + timeout, False
     while True:
         for rank in range(world):
             if rank not in found:
@@ -129,6 +137,9 @@ def wait_for_all(
                 f"rendezvous timeout: rank(s) {missing} did not publish an address within {timeout:g} s "
                 f"(set {TIMEOUT_VARIABLE} in environment= to wait longer)"
             )
+        if say is not None and not said and time.monotonic() - began >= SLOW:
+            said = True
+            say(f"[tpi] waiting for rank(s) {missing} to publish their address (up to {timeout:g} s)")
         time.sleep(interval)
 
 
@@ -141,16 +152,34 @@ def timeout_of(values: dict[str, str]) -> float:
 
 
 def hostfile_text(records: list[dict[str, Any]]) -> str:
-    return "".join(f"{record['address']} slots={int(record.get('slots', 1))}\n" for record in records)
+    """One line per address, rank 0's first; ranks sharing an address (one loopback) add their
+    slots on one line, as OpenMPI refuses a host listed twice with `slots=`."""
+    slots: dict[str, int] = {}
+    for record in records:
+        slots[str(record["address"])] = slots.get(str(record["address"]), 0) + int(record.get("slots", 1))
+    return "".join(f"{address} slots={count}\n" for address, count in slots.items())
+
+
+def interface_variables() -> dict[str, str]:
+    """Which interface the frameworks use, where their own guess is wrong: in a local namespace
+    the host name resolves to loopback (gloo must use eth0); ranks sharing this machine's
+    loopback keep gloo's and OpenMPI's traffic on it."""
+    if os.environ.get(NETNS_VARIABLE):
+        return {"GLOO_SOCKET_IFNAME": "eth0"}
+    if not own_network():
+        return {
+            "GLOO_SOCKET_IFNAME": "lo",
+            "OMPI_MCA_btl_tcp_if_include": "lo",
+            "OMPI_MCA_oob_tcp_if_include": "lo",
+        }
+    return {}
 
 
 def script_variables(records: list[dict[str, Any]], rank: int, hostfile: Path) -> dict[str, str]:
     """What the script of `rank` gets; the hostfile is written here (the rank's private dir)."""
     hostfile.write_text(hostfile_text(records))
-    # In a local namespace the host name resolves to loopback: gloo must be told the interface.
-    interface = {"GLOO_SOCKET_IFNAME": "eth0"} if os.environ.get(NETNS_VARIABLE) else {}
     return {
-        **interface,
+        **interface_variables(),
         "TPI_NODE_IPS": "\n".join(str(record["address"]) for record in records),
         "TPI_HOSTFILE": str(hostfile),
         "MASTER_ADDR": str(records[0]["address"]),

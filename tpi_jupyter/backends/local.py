@@ -122,8 +122,14 @@ class LocalBackend:
         base = self.base(state)
         pid = self._group_pid(base)
         running = bool(pid) and _alive(pid, str(base))  # type: ignore[arg-type]
+        places = (local_net.load(base) or {}).get("ranks", {})  # multi-node: each rank's namespace
         machines = [
-            Machine(rank=int(rank), boot=info["boot"], alive=running and info["alive"], address="127.0.0.1")
+            Machine(
+                rank=int(rank),
+                boot=info["boot"],
+                alive=running and info["alive"],
+                address=places.get(rank, {}).get("address", "127.0.0.1"),
+            )
             for rank, info in (_read_json(base / "machines.json") or {}).items()
         ]
         events = []
