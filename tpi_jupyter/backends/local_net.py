@@ -25,7 +25,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-POOL = ipaddress.ip_network("10.245.0.0/16")
+POOL = ipaddress.IPv4Network("10.245.0.0/16")
 LOCK = Path("/run/tpi-local-net.lock")  # one machine-wide lock: two tasks never pick one subnet
 NETWORK_FILE = "network.json"  # in the task's local base: what `destroy` removes
 MAX_RANKS = 250  # a /24 holds the gateway and up to 253 ranks
@@ -35,7 +35,7 @@ class NetError(RuntimeError):
     """A command of the task's network failed; the message names it and its error."""
 
 
-def _run(*argv: str, check: bool = True) -> str:
+def run(*argv: str, check: bool = True) -> str:
     done = subprocess.run(argv, capture_output=True, text=True, check=False)
     if check and done.returncode != 0:
         raise NetError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
@@ -60,13 +60,14 @@ def names(base: Path) -> dict[str, str]:
     return {"bridge": f"tplb{tag}", "prefix": f"tpl{tag}-", "veth": f"tl{tag}r"}
 
 
-def _used_networks() -> list[ipaddress.IPv4Network]:
+def used_networks() -> list[ipaddress.IPv4Network]:
+    """The networks of this machine's addresses and routes: a new subnet overlaps none of them."""
     used = []
-    for line in _run("ip", "-4", "-o", "addr", "show").splitlines():
+    for line in run("ip", "-4", "-o", "addr", "show").splitlines():
         match = re.search(r"inet (\S+)", line)
         if match:
             used.append(ipaddress.IPv4Interface(match.group(1)).network)
-    for line in _run("ip", "-4", "route", "show", "table", "all").splitlines():
+    for line in run("ip", "-4", "route", "show", "table", "all").splitlines():
         first = line.split()[0] if line.split() else ""
         with contextlib.suppress(ValueError):
             if first not in ("default", "broadcast", "local", "unreachable", "multicast"):
@@ -82,18 +83,12 @@ def create(base: Path, parallelism: int) -> dict[str, Any]:
     LOCK.parent.mkdir(parents=True, exist_ok=True)
     with open(LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        used = _used_networks()
-        free = (s for s in POOL.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used))
-        subnet = next(free, None)
-        if subnet is None:
-            raise NetError(f"no free /24 left in {POOL} for the task's network")
+        subnet = free_subnet(POOL)
         hosts = list(subnet.hosts())
         net |= {"subnet": str(subnet), "gateway": str(hosts[0]), "ranks": {}}
         _save(base, net)  # before the first link: a crash midway is still cleaned by destroy
         try:
-            _run("ip", "link", "add", net["bridge"], "type", "bridge")
-            _run("ip", "addr", "add", f"{net['gateway']}/24", "dev", net["bridge"])
-            _run("ip", "link", "set", net["bridge"], "up")
+            add_bridge(net["bridge"], net["gateway"])
             for rank in range(parallelism):
                 net["ranks"][str(rank)] = _attach(net, rank, str(hosts[rank + 1]))
                 _save(base, net)
@@ -103,15 +98,35 @@ def create(base: Path, parallelism: int) -> dict[str, Any]:
     return net
 
 
+def free_subnet(pool: ipaddress.IPv4Network) -> ipaddress.IPv4Network:
+    """The first /24 of the pool that overlaps no network of this machine (callers hold a lock)."""
+    used = used_networks()
+    found = next((s for s in pool.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used)), None)
+    if found is None:
+        raise NetError(f"no free /24 left in {pool}")
+    return found
+
+
+def add_bridge(bridge: str, gateway: str) -> None:
+    run("ip", "link", "add", bridge, "type", "bridge")
+    run("ip", "addr", "add", f"{gateway}/24", "dev", bridge)
+    run("ip", "link", "set", bridge, "up")
+
+
 def _attach(net: dict[str, Any], rank: int, address: str) -> dict[str, str]:
-    namespace, host_end = f"{net['prefix']}{rank}", f"{net['veth']}{rank}"
-    _run("ip", "netns", "add", namespace)
-    _run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace)
-    _run("ip", "link", "set", host_end, "master", net["bridge"], "up")
-    _run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
-    _run("ip", "-n", namespace, "link", "set", "eth0", "up")
-    _run("ip", "-n", namespace, "link", "set", "lo", "up")
+    namespace = f"{net['prefix']}{rank}"
+    plug(net["bridge"], namespace, f"{net['veth']}{rank}", address)
     return {"namespace": namespace, "address": address}
+
+
+def plug(bridge: str, namespace: str, host_end: str, address: str) -> None:
+    """A new namespace whose `eth0` (address/24) is the peer of `host_end` on the bridge."""
+    run("ip", "netns", "add", namespace)
+    run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", namespace)
+    run("ip", "link", "set", host_end, "master", bridge, "up")
+    run("ip", "-n", namespace, "addr", "add", f"{address}/24", "dev", "eth0")
+    run("ip", "-n", namespace, "link", "set", "eth0", "up")
+    run("ip", "-n", namespace, "link", "set", "lo", "up")
 
 
 def _save(base: Path, net: dict[str, Any]) -> None:
@@ -130,14 +145,14 @@ def load(base: Path) -> dict[str, Any] | None:
 
 def _namespaces(net: dict[str, Any]) -> list[str]:
     listed = [
-        line.split()[0] for line in _run("ip", "netns", "list", check=False).splitlines() if line.strip()
+        line.split()[0] for line in run("ip", "netns", "list", check=False).splitlines() if line.strip()
     ]
     return [name for name in listed if name.startswith(net["prefix"])]
 
 
 def kill_inside(namespace: str) -> None:
     """SIGKILL every process in a namespace (an sshd's sessions carry no task mark)."""
-    for pid in _run("ip", "netns", "pids", namespace, check=False).split():
+    for pid in run("ip", "netns", "pids", namespace, check=False).split():
         with contextlib.suppress(ProcessLookupError, PermissionError, ValueError):
             os.kill(int(pid), signal.SIGKILL)
 
@@ -150,9 +165,9 @@ def destroy(base: Path) -> None:
     for namespace in _namespaces(net):
         kill_inside(namespace)
         rank = namespace.removeprefix(net["prefix"])
-        _run("ip", "link", "del", f"{net['veth']}{rank}", check=False)
-        _run("ip", "netns", "del", namespace, check=False)
-    _run("ip", "link", "del", net["bridge"], check=False)
+        run("ip", "link", "del", f"{net['veth']}{rank}", check=False)
+        run("ip", "netns", "del", namespace, check=False)
+    run("ip", "link", "del", net["bridge"], check=False)
     (base / NETWORK_FILE).unlink(missing_ok=True)
 
 
@@ -160,9 +175,9 @@ def leftovers(base: Path) -> list[str]:
     """What of the task's network still exists (for tests and for destroy's check)."""
     net = names(base)
     found = [
-        name for name in _run("ip", "netns", "list", check=False).split() if name.startswith(net["prefix"])
+        name for name in run("ip", "netns", "list", check=False).split() if name.startswith(net["prefix"])
     ]
-    links = _run("ip", "-br", "link", "show", check=False).splitlines()
+    links = run("ip", "-br", "link", "show", check=False).splitlines()
     found += [
         line.split()[0].split("@")[0] for line in links if line.startswith((net["bridge"], net["veth"]))
     ]
