@@ -23,6 +23,7 @@ import pytest
 from tpi_jupyter import layout, multinode, state
 from tpi_jupyter.agent import Remote
 from tpi_jupyter.backends import local_net
+from tpi_jupyter.backends.base import default_address, machine_address
 from tpi_jupyter.task import Task
 
 from .conftest import wait_for
@@ -77,11 +78,9 @@ mpirun --hostfile "$TPI_HOSTFILE" -np "$WORLD_SIZE" --map-by node ./allreduce
 """
 
 
-def netns_leftovers() -> list[str]:
-    if NO_NETNS:
-        return []
-    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    return [line.split()[0] for line in listed.splitlines() if line.startswith("tpl")]
+def netns_leftovers(task: Task) -> list[str]:
+    """The task's namespaces, veths and bridge that still exist."""
+    return [] if NO_NETNS else local_net.leftovers(Path(task.backend_state.base))
 
 
 def sshd_of(task: Task) -> list[psutil.Process]:
@@ -137,7 +136,7 @@ def test_every_rank_gets_the_variables_and_its_own_address(tpi_home: Path, workd
         line for rank in range(3) for line in rank_lines(task, rank) if "[tpi]" in line
     ]  # logs are the script's
     task.destroy()
-    assert netns_leftovers() == [] and local_net.leftovers(Path(task.backend_state.base)) == []
+    assert netns_leftovers(task) == []
 
 
 def test_without_namespaces_ranks_share_loopback_with_a_note(
@@ -171,6 +170,15 @@ def test_mpi_without_namespaces_runs_on_shared_loopback(
     assert len([line for line in rank_lines(task, 0) if line.endswith(": sum 6 ok")]) == 3
     task.destroy()
     assert not sshd_of(task)
+
+
+def test_the_default_address_is_the_default_route_interfaces() -> None:
+    route = subprocess.run(["ip", "-4", "route", "get", "192.0.2.1"], capture_output=True, text=True)
+    if route.returncode != 0 or " src " not in route.stdout:
+        pytest.skip("no default route here (or no iproute2): nothing to compare with")
+    expected = route.stdout.split(" src ")[1].split()[0]
+    assert default_address() == expected
+    assert machine_address("") == expected  # no cloud hooks: the default
 
 
 def test_rendezvous_timeout_is_one_line_naming_the_missing_ranks(tmp_path: Path) -> None:
@@ -238,7 +246,7 @@ def test_mpi_allreduce_across_three_namespaces_with_tpi_run(tpi_home: Path, work
     assert [s["result"] for s in statuses(task)] == ["success"] * 3
     assert statuses(task)[1]["reason"] == "worker of rank 0's mpirun"
     wait_for(lambda: not sshd_of(task) and not task.read(fresh=True).group.exists, 30)  # type: ignore[union-attr]
-    assert netns_leftovers() == []
+    assert netns_leftovers(task) == []
     assert_key_stays_private(task, tpi_home, done.stdout + done.stderr)
     task.destroy()
 
@@ -272,7 +280,7 @@ def test_mpi_job_result_is_rank_0s_and_a_failure_stops_the_workers(tpi_home: Pat
     assert len([line for line in rank_lines(task, 0) if "sum 6 ok" in line]) == 3
     assert not [e for e in task.events() if e["kind"] == "job-restarted"]  # a failure of its own
     task.destroy()
-    assert netns_leftovers() == [] and not sshd_of(task)
+    assert netns_leftovers(task) == [] and not sshd_of(task)
 
 
 RESTARTING_RUN = """#!/bin/bash
@@ -309,7 +317,7 @@ def test_a_lost_machine_restarts_the_whole_mpi_job(tpi_home: Path, workdir: Path
     assert (first["boot"], second["boot"]) == (0, 1)  # the respawned rank republished
     assert [s["result"] for s in statuses(task)] == ["success"] * 3
     task.destroy()
-    assert netns_leftovers() == [] and not sshd_of(task)
+    assert netns_leftovers(task) == [] and not sshd_of(task)
 
 
 def synced_attempts(task: Task) -> str:
@@ -324,11 +332,11 @@ def test_stop_ends_sshd_namespaces_and_every_process(tpi_home: Path, workdir: Pa
     script = ALLREDUCE_RUN.replace("./allreduce", "./allreduce 300")
     task = start(["parallelism=3", "launch=mpi", "workdir=.", "timeout=400"], script)
     wait_for(lambda: len([line for line in rank_lines(task, 0) if "sum 6 ok" in line]) == 3, 90)
-    assert len(sshd_of(task)) >= 2 and len(netns_leftovers()) >= 3
+    assert len(sshd_of(task)) >= 2 and len(netns_leftovers(task)) >= 3
     task.stop()
     assert finished(task, 60) == "failed"
     wait_for(lambda: not task.read(fresh=True).group.exists, 60)  # type: ignore[union-attr]
-    assert not sshd_of(task) and netns_leftovers() == []
+    assert not sshd_of(task) and netns_leftovers(task) == []
     running = [p for p in psutil.process_iter(["name", "status"]) if p.info["status"] != psutil.STATUS_ZOMBIE]
     assert not [
         p for p in running if p.info["name"] in ("orted", "allreduce", "mpirun")

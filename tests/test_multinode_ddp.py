@@ -60,4 +60,4 @@ def test_two_rank_ddp_step_with_gloo_crosses_namespaces(
         assert lines == [f"ddp rank {rank} of 2 at {addresses[rank]} (master {addresses[0]}): "
                          "gradient ok, weights agree"]  # fmt: skip
     task.destroy()
-    assert netns_leftovers() == []
+    assert netns_leftovers(task) == []
