@@ -155,7 +155,7 @@ class Group:
         self.event("group-scaled", None, f"to {self.parallelism}")
         if self.parallelism > 1:
             self.network, note = local_net.for_group(self.base, self.parallelism)
-            self.event("network", None, note or f"a network namespace per rank on {self.network['subnet']}")  # type: ignore[index]
+            self.event("network", None, note)
         try:
             self._run_machines()
         finally:

@@ -185,11 +185,12 @@ def leftovers(base: Path) -> list[str]:
 
 
 def for_group(base: Path, parallelism: int) -> tuple[dict[str, Any] | None, str]:
-    """The task's network, or None and the one-line note saying why ranks share loopback."""
+    """The task's network (or None: the ranks share loopback) and a one-line note for the events."""
     why = unavailable_reason(parallelism)
     if not why:
         try:
-            return create(base, parallelism), ""
+            net = create(base, parallelism)
+            return net, f"a network namespace per rank on {net['subnet']}"
         except NetError as error:
             why = str(error)
     return None, f"no network namespace per rank here ({why}): the ranks share this machine's loopback"
