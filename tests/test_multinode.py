@@ -139,6 +139,20 @@ def test_every_rank_gets_the_variables_and_its_own_address(tpi_home: Path, workd
     assert netns_leftovers(task) == []
 
 
+@needs_netns
+def test_a_respawned_rank_republishes_and_the_others_carry_on(tpi_home: Path, workdir: Path) -> None:
+    script = 'echo "rank $RANK sees $(echo $TPI_NODE_IPS)"; sleep 4\n'
+    task = start(["parallelism=2", "spot=0", "timeout=120"], script)
+    wait_for(lambda: any("rank 1 sees" in line for line in rank_lines(task, 1)), 60)
+    task.preempt(1)
+    assert finished(task) == "succeeded", task.tail_text(40)
+    record = json.loads(remote_path(task, layout.address(1)).read_text())
+    assert record["boot"] == 1  # the new boot published again
+    assert len([line for line in rank_lines(task, 0) if "rank 0 sees" in line]) == 1  # rank 0 ran once
+    assert len([line for line in rank_lines(task, 1) if line.startswith("rank 1 sees")]) == 2
+    task.destroy()
+
+
 def test_without_namespaces_ranks_share_loopback_with_a_note(
     tpi_home: Path, workdir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
