@@ -271,6 +271,7 @@ class Task:
             return cached[1]
         group = self.backend.read(self.task_spec, self.backend_state)
         statuses, boots, parts = self._read_reports()
+        group.events.extend(self._restarts)  # launch=mpi: whole-job restarts, as events
         self.log_parts = parts
         log_sizes = {key: sum(size for _, size in chunks) for key, chunks in parts.items()}
         ranks = self._ranks(group, statuses, boots)
@@ -295,7 +296,12 @@ class Task:
         statuses: dict[int, dict[str, Any]] = {}
         boots: dict[int, set[int]] = {}
         chunks: dict[str, list[tuple[int, str, int]]] = {}
+        self._restarts: list[dict[str, Any]] = []
         for key, path in layout.parse_reports(root, listing):
+            if key.boot is None and key.name == layout.RESTARTS:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    self._restarts = [{**found, "kind": "job-restarted", "rank": None}
+                                      for found in json.loads(fs.cat_file(path))]  # fmt: skip
             if key.boot is None and key.name == layout.STATUS:
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     statuses[key.rank] = json.loads(fs.cat_file(path))
@@ -679,10 +685,19 @@ def _write_remote(
     fs.pipe_file(layout.join(root, layout.TASK_JSON), json.dumps(public).encode())
     fs.pipe_file(layout.join(root, layout.SCRIPT), script.encode())
     env_path = layout.join(root, layout.ENV)
-    if values is not None:
+    private: list[str] = []
+    if values is not None:  # None: the backend holds the environment (holds_environment)
         fs.pipe_file(env_path, json.dumps(values).encode())
-        if is_local(fs):
-            os.chmod(env_path, 0o600)
+        private.append(env_path)
+    if record["spec"].get("launch") == "mpi":
+        from .mpi_launch import make_key  # a fresh key per task, as private as the environment
+
+        private.append(layout.join(root, layout.SSH_KEY))
+        fs.makedirs(private[-1].rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(private[-1], make_key())
+    if is_local(fs):
+        for path in private:
+            os.chmod(path, 0o600)
     if record["workdir"]:
         result = upload(
             record["workdir"],
