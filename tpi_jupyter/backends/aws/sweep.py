@@ -74,7 +74,7 @@ def _queues(sqs: Any, where: str, found: Found) -> None:
     for url in _pages(sqs, "list_queues", "QueueUrls", QueueNamePrefix="tpi-"):
         queue_tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
         found.note([{"Key": key, "Value": value} for key, value in queue_tags.items()], where, where,
-                   queue=url.rsplit("/", 1)[-1])  # fmt: skip
+                   queue=str(url).rsplit("/", 1)[-1])  # fmt: skip
 
 
 def _iam(clients: Clients, home: str, found: Found) -> None:
