@@ -25,7 +25,6 @@ LIMIT = 9_000_000  # a message's data is at most 10 MB, and so is a publish requ
 ACK_DEADLINE = 60  # the subscription's default; `receive` sets each message's own at once
 MAX_DEADLINE = 600
 DEAD_LETTER_ATTEMPTS = 100  # the service's most
-SUBSCRIBER_ROLE = "roles/pubsub.subscriber"
 
 
 def _seconds(visibility: float) -> int:
@@ -47,11 +46,6 @@ def default_project() -> str:
     return str(found)
 
 
-def task_member(project: str, name: str) -> str:
-    """The task's service account, as the GCP backend names it (`backends/gcp/identity.py`)."""
-    return f"serviceAccount:{name}@{project}.iam.gserviceaccount.com"
-
-
 class PubSubQueue:
     """One run's Pub/Sub topic and subscription (meets `TaskQueue`)."""
 
@@ -64,7 +58,11 @@ class PubSubQueue:
         self.topic = f"projects/{project}/topics/{name}"
         self.dead_topic = f"{self.topic}-dead"
         self.subscription = f"projects/{project}/subscriptions/{name}"
-        self.member: str = options.get("member", task_member(project, name))
+        self.grant: dict[str, Any] | None = None
+        if self.address.task_id:  # the task's service account on this subscription
+            from ..backends.gcp.identity import queue_binding
+
+            self.grant = queue_binding(project, self.address.task_id)
         batching = pubsub_v1.types.BatchSettings(
             max_bytes=LIMIT + 500_000, max_latency=0.01, max_messages=1000
         )
@@ -93,12 +91,22 @@ class PubSubQueue:
 
     def _grant(self) -> None:
         """The task's service account may pull, extend and ack on this subscription, nothing else."""
+        if self.grant is None:
+            return
         policy = self.subscriber.get_iam_policy(request={"resource": self.subscription})
         for binding in policy.bindings:
-            if binding.role == SUBSCRIBER_ROLE and self.member in binding.members:
+            if binding.role == self.grant["role"] and set(self.grant["members"]) <= set(binding.members):
                 return
-        policy.bindings.add(role=SUBSCRIBER_ROLE, members=[self.member])
-        self.subscriber.set_iam_policy(request={"resource": self.subscription, "policy": policy})
+        policy.bindings.add(**self.grant)
+        from google.api_core import exceptions
+
+        try:
+            self.subscriber.set_iam_policy(request={"resource": self.subscription, "policy": policy})
+        except exceptions.InvalidArgument as error:
+            if "does not exist" not in str(error):
+                raise
+            # No task service account: the task runs as the user's own (`permission_set`), whose
+            # access to Pub/Sub is theirs to give.
 
     def send(self, tasks: Iterable[tuple[str, Any]]) -> int:
         pending = [
