@@ -74,7 +74,8 @@ def service_client(account: str) -> Any:
 
 
 def _code(error: BaseException) -> str:
-    return str(getattr(error, "error_code", "") or "")
+    found = getattr(error, "error_code", "") or ""
+    return str(getattr(found, "value", found))  # a StorageErrorCode enum, or text
 
 
 class AzureQueue:
