@@ -20,7 +20,7 @@ import pytest
 from tpi_jupyter.backends.aws import AwsBackend
 from tpi_jupyter.backends.aws.common import AwsState, Clients, base_name
 from tpi_jupyter.backends.aws.identity import POLICY_NAME, create_role, delete_role
-from tpi_jupyter.fanout.queue import open_queue
+from tpi_jupyter.fanout.queue import open_queue, queue_class
 from tpi_jupyter.fanout.sqs import LIMIT, SqsQueue
 from tpi_jupyter.spec import task_id
 
@@ -112,7 +112,27 @@ def test_sweep_finds_a_leftover_queue_and_delete_removes_it(tmp_path: Path) -> N
     backend = AwsBackend()
     [orphan] = [o for o in backend.orphans(REGION) if o.task_id == tid]
     assert orphan.resources == {"queue": base_name(tid)}
+    assert (
+        orphan.creator
+        == boto3.client("sts", region_name=REGION).get_caller_identity()["Arn"]
+        == backend.caller()
+    )
     backend.delete_orphan(orphan)
     assert boto3.client("sqs", region_name=REGION).list_queues().get("QueueUrls", []) == []
     backend.delete_orphan(orphan)  # idempotent: nothing left is nothing to do
     assert [o for o in backend.orphans(REGION) if o.task_id == tid] == []
+
+
+def test_k8s_uses_the_queue_of_its_object_store_and_refuses_a_claim(tmp_path: Path) -> None:
+    from tpi_jupyter.fanout.k8s_queue import K8sQueue
+
+    tid = new_task()
+    queue = queue_class("k8s").for_task(tid, f"s3://bucket/{tid}", REGION)
+    assert isinstance(queue, SqsQueue) and queue.address.remote == f"s3://bucket/{tid}"
+    queue.create()
+    assert isinstance(open_queue("k8s", queue.url), SqsQueue)  # a pod reopens it from the url
+    queue.delete()
+    with pytest.raises(ValueError, match=r"^container: a map run on k8s needs an object-store container"):
+        K8sQueue.for_task(tid, f"tpi-k8s-pvc://tpi-claim/{tid}", "")
+    with pytest.raises(ValueError, match=r"^queue: 'file:///x' is not a queue url; accepted: sqs://"):
+        open_queue("k8s", "file:///x")

@@ -25,6 +25,7 @@ LIMIT = 9_000_000  # a message's data is at most 10 MB, and so is a publish requ
 ACK_DEADLINE = 60  # the subscription's default; `receive` sets each message's own at once
 MAX_DEADLINE = 600
 DEAD_LETTER_ATTEMPTS = 100  # the service's most
+PULL_WAIT = 5.0  # seconds an empty pull may wait
 
 
 def _seconds(visibility: float) -> int:
@@ -119,9 +120,15 @@ class PubSubQueue:
         return len(pending)
 
     def receive(self, max_messages: int, visibility: float) -> list[Message]:
-        answer = self.subscriber.pull(
-            request={"subscription": self.subscription, "max_messages": max_messages}, timeout=30
-        )
+        from google.api_core import exceptions
+
+        try:  # the service may hold an empty pull open: a short wait, then none
+            answer = self.subscriber.pull(
+                request={"subscription": self.subscription, "max_messages": max_messages},
+                retry=None, timeout=PULL_WAIT,
+            )  # fmt: skip
+        except exceptions.DeadlineExceeded:
+            return []
         found = []
         for item in answer.received_messages:
             task_id, data = self.bodies.decode(item.message.data)

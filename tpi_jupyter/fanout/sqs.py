@@ -12,7 +12,7 @@ import math
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from ..backends.kit.tags import TASK
+from ..backends.kit.tags import CREATOR, TASK
 from .cloudqueue import Address, Bodies, LeaseLost, queue_name
 from .queue import Depth, Message
 
@@ -72,9 +72,16 @@ class SqsQueue:
         return self._queue_url
 
     def create(self) -> None:
-        tags = {TASK: self.address.task_id} if self.address.task_id else {}
+        tags = {TASK: self.address.task_id, CREATOR: self._caller()} if self.address.task_id else {}
         found = self.client.create_queue(QueueName=self.address.name, tags=tags)
         self._queue_url = str(found["QueueUrl"])
+
+    def _caller(self) -> str:
+        """The creator tag, as the AWS backend's other resources carry it: a sweep shows the
+        caller their own leftovers without `--all`."""
+        import boto3
+
+        return str(boto3.client("sts", region_name=self.address.place or None).get_caller_identity()["Arn"])
 
     def send(self, tasks: Iterable[tuple[str, Any]]) -> int:
         sent = 0
