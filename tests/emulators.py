@@ -109,31 +109,18 @@ def azurite_binary(service: str = "blob") -> Path:
 
 def azurite() -> Iterator[str]:
     """Yields a connection string for an in-memory Azurite blob service."""
-    port = free_port()
-    process = subprocess.Popen(
-        [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        wait_port(port)
-        yield (
-            "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
-        )
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+    yield from _azurite("blob")
 
 
 def azurite_queue() -> Iterator[str]:
     """Yields a connection string for an in-memory Azurite queue service."""
+    yield from _azurite("queue")
+
+
+def _azurite(service: str) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [str(azurite_binary("queue")), "--queueHost", "127.0.0.1", "--queuePort", str(port),
+        [str(azurite_binary(service)), f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
          "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -141,7 +128,7 @@ def azurite_queue() -> Iterator[str]:
         wait_port(port)
         yield (
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};QueueEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};{service.title()}Endpoint=http://127.0.0.1:{port}/devstoreaccount1;"
         )
     finally:
         process.terminate()

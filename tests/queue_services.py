@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from . import emulators
-from .aws_moto import REGION, _reset
+from .aws_moto import _reset, point_at_moto
 
 
 @pytest.fixture(scope="module")
@@ -34,14 +34,7 @@ def azurite_queue_connection() -> Iterator[str]:
 
 @pytest.fixture
 def moto_sqs(moto_server_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[str]:
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    for name, value in (("AWS_ENDPOINT_URL", moto_server_url), ("AWS_ACCESS_KEY_ID", "testing"),
-                        ("AWS_SECRET_ACCESS_KEY", "testing"), ("AWS_DEFAULT_REGION", REGION),
-                        ("AWS_REGION", REGION), ("AWS_EC2_METADATA_DISABLED", "true"),
-                        ("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config")),
-                        ("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))):  # fmt: skip
-        monkeypatch.setenv(name, value)
+    point_at_moto(monkeypatch, moto_server_url, tmp_path)
     yield moto_server_url
     _reset(moto_server_url)
 
