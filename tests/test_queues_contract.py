@@ -159,3 +159,40 @@ def test_delete_is_idempotent(queue: TaskQueue, remote: Path) -> None:
     queue.delete()
     queue.delete()
     assert not (remote / LARGE_FOLDER).exists()
+
+
+WORKER = """
+import sys, time
+from tpi_jupyter.fanout.queue import open_queue
+queue = open_queue(sys.argv[1], sys.argv[2])
+messages = []
+while not messages:
+    messages = queue.receive(1, float(sys.argv[3]))
+for message in messages:
+    print(message.task_id, message.deliveries, flush=True)
+    if sys.argv[4] == "ack":
+        queue.ack(message)
+    else:
+        time.sleep(3600)  # the task runs until the machine is killed
+"""
+
+
+def test_a_killed_workers_task_goes_to_another_worker_process(queue: TaskQueue, cloud: str) -> None:
+    """Workers as separate processes that reopen the queue from its url, as machines do: the
+    first is killed mid-task (SIGKILL: no release), the second gets the task once it lapses."""
+    import subprocess
+    import sys
+
+    queue.send([("t1", {"n": 1})])
+    first = subprocess.Popen([sys.executable, "-c", WORKER, cloud, queue.url, "2", "hold"],
+                             stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert first.stdout is not None
+        assert first.stdout.readline().split() == ["t1", "1"]
+    finally:
+        first.kill()
+        first.wait(timeout=10)
+    second = subprocess.run([sys.executable, "-c", WORKER, cloud, queue.url, "30", "ack"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert second.stdout.split() == ["t1", "2"], second.stderr[-2000:]
+    assert queue.receive(1, 60) == []
