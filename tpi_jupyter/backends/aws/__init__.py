@@ -26,6 +26,7 @@ from typing import Any
 
 from ... import layout, ranks
 from ...agent_watch import STOP_KEY
+from ...fanout.sqs import delete_queue
 from ...spec import TaskSpec
 from ...sync import filesystem
 from ..base import Capabilities, GroupState, Timing, pricing_text
@@ -213,6 +214,7 @@ class AwsBackend:
                 self.clients, state, self.DEPENDENCY_WAIT, self.POLL)),
             ("key pair", lambda: identity.delete_key_pair(self.clients, state)),
             ("bucket", lambda: storage.delete_storage(self.clients, state)),
+            ("queue", lambda: delete_queue(self.clients("sqs", state.region), task_id)),
         ]  # fmt: skip
         for label, action in actions:
             if not state.region:

@@ -127,10 +127,15 @@ class AzureBackend:
         """The machines' identity and the caller both read and write the container with Entra ID
         (shared keys are off): Storage Blob Data Contributor on this container only."""
         scope = storage.container_id(state)
+        queue = identity.queue_scope(scope, state.name)  # a map run's queue: made later, by the run
         identity.assign(self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR)
+        identity.assign(self.clients, state, queue, identity.QUEUE_DATA_CONTRIBUTOR)
         if state.creator != "unknown" and not state.user_container:  # the user reaches their own already
             identity.assign(
                 self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
+            )
+            identity.assign(
+                self.clients, state, queue, identity.QUEUE_DATA_CONTRIBUTOR, principal=state.creator
             )
 
     def _ship(self, remote: str, wait: bool = True) -> None:
