@@ -45,7 +45,7 @@ class Refused(Exception):
 class Call:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: dict[str, str]  # names in lower case: HTTP header names are case-insensitive
     body: bytes
 
 
@@ -92,7 +92,7 @@ class ForgeContract:
 
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                call = Call(self.command, self.path, dict(self.headers.items()), body)
+                call = Call(self.command, self.path, {k.lower(): v for k, v in self.headers.items()}, body)
                 with contract._lock:
                     contract.calls.append(call)
                 try:
@@ -173,13 +173,13 @@ class ForgeContract:
         return found
 
     def _github_auth(self, call: Call) -> None:
-        if call.headers.get("Authorization") not in (f"Bearer {self.token}", f"token {self.token}"):
+        if call.headers.get("authorization") not in (f"Bearer {self.token}", f"token {self.token}"):
             raise Refused(401, "Bad credentials")
-        if "X-GitHub-Api-Version" in call.headers and call.headers["X-GitHub-Api-Version"] != "2022-11-28":
+        if "x-github-api-version" in call.headers and call.headers["x-github-api-version"] != "2022-11-28":
             raise Refused(400, "unsupported API version")
 
     def _gitlab_auth(self, call: Call) -> None:
-        if call.headers.get("PRIVATE-TOKEN") != self.token:
+        if call.headers.get("private-token") != self.token:
             raise Refused(401, "401 Unauthorized")
 
     # ------------------------------------------------------------ GitHub
@@ -241,7 +241,7 @@ class ForgeContract:
 
     def _broker_runner(self, call: Call, agent: int) -> Runner:
         runner = self.runners.get(agent)
-        if runner is None or call.headers.get("Authorization") != f"Bearer {runner.secret}":
+        if runner is None or call.headers.get("authorization") != f"Bearer {runner.secret}":
             raise Refused(401, "stand-in broker: unknown session")
         return runner
 
@@ -341,8 +341,8 @@ class ForgeContract:
         return 200, None
 
     def gl_trace(self, call: Call, job_id: str) -> tuple[int, Any]:
-        job = self._job(job_id, call.headers.get("JOB-TOKEN"))
-        if not re.fullmatch(r"\d+-\d+", call.headers.get("Content-Range", "")):
+        job = self._job(job_id, call.headers.get("job-token"))
+        if not re.fullmatch(r"\d+-\d+", call.headers.get("content-range", "")):
             raise Refused(416, "Range Not Satisfiable")
         job.log += call.body.decode(errors="replace")
         return 202, None

@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,9 +149,12 @@ class LocalMachineDriver:
     def _spawn(self, spec: MachineSpec, state: LocalMachineState, argv: list[str],
                log: Path) -> subprocess.Popen[bytes]:  # fmt: skip
         with open(log, "ab") as out:
-            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    cwd=Path(state.dir) / "disk", env=machine_env(spec, state),
-                                    start_new_session=True)  # fmt: skip
+            process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       cwd=Path(state.dir) / "disk", env=machine_env(spec, state),
+                                       start_new_session=True)  # fmt: skip
+        # Reaped when it ends (a kernel lives long: no zombie per machine); it outlives this process.
+        threading.Thread(target=process.wait, daemon=True).start()
+        return process
 
     def _startup(self, spec: MachineSpec, state: LocalMachineState) -> None:
         root = Path(state.dir)

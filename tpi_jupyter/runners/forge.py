@@ -34,7 +34,9 @@ class Repo:
 
     @property
     def instance(self) -> str:
-        """The forge's own URL (what a GitLab runner is given)."""
+        """The forge's own URL (what a GitLab runner is given): the API base without /api/v4."""
+        if self.api.endswith("/api/v4"):
+            return self.api.removesuffix("/api/v4")
         parts = urllib.parse.urlsplit(self.url)
         return f"{parts.scheme}://{parts.netloc}"
 
