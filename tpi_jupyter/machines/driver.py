@@ -72,15 +72,14 @@ class SshTarget:
     host: str
     port: int
     key_file: str
-    known_hosts: str = ""  # a file holding the machine's host key, when the driver knows it
+    known_hosts: str  # the machine's own known-hosts file (the user's ~/.ssh is left alone)
+    pinned: bool = False  # the file holds the host key already; else the first one is trusted
 
     def command(self, remote: Sequence[str] = ()) -> list[str]:
         """`ssh` with the machine's own key only; the key's path, never its content."""
-        options = ["-i", self.key_file, "-o", "IdentitiesOnly=yes", "-p", str(self.port)]
-        if self.known_hosts:
-            options += ["-o", f"UserKnownHostsFile={self.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-        else:  # a fresh cloud address: accept its key once, then hold it to it
-            options += ["-o", "StrictHostKeyChecking=accept-new"]
+        check = "yes" if self.pinned else "accept-new"  # a cloud's host key is learnt on first use
+        options = ["-i", self.key_file, "-o", "IdentitiesOnly=yes", "-p", str(self.port),
+                   "-o", f"UserKnownHostsFile={self.known_hosts}", "-o", f"StrictHostKeyChecking={check}"]  # fmt: skip
         return ["ssh", *options, f"{self.user}@{self.host}", *remote]
 
     def text(self, remote: Sequence[str] = ()) -> str:

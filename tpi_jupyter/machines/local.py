@@ -173,7 +173,7 @@ class LocalMachineDriver:
 
     def ssh(self, spec: MachineSpec, state: LocalMachineState) -> SshTarget:
         return SshTarget(state.user, "127.0.0.1", state.port, state.key_file,
-                         str(Path(state.dir) / "known_hosts"))  # fmt: skip
+                         str(Path(state.dir) / "known_hosts"), pinned=True)  # fmt: skip
 
     def stop(self, spec: MachineSpec, state: LocalMachineState) -> None:
         """Every process of the machine ends; its disk and keys stay."""

@@ -48,7 +48,7 @@ def startup_script(
     return "\n".join([
         "#!/bin/bash",
         f"# tpi runner for {settings.repo.url}: a single-use registration, no repository token",
-        "set -u", "umask 077", 'mkdir -p "$HOME/runner"', 'cd "$HOME/runner"',
+        "set -u", "umask 077", 'export HOME="${HOME:-/root}"', 'mkdir -p "$HOME/runner"', 'cd "$HOME/runner"',
         "cat > registration.json <<'TPI_REGISTRATION'", body, "TPI_REGISTRATION",
         program, release, ""])  # fmt: skip
 
