@@ -86,10 +86,9 @@ class TpiMagics(Magics):
             print(commands.magic_help())
             return None
         if words[0] in ("machine", "runner"):  # long-lived machines and CI runners
-            from .machines.faces import run_words
+            from .machines.faces import magic_words
 
-            run_words(words, print, "%tpi")
-            return None
+            return magic_words(words)
         if words[0] == "run":
             raise commands.UsageFailure(
                 "run: use the cell magic %%tpi key=value ... with the script as its body"

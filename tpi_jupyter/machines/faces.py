@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 
 def run_words(words: Sequence[str], out: Callable[[str], None], prog: str = "tpi") -> int:
@@ -11,3 +12,23 @@ def run_words(words: Sequence[str], out: Callable[[str], None], prog: str = "tpi
     else:
         from ..runners.verbs import main
     return main(words[1:], out, prog)
+
+
+def magic_words(words: Sequence[str]) -> Any:
+    """`%tpi machine|runner ...`: `list` is a live table when widgets can show, else text."""
+    from ..textview import widgets_enabled
+
+    if list(words[1:]) == ["list"] and widgets_enabled():
+        from .widget import MachinePanel
+
+        return MachinePanel("runner" if words[0] == "runner" else None)
+    run_words(words, print, "%tpi")
+    return None
+
+
+def list_section() -> str:
+    """Machines and runners under `tpi list`'s tasks ("" when there are none)."""
+    from .verbs import rows_of, table
+
+    rows = rows_of(kind=None)
+    return f"\nmachines:\n{table(rows)}" if rows else ""
