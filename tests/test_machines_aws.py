@@ -50,8 +50,22 @@ def tpi(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
 
 
 def instance(machine_id: str) -> dict[str, Any]:
-    found = client("ec2").describe_instances(Filters=[{"Name": "tag:tpi-task", "Values": [machine_id]}])
+    found = client("ec2").describe_instances(Filters=[{"Name": "tag:tpi-machine", "Values": [machine_id]}])
     return next(i for r in found["Reservations"] for i in r["Instances"])
+
+
+def left_of(machine_id: str) -> list[str]:
+    """Every resource tagged with the machine that still exists (a terminated instance is gone)."""
+    ec2, tag = client("ec2"), [{"Name": "tag:tpi-machine", "Values": [machine_id]}]
+    left = [
+        f"template {t['LaunchTemplateName']}"
+        for t in ec2.describe_launch_templates(Filters=tag)["LaunchTemplates"]
+    ]
+    left += [f"group {g['GroupId']}" for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]]
+    left += [f"key pair {k['KeyName']}" for k in ec2.describe_key_pairs(Filters=tag)["KeyPairs"]]
+    instances = ec2.describe_instances(Filters=tag)["Reservations"]
+    left += [i["InstanceId"] for r in instances for i in r["Instances"] if i["State"]["Name"] != "terminated"]
+    return left
 
 
 def test_one_instance_ssh_only_from_the_stated_range(home: Path, tmp_path: Path, capsys) -> None:
@@ -78,7 +92,11 @@ def test_one_instance_ssh_only_from_the_stated_range(home: Path, tmp_path: Path,
     )
     assert data["BlockDeviceMappings"][0]["Ebs"]["VolumeSize"] == 40
     tags = {t["Key"]: t["Value"] for t in found["Tags"]}
-    assert tags["tpi-task"] == machine_id and tags["team"] == "ml" and tags["tpi-kind"] == "machine"
+    assert tags["tpi-machine"] == machine_id and tags["team"] == "ml" and tags["tpi-kind"] == "machine"
+    assert (
+        "tpi-task" not in tags and tagged(machine_id) == []
+    )  # a task sweep never takes it for a gone task's
+    assert tpi(capsys, "sweep", "aws")[1].strip().endswith("no resources of gone tasks")
     key = Path(state["key_file"])
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
@@ -100,7 +118,7 @@ def test_one_instance_ssh_only_from_the_stated_range(home: Path, tmp_path: Path,
     code, out = tpi(capsys, "machine", "destroy", "gpu-box")
     assert code == 0, out
     assert instance(machine_id)["State"]["Name"] == "terminated"
-    assert tagged(machine_id) == [] and not key.exists() and registry.records() == []
+    assert left_of(machine_id) == [] and not key.exists() and registry.records() == []
     assert tpi(capsys, "machine", "destroy", "gpu-box")[0] == 0
 
 
@@ -187,4 +205,4 @@ def test_runner_on_aws_gets_a_registration_never_the_token(
             assert not path.is_file() or TOKEN.encode() not in path.read_bytes(), path
         code, out = tpi(capsys, "runner", "destroy", "aws-ci")
         assert code == 0 and "already unregistered" in out, out
-    assert tagged(record["id"]) == [] and registry.records() == []
+    assert left_of(record["id"]) == [] and registry.records() == []

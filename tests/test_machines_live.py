@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
 from tpi_jupyter import cli
 from tpi_jupyter.machines import lifecycle, registry
 from tpi_jupyter.runners import forge
+
+from .conftest import wait_for
 
 pytestmark = pytest.mark.skipif(
     os.environ.get("TPI_SMOKE_MACHINES") != "1" or bool(os.environ.get("AWS_ENDPOINT_URL")),
@@ -30,24 +31,22 @@ pytestmark = pytest.mark.skipif(
 REGION = os.environ.get("TPI_SMOKE_AWS_REGION", "us-west")
 
 
-def until(check, timeout: float, interval: float = 10.0):  # type: ignore[no-untyped-def]
-    limit = time.monotonic() + timeout
-    while time.monotonic() < limit:
-        found = check()
-        if found:
-            return found
-        time.sleep(interval)
-    raise AssertionError(f"not within {timeout} s")
-
-
 def test_machine_ssh_stop_start_destroy() -> None:
     assert cli.main(["machine", "create", "smoke-box", "cloud=aws", "machine=s", f"region={REGION}"]) == 0
     try:
-        until(lambda: cli.main(["machine", "ssh", "smoke-box", "--run", "--", "true"]) == 0, 300)
+        wait_for(
+            lambda: cli.main(["machine", "ssh", "smoke-box", "--run", "--", "true"]) == 0,
+            timeout=300,
+            interval=10,
+        )
         assert cli.main(["machine", "stop", "smoke-box"]) == 0
-        until(lambda: lifecycle.find("smoke-box").read().state == "stopped", 300)
+        wait_for(lambda: lifecycle.find("smoke-box").read().state == "stopped", timeout=300, interval=10)
         assert cli.main(["machine", "start", "smoke-box"]) == 0
-        until(lambda: cli.main(["machine", "ssh", "smoke-box", "--run", "--", "true"]) == 0, 300)
+        wait_for(
+            lambda: cli.main(["machine", "ssh", "smoke-box", "--run", "--", "true"]) == 0,
+            timeout=300,
+            interval=10,
+        )
     finally:
         assert cli.main(["machine", "destroy", "smoke-box"]) == 0
     assert registry.records() == []
@@ -65,7 +64,9 @@ def test_runner_registers_and_idles_out(capsys: pytest.CaptureFixture[str]) -> N
     try:
         out = capsys.readouterr().out
         assert os.environ["REPO_TOKEN"] not in out
-        until(lambda: json.loads(_runner_list(capsys))[0]["status"] == "released", 900, 20)
+        wait_for(
+            lambda: json.loads(_runner_list(capsys))[0]["status"] == "released", timeout=900, interval=20
+        )
     finally:
         assert cli.main(["runner", "destroy", "smoke-runner"]) == 0
     assert registry.records() == []

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import ipaddress
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,33 +22,22 @@ from ..backends.aws.group import fixed_price
 from ..backends.aws.preflight import preflight
 from ..backends.kit.network import ssh_cidr
 from ..backends.kit.steps import Steps
-from ..backends.kit.tags import task_tags
+from ..backends.kit.tags import CREATOR
 from ..spec import SpecError
 from .driver import MachineSpec, SshTarget, Status
 from .keys import new_key
 from .registry import files_dir
 
 SSH_ENV = "TPI_AWS_SSH_CIDR"
+MACHINE_TAG = "tpi-machine"
 RUNNING = ("pending", "running")
 STOPPED = ("stopping", "stopped")
 
 
 @dataclass
-class AwsMachineState:
-    region: str = ""
-    creator: str = ""
-    name: str = ""
-    image: str = ""
-    instance_type: str = ""
-    user: str = ""
-    subnets: list[str] = field(default_factory=list)
-    vpc: str = ""
-    root_device: str = "/dev/sda1"
-    key_file: str = ""
-    key_name: str = ""
-    security_group: str = ""
-    ssh_from: str = ""
-    launch_template: str = ""
+class AwsMachineState(AwsState):
+    """What the task backend looks up (pre-flight fills it as for a task), plus the one instance."""
+
     instance: str = ""
 
 
@@ -86,19 +75,14 @@ class AwsMachineDriver:
                 f"launch template and one {spec.task.native_machine} instance in {spec.task.native_region}"]  # fmt: skip
 
     def _tags(self, spec: MachineSpec, state: AwsMachineState) -> dict[str, str]:
-        return {
-            **task_tags(spec.task, state.creator),
-            "Name": state.name,
-            "tpi-kind": spec.kind,
-            **spec.labels,
-        }
+        """The user's tags, the creator, and `tpi-machine` (not `tpi-task`: a task sweep must never
+        take a live machine for the leftovers of a gone task)."""
+        return {**spec.task.tags, **spec.labels, MACHINE_TAG: spec.id, CREATOR: state.creator,
+                "Name": state.name, "tpi-kind": spec.kind}  # fmt: skip
 
     def create(self, spec: MachineSpec, state: AwsMachineState, steps: Steps) -> None:
         state.ssh_from = ssh_range(spec)  # refused before any call
-        looked_up = AwsState(name=state.name)
-        preflight(self.clients, spec.task, looked_up)
-        for key in ("region", "creator", "image", "instance_type", "user", "subnets", "vpc", "root_device"):
-            setattr(state, key, getattr(looked_up, key))
+        preflight(self.clients, spec.task, state)
         tags = self._tags(spec, state)
         steps.explain = describe
         ec2 = self.clients("ec2", state.region)
