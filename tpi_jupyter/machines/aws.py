@@ -10,8 +10,6 @@ user's) so `tpi sweep aws` sees them too.
 from __future__ import annotations
 
 import base64
-import contextlib
-import ipaddress
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,13 +18,11 @@ from typing import Any
 from ..backends.aws.common import AwsState, Clients, base_name, code, describe, not_found, tag_list
 from ..backends.aws.group import fixed_price
 from ..backends.aws.preflight import preflight
-from ..backends.kit.network import ssh_cidr
 from ..backends.kit.steps import Steps
 from ..backends.kit.tags import CREATOR
-from ..spec import SpecError
-from .driver import MachineSpec, SshTarget, Status
+from .driver import MachineSpec, SshTarget, Status, ssh_range
 from .keys import new_key
-from .registry import files_dir
+from .registry import files_dir, remove_files
 
 SSH_ENV = "TPI_AWS_SSH_CIDR"
 MACHINE_TAG = "tpi-machine"
@@ -39,21 +35,6 @@ class AwsMachineState(AwsState):
     """What the task backend looks up (pre-flight fills it as for a task), plus the one instance."""
 
     instance: str = ""
-
-
-def ssh_range(spec: MachineSpec) -> str:
-    """Who may reach port 22: stated by the caller, never a silent 0.0.0.0/0."""
-    if spec.ssh_from:
-        try:
-            return str(ipaddress.ip_network(spec.ssh_from, strict=True))
-        except ValueError:
-            raise SpecError(f"--ssh-from: {spec.ssh_from!r} is not an address range; accepted: a CIDR "
-                            "such as 203.0.113.7/32") from None  # fmt: skip
-    found = ssh_cidr(SSH_ENV)
-    if not found:
-        raise SpecError(f"--ssh-from: no range may reach port 22; accepted: --ssh-from CIDR or {SSH_ENV}=CIDR "
-                        "(your address/32; 0.0.0.0/0 only if you mean everyone)")  # fmt: skip
-    return found
 
 
 class AwsMachineDriver:
@@ -81,7 +62,7 @@ class AwsMachineDriver:
                 "Name": state.name, "tpi-kind": spec.kind}  # fmt: skip
 
     def create(self, spec: MachineSpec, state: AwsMachineState, steps: Steps) -> None:
-        state.ssh_from = ssh_range(spec)  # refused before any call
+        state.ssh_from = ssh_range(spec, SSH_ENV)  # refused before any call
         preflight(self.clients, spec.task, state)
         tags = self._tags(spec, state)
         steps.explain = describe
@@ -190,10 +171,7 @@ class AwsMachineDriver:
                         break  # it may still run: keep what lets it be found and reached
         if failures:
             raise RuntimeError(f"aws: {'; '.join(failures)}")
-        with contextlib.suppress(OSError):
-            for path in files_dir(spec.id).iterdir():
-                path.unlink()
-            files_dir(spec.id).rmdir()
+        remove_files(spec.id)
 
     def _terminate(self, state: AwsMachineState) -> None:
         if state.instance:

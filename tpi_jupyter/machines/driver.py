@@ -8,6 +8,7 @@ found by entry point (`tpi_jupyter.machine_drivers`): a new cloud is one module 
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -56,6 +57,23 @@ def machine_spec(name: str, assignments: Sequence[str], defaults: Mapping[str, A
     if unknown:
         raise SpecError(f"{unknown[0]}: not an argument of a machine; accepted: {', '.join(MACHINE_KEYS)}")
     return MachineSpec(task=TaskSpec.from_args({**raw, "name": name}), **extra)
+
+
+def ssh_range(spec: MachineSpec, variable: str) -> str:
+    """Who may reach port 22 on a cloud: stated by the caller, never a silent 0.0.0.0/0."""
+    from ..backends.kit.network import ssh_cidr
+
+    if spec.ssh_from:
+        try:
+            return str(ipaddress.ip_network(spec.ssh_from, strict=True))
+        except ValueError:
+            raise SpecError(f"--ssh-from: {spec.ssh_from!r} is not an address range; accepted: a CIDR "
+                            "such as 203.0.113.7/32") from None  # fmt: skip
+    found = ssh_cidr(variable)
+    if not found:
+        raise SpecError(f"--ssh-from: no range may reach port 22; accepted: --ssh-from CIDR or {variable}=CIDR "
+                        "(your address/32; 0.0.0.0/0 only if you mean everyone)")  # fmt: skip
+    return found
 
 
 @dataclass

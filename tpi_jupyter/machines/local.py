@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import getpass
 import os
-import shutil
 import socket
 import subprocess
 import threading
@@ -25,7 +24,7 @@ from ..backends.local_group import kill_marked
 from ..spec import SpecError
 from .driver import MachineSpec, SshTarget, Status
 from .keys import new_key
-from .registry import files_dir
+from .registry import files_dir, remove_files
 
 SSHD = "/usr/sbin/sshd"
 READY_WAIT = 10.0
@@ -186,8 +185,7 @@ class LocalMachineDriver:
 
     def delete(self, spec: MachineSpec, state: LocalMachineState) -> None:
         end_processes(spec, state)
-        if state.dir:
-            shutil.rmtree(state.dir, ignore_errors=True)
+        remove_files(spec.id)
 
 
 def end_processes(spec: MachineSpec, state: LocalMachineState) -> None:

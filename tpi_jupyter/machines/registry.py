@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 import json
 import re
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ def machines_dir() -> Path:
 def files_dir(machine_id: str) -> Path:
     """The machine's private files on this computer (its SSH key, a local machine's disk)."""
     return machines_dir() / _checked(machine_id)
+
+
+def remove_files(machine_id: str) -> None:
+    """The machine's key, known-hosts file and (local) disk; none is fine."""
+    shutil.rmtree(files_dir(machine_id), ignore_errors=True)
 
 
 def _checked(machine_id: str) -> str:
