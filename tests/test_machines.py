@@ -119,8 +119,8 @@ def test_failure_midway_rolls_back(machines_home: Path, capsys, monkeypatch) -> 
     [
         (["create", "x", "parallelism=2"], "parallelism: not an argument of a machine; accepted: cloud,"),
         (
-            ["create", "x", "cloud=az"],
-            "cloud: 'az': machines are not built for it yet; accepted for machines: aws, gcp, local",
+            ["create", "x", "cloud=k8s"],
+            "cloud: 'k8s': machines are not built for it yet; accepted for machines: aws, az, gcp, local",
         ),
         (["create", "x", "cloud=mars"], "cloud: 'mars' is not accepted"),
         (["create", "x", "spot=cheap"], "spot:"),

@@ -84,6 +84,8 @@ def create(args: argparse.Namespace, out: Printer, prog: str) -> None:
                               duration(args.idle_timeout), args.single, args.stand_in)  # fmt: skip
     spec = machine_spec(name, args.assignments, ssh_from=args.ssh_from or "", kind="runner")
     driver = get_driver(spec.cloud)  # refuses a cloud without machines before the forge is asked
+    if not driver.release_command:  # a runner's machine must be able to release itself
+        raise SpecError(f"cloud: runners on {spec.cloud} are not built yet; accepted: local, aws, gcp")
     forge_client = forge.client(settings.repo, forge.token())
     registration = _checked(lambda: forge_client.register(spec.id, settings.labels))
     script = startup_script(settings, registration, driver.release_command)
