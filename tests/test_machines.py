@@ -100,6 +100,12 @@ def test_create_ssh_stop_start_destroy(machines_home: Path, tmp_path: Path, caps
     assert code == 0 and "already gone" in out
 
 
+def test_dry_run_makes_nothing(machines_home: Path, capsys) -> None:
+    code, out, _ = tpi(capsys, "machine", "create", "plan", "--dry-run")
+    assert code == 0 and "would make:" in out and "sshd" in out
+    assert registry.records() == [] and not registry.machines_dir().exists()
+
+
 def test_ssh_run_returns_the_remote_exit_code(machines_home: Path, capsys) -> None:
     assert tpi(capsys, "machine", "create", "runbox")[0] == 0
     assert tpi(capsys, "machine", "ssh", "runbox", "--run", "--", "exit 7")[0] == 7

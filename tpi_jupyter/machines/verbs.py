@@ -13,7 +13,7 @@ from typing import Any
 from ..grammar import UsageFailure, _Parser
 from ..task import TaskError
 from . import lifecycle, registry
-from .driver import MACHINE_KEYS, machine_spec
+from .driver import MACHINE_KEYS, get_driver, machine_spec
 
 Printer = Callable[[str], None]
 
@@ -33,6 +33,7 @@ def parser(prog: str) -> argparse.ArgumentParser:
     )
     create.add_argument("--ssh-from", metavar="CIDR", default=None,
                         help="who may reach port 22 (clouds; default: TPI_<CLOUD>_SSH_CIDR)")  # fmt: skip
+    create.add_argument("--dry-run", action="store_true", help="show what would be made; make nothing")
     listing = verbs.add_parser("list", help="every machine, its status and cost so far")
     listing.add_argument("--json", action="store_true")
     ssh = verbs.add_parser("ssh", help="print the SSH command (with --run: run it)")
@@ -68,6 +69,10 @@ def main(words: Sequence[str], out: Printer, prog: str = "tpi") -> int:
     if args.action == "create":
         script = read_script(args.startup_script) if args.startup_script else ""
         spec = machine_spec(args.name, args.assignments, startup_script=script, ssh_from=args.ssh_from or "")
+        if args.dry_run:
+            lines = [line for line in get_driver(spec.cloud).plan(spec) if line]
+            out("\n".join([f"machine {spec.name} ({spec.id}) on {spec.cloud} would make:", *lines]))
+            return 0
         machine = lifecycle.create(spec)
         out(
             f"machine {spec.name}: running on {spec.cloud} ({spec.id}); connect: {prog} machine ssh {spec.name}"
