@@ -13,6 +13,7 @@ from tpi_jupyter.machines import lifecycle, local, registry
 from tpi_jupyter.machines.widget import MachinePanel
 
 from .conftest import wait_for
+from .machine_words import destroy_all
 
 pytest_plugins = ["pytest_jupyter.jupyter_server"]
 pytestmark = pytest.mark.skipif(
@@ -29,8 +30,7 @@ def jp_server_config(jp_server_config: dict[str, Any]) -> dict[str, Any]:
 def box(tpi_home: Path):
     assert cli.main(["machine", "create", "facebox", "tags=owner=me"]) == 0
     yield registry.records()[0]
-    for record in registry.records():
-        lifecycle.destroy(lifecycle.Machine.of(record))
+    destroy_all()  # whatever a failed test left running
 
 
 def test_tpi_list_shows_machines_after_tasks(box: dict[str, Any], capsys) -> None:

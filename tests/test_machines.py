@@ -12,9 +12,10 @@ import psutil
 import pytest
 
 from tpi_jupyter import cli
-from tpi_jupyter.machines import lifecycle, local, registry
+from tpi_jupyter.machines import local, registry
 
 from .conftest import wait_for
+from .machine_words import destroy_all
 
 pytestmark = pytest.mark.skipif(
     not Path(local.SSHD).exists(), reason="needs openssh-server (scripts/install-tools)"
@@ -43,8 +44,7 @@ def machine_processes(machine_id: str) -> list[psutil.Process]:
 @pytest.fixture
 def machines_home(tpi_home: Path):
     yield tpi_home
-    for record in registry.records():  # whatever a failed test left running
-        lifecycle.destroy(lifecycle.Machine.of(record))
+    destroy_all()  # whatever a failed test left running
 
 
 def test_create_ssh_stop_start_destroy(machines_home: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -18,9 +18,8 @@ from typing import Any
 
 import pytest
 
-from tpi_jupyter import cli
 from tpi_jupyter.machines import aws as aws_machines
-from tpi_jupyter.machines import lifecycle, registry
+from tpi_jupyter.machines import registry
 
 from .aws_moto import (
     NEWEST_UBUNTU,
@@ -32,6 +31,7 @@ from .aws_moto import (
 )
 from .conftest import wait_for
 from .forge_contract import ForgeContract
+from .machine_words import destroy_all, tpi
 
 TOKEN = "glpat-REPOTOKENnever0in0user0data"
 
@@ -39,14 +39,7 @@ TOKEN = "glpat-REPOTOKENnever0in0user0data"
 @pytest.fixture
 def home(aws_env: str, tpi_home: Path):  # noqa: F811 - the imported fixture
     yield tpi_home
-    for record in registry.records():  # while moto is still the endpoint
-        lifecycle.destroy(lifecycle.Machine.of(record))
-
-
-def tpi(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
-    code = cli.main(list(words))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
+    destroy_all()
 
 
 def instance(machine_id: str) -> dict[str, Any]:

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tpi_jupyter import cli
 from tpi_jupyter.backends.azure import clients
-from tpi_jupyter.machines import lifecycle, registry
+from tpi_jupyter.machines import registry
 
 from .azure_imds import AzureImds
 from .azure_machine_contract import PUBLIC_IP, MachineContract
+from .machine_words import destroy_all, tpi
 from .test_azure import SUBSCRIPTION, StandInCredential
 
 
@@ -35,16 +35,9 @@ def arm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tpi_home: Path) -> Iter
     monkeypatch.setenv("AZURE_SUBSCRIPTION_ID", SUBSCRIPTION)
     monkeypatch.setattr(clients, "credential", StandInCredential)
     yield server
-    for record in registry.records():  # while the contract server still answers
-        lifecycle.destroy(lifecycle.Machine.of(record))
+    destroy_all()
     server.close()
     imds.close()
-
-
-def tpi(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
-    code = cli.main(list(words))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_one_vm_reachable_from_the_range_only_deallocate_start_destroy(

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from tpi_jupyter import cli
-from tpi_jupyter.machines import lifecycle, registry
+from tpi_jupyter.machines import registry
 
 from .gcp_contract import credentials_file
 from .gcp_machine_contract import NAT_IP, MachineContract
+from .machine_words import destroy_all, tpi
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +33,8 @@ def gcp(
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("TPI_GCP_SSH_CIDR", raising=False)
     yield contract
-    for record in registry.records():
-        lifecycle.destroy(lifecycle.Machine.of(record))
+    destroy_all()
     contract.reset()
-
-
-def tpi(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
-    code = cli.main(list(words))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_one_instance_with_its_key_reachable_from_the_range_only(

@@ -12,11 +12,11 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tpi_jupyter import cli
-from tpi_jupyter.machines import lifecycle, local, registry
+from tpi_jupyter.machines import local, registry
 
 from .conftest import wait_for
 from .forge_contract import ForgeContract
+from .machine_words import destroy_all, tpi
 from .test_machines import machine_processes
 
 pytestmark = pytest.mark.skipif(
@@ -29,19 +29,12 @@ GITLAB_REPO = "https://gitlab.example.com/acme/ml/models"
 MANAGEMENT = ("/generate-jitconfig", "/actions/runners", "/api/v4/projects/", "/api/v4/user/runners")
 
 
-def tpi(capsys: pytest.CaptureFixture[str], *words: str) -> tuple[int, str]:
-    code = cli.main(list(words))
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
-
-
 @pytest.fixture
 def forge(tpi_home: Path, monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("REPO_TOKEN", TOKEN)
     with ForgeContract(TOKEN) as contract:
         yield contract
-        for record in registry.records():  # whatever a failed test left running
-            lifecycle.destroy(lifecycle.Machine.of(record))
+        destroy_all()  # whatever a failed test left running
 
 
 def create(capsys, forge: ForgeContract, driver: str, *extra: str) -> tuple[int, str]:
