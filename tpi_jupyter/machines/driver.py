@@ -104,6 +104,14 @@ class SshTarget:
         return shlex.join(self.command(remote))
 
 
+class Connect(Protocol):
+    """How to reach a machine: `ssh` with its key, or a cluster's own `kubectl exec`."""
+
+    def command(self, remote: Sequence[str] = ()) -> list[str]: ...
+
+    def text(self, remote: Sequence[str] = ()) -> str: ...
+
+
 S = TypeVar("S")
 
 
@@ -123,7 +131,7 @@ class MachineDriver(Protocol[S]):
 
     def read(self, spec: MachineSpec, state: S) -> Status: ...
 
-    def ssh(self, spec: MachineSpec, state: S) -> SshTarget: ...
+    def ssh(self, spec: MachineSpec, state: S) -> Connect: ...
 
     def stop(self, spec: MachineSpec, state: S) -> None: ...
 

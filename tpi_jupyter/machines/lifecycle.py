@@ -11,7 +11,7 @@ from ..backends.kit.steps import StepError, Steps
 from ..spec import SpecError, TaskSpec, task_id
 from ..task import TaskError
 from . import registry
-from .driver import MachineDriver, MachineSpec, SshTarget, Status, get_driver
+from .driver import Connect, MachineDriver, MachineSpec, Status, get_driver
 
 
 @dataclass
@@ -142,7 +142,7 @@ def destroy(machine: Machine) -> None:
     registry.delete(machine.record["id"])
 
 
-def ssh_target(machine: Machine) -> SshTarget:
+def ssh_target(machine: Machine) -> Connect:
     status = machine.read()
     if status.state != "running":
         raise TaskError(f"machine {machine.name} is {status.state}; start it first" if status.state == "stopped"
