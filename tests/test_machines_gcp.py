@@ -10,6 +10,7 @@ import pytest
 
 from tpi_jupyter.machines import registry
 
+from .forge_contract import ForgeContract
 from .gcp_contract import credentials_file
 from .gcp_machine_contract import NAT_IP, MachineContract
 from .machine_words import destroy_all, tpi
@@ -83,3 +84,23 @@ def test_no_range_refused_and_a_failed_instance_rolls_back(gcp: MachineContract,
     assert code == 2 and "creating the instance failed" in out and "everything made was removed" in out
     assert gcp.firewalls == {} and gcp.standalone == {} and registry.records() == []
     assert list(registry.machines_dir().glob("tpi-*")) == []
+
+
+def test_runner_instance_gets_the_registration_never_the_token(
+    gcp: MachineContract, capsys, monkeypatch
+) -> None:
+    token = "glpat-REPOTOKENnever0on0gcp"
+    monkeypatch.setenv("REPO_TOKEN", token)
+    with ForgeContract(token) as forge:
+        code, out = tpi(capsys, "runner", "create", "--driver", "gitlab", "--repo", "https://gitlab.example.com/acme/ml/models",
+                        "--api-url", forge.gitlab_api, "--labels", "gpu", "--name", "gci", "cloud=gcp",
+                        "--ssh-from", "198.51.100.0/24")  # fmt: skip
+        assert code == 0, out
+        (instance,) = gcp.standalone.values()
+        script = next(i["value"] for i in instance["metadata"]["items"] if i["key"] == "startup-script")
+        (runner,) = forge.runners.values()
+        assert runner.secret in script and token not in script and token not in json.dumps(instance)
+        assert instance["labels"]["tpi-kind"] == "runner"
+        code, out = tpi(capsys, "runner", "destroy", "gci")
+        assert code == 0 and "runner gci: unregistered" in out
+        assert forge.runners == {} and gcp.standalone == {} and gcp.firewalls == {}

@@ -18,6 +18,7 @@ from tpi_jupyter.machines.driver import machine_spec
 from tpi_jupyter.machines.k8s import K8sMachineDriver, K8sMachineState, manifests
 
 from .conftest import wait_for
+from .forge_contract import ForgeContract
 from .k8s import bed
 from .machine_words import destroy_all, tpi
 
@@ -106,5 +107,21 @@ def test_a_pod_on_the_test_bed(cluster: bed.Bed, tpi_home: Path, tmp_path: Path,
         names = [p.metadata.name for p in api.list_namespaced_pod(state["namespace"]).items]
         secrets = [s.metadata.name for s in api.list_namespaced_secret(state["namespace"]).items]
         assert state["pod"] not in names and state["secret"] not in secrets and registry.records() == []
+        token = "glpat-REPOTOKENnever0in0pods"
+        monkeypatch.setenv("REPO_TOKEN", token)
+        with ForgeContract(token) as forge:
+            code, out = tpi(capsys, "runner", "create", "--driver", "gitlab", "--repo", "https://gitlab.example.com/acme/ml/models",
+                            "--api-url", forge.gitlab_api, "--labels", "gpu", "--name", "krun", "--stand-in", "cloud=k8s", "machine=1-1000")  # fmt: skip
+            assert code == 0, out
+            state = registry.records()[0]["state"]
+            (runner,) = forge.runners.values()
+            startup = base64.b64decode(
+                api.read_namespaced_secret(state["secret"], state["namespace"]).data["startup.sh"]
+            ).decode()
+            pod = str(api.read_namespaced_pod(state["pod"], state["namespace"]).to_dict())
+            assert runner.secret in startup and token not in startup  # the registration only, in the Secret
+            assert runner.secret not in pod and token not in pod
+            code, out = tpi(capsys, "runner", "destroy", "krun")
+            assert code == 0 and "runner krun: unregistered" in out and forge.runners == {}
     finally:
         destroy_all()
