@@ -124,10 +124,6 @@ def test_failure_midway_rolls_back(machines_home: Path, capsys, monkeypatch) -> 
     ("words", "expected"),
     [
         (["create", "x", "parallelism=2"], "parallelism: not an argument of a machine; accepted: cloud,"),
-        (
-            ["create", "x", "cloud=k8s"],
-            "cloud: 'k8s': machines are not built for it yet; accepted for machines: aws, az, gcp, local",
-        ),
         (["create", "x", "cloud=mars"], "cloud: 'mars' is not accepted"),
         (["create", "x", "spot=cheap"], "spot:"),
         (["create", "../x"], "NAME:"),
@@ -142,6 +138,16 @@ def test_bad_input_is_one_line_and_creates_nothing(machines_home: Path, capsys, 
     assert err.startswith("tpi: error: ") and err.count("\n") == 1 and expected in err
     assert "Traceback" not in err
     assert not registry.machines_dir().exists() or list(registry.machines_dir().glob("tpi-*")) == []
+
+
+def test_a_cloud_without_a_driver_is_refused_in_one_line() -> None:
+    from tpi_jupyter.machines.driver import get_driver
+    from tpi_jupyter.spec import SpecError
+
+    with pytest.raises(
+        SpecError, match=r"^cloud: 'nowhere': not a cloud; accepted for machines: aws, az, gcp, k8s, local$"
+    ):
+        get_driver("nowhere")
 
 
 def test_the_magic_runs_the_same_verbs(machines_home: Path, capsys) -> None:

@@ -171,7 +171,7 @@ def test_a_failed_machine_removes_its_registration(
             {"--api-url": "http://gitlab.example.com/api/v4"},
             "--api-url: 'http://gitlab.example.com/api/v4' would send REPO_TOKEN unencrypted",
         ),
-        ({"cloud": "k8s"}, "cloud: 'k8s': machines are not built for it yet"),
+        ({"cloud": "az"}, "cloud: runners on az are not built yet; accepted: local, aws, gcp, k8s"),
     ],
 )
 def test_bad_runner_input_is_one_line(

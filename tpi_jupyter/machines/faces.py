@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -12,6 +13,18 @@ def run_words(words: Sequence[str], out: Callable[[str], None], prog: str = "tpi
     else:
         from ..runners.verbs import main
     return main(words[1:], out, prog)
+
+
+def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
+    """The words as `run_words` reads them, without acting (one-line UsageFailure when wrong)."""
+    from .verbs import parse
+    from .verbs import parser as machine_parser
+
+    if words[0] == "machine":
+        return parse(machine_parser(prog), words[1:])
+    from ..runners.verbs import parser as runner_parser
+
+    return parse(runner_parser(prog), words[1:])
 
 
 def magic_words(words: Sequence[str]) -> Any:

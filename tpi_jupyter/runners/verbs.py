@@ -85,7 +85,7 @@ def create(args: argparse.Namespace, out: Printer, prog: str) -> None:
     spec = machine_spec(name, args.assignments, ssh_from=args.ssh_from or "", kind="runner")
     driver = get_driver(spec.cloud)  # refuses a cloud without machines before the forge is asked
     if not driver.release_command:  # a runner's machine must be able to release itself
-        raise SpecError(f"cloud: runners on {spec.cloud} are not built yet; accepted: local, aws, gcp")
+        raise SpecError(f"cloud: runners on {spec.cloud} are not built yet; accepted: local, aws, gcp, k8s")
     forge_client = forge.client(settings.repo, forge.token())
     registration = _checked(lambda: forge_client.register(spec.id, settings.labels))
     script = startup_script(settings, registration, driver.release_command)
