@@ -89,7 +89,9 @@ def test_one_instance_ssh_only_from_the_stated_range(home: Path, tmp_path: Path,
     assert (
         "tpi-task" not in tags and tagged(machine_id) == []
     )  # a task sweep never takes it for a gone task's
-    assert tpi(capsys, "sweep", "aws", "--region", "us-west-1")[1].strip().endswith("no resources of gone tasks")
+    assert (
+        tpi(capsys, "sweep", "aws", "--region", "us-west-1")[1].strip().endswith("no resources of gone tasks")
+    )
     key = Path(state["key_file"])
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
 
