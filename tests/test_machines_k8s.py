@@ -8,10 +8,7 @@ container's command as a local process and does not pull the image).
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from tpi_jupyter.machines import registry
 from tpi_jupyter.machines.driver import machine_spec
@@ -21,6 +18,7 @@ from .conftest import wait_for
 from .forge_contract import ForgeContract
 from .k8s import bed
 from .machine_words import destroy_all, tpi
+from .test_k8s_pvc import cluster, needs_bed  # noqa: F401 - fixtures: a bed per module
 
 SCRIPT = '#!/bin/bash\necho "started $TPI_MACHINE"\n'
 
@@ -51,20 +49,8 @@ def test_manifests_are_valid_and_keep_the_script_out_of_the_pod_spec() -> None:
     )
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[bed.Bed]:
-    root = tmp_path_factory.mktemp("k8s-machines-bed")
-    testbed = bed.up(root)
-    try:
-        yield testbed
-    finally:
-        bed.down(root)
-
-
-@pytest.mark.skipif(
-    not bed.built(), reason="the Kubernetes test bed is not built: run `scripts/k8s-testbed build`"
-)
-def test_a_pod_on_the_test_bed(cluster: bed.Bed, tpi_home: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+@needs_bed
+def test_a_pod_on_the_test_bed(cluster: bed.Bed, tpi_home: Path, tmp_path: Path, capsys, monkeypatch) -> None:  # noqa: F811 - the imported fixture
     from kubernetes import client, config
 
     monkeypatch.setenv("KUBECONFIG", str(cluster.kubeconfig))
