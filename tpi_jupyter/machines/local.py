@@ -114,7 +114,9 @@ class LocalMachineDriver:
             f"AuthorizedKeysFile {root / 'authorized_keys'}", f"PidFile {root / 'sshd.pid'}",
             f"AllowUsers {state.user}", "PasswordAuthentication no", "KbdInteractiveAuthentication no",
             "PermitRootLogin prohibit-password", "UsePAM no", "StrictModes no", "X11Forwarding no",
-            f"SetEnv {PROCESS_MARK}={mark(spec.id)} TPI_MACHINE={spec.id}",
+            # HOME is the machine's disk, as for its startup script: a login reads the machine's
+            # own dotfiles, not this computer's (whose shell setup may wait on locks of its own)
+            f"SetEnv {PROCESS_MARK}={mark(spec.id)} TPI_MACHINE={spec.id} HOME={Path(state.dir) / 'disk'}",
         ]  # fmt: skip
         _write(root / "sshd_config", "\n".join(lines) + "\n")
         return root / "sshd_config"
