@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(words: list[str]) -> int:
     try:
+        if words and words[0] in ("machine", "runner"):  # long-lived machines and CI runners
+            from .machines.faces import run_words
+
+            return run_words(words, print)
         args = commands.parse_words(words)
         if args.verb == "run":
             script = _read_script(args.script)

@@ -231,6 +231,12 @@ def run_verb(
             [task_json(item.task, item.snapshot, item.error) for item in Task.all_safe()] if as_json else []
         )
         out(json.dumps(listed, indent=1) if as_json else list_text())
+        if not as_json:  # long-lived machines and runners (`tpi machine list --json` for JSON)
+            from .machines.faces import list_section
+
+            section = list_section()
+            if section:
+                out(section)
         return None
     if args.verb == "sweep":
         sweep(args.cloud, args.yes, args.region, out, confirm, args.everyone)

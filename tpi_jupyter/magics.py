@@ -85,6 +85,10 @@ class TpiMagics(Magics):
         if not words or words[0] in ("help", "-h", "--help"):
             print(commands.magic_help())
             return None
+        if words[0] in ("machine", "runner"):  # long-lived machines and CI runners
+            from .machines.faces import magic_words
+
+            return magic_words(words)
         if words[0] == "run":
             raise commands.UsageFailure(
                 "run: use the cell magic %%tpi key=value ... with the script as its body"

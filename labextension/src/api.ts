@@ -7,6 +7,8 @@
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
+import type { IMachineRow } from './machines';
+
 export const STATUSES = [
   'queued',
   'provisioning',
@@ -130,6 +132,11 @@ export class TpiClient {
 
   files(id: string): Promise<IFiles> {
     return this.request(`tasks/${encodeURIComponent(id)}/files`);
+  }
+
+  /** Long-lived machines and runners (issue 19). */
+  machines(): Promise<{ machines: IMachineRow[] }> {
+    return this.request('machines');
   }
 
   act(id: string, action: Action): Promise<IActionResult> {

@@ -23,6 +23,7 @@ import {
   TpiClient
 } from './api';
 import { clipLine, el, formatDuration, formatSize, formatSpot, formatTime } from './format';
+import { MachineSection } from './machines';
 import { SidebarPoll } from './polling';
 
 /** What the panel needs from JupyterLab's command registry. */
@@ -68,6 +69,7 @@ export class TaskPanel extends Widget {
   private logAtBottom = true; // follow new lines unless the user scrolled up
   private filter = '';
   private ticker: ReturnType<typeof setInterval> | null = null;
+  private readonly machines: MachineSection;
 
   // DOM
   private readonly refreshButton: HTMLButtonElement;
@@ -210,7 +212,8 @@ export class TaskPanel extends Widget {
       section('Events', this.eventsList)
     );
 
-    this.node.append(header, this.message, listSection, this.detailNode);
+    this.machines = new MachineSection(() => this.client.machines());
+    this.node.append(header, this.message, listSection, this.machines.node, this.detailNode);
 
     this.poller = new SidebarPoll({
       poll: () => this.poll(),
@@ -315,6 +318,7 @@ export class TaskPanel extends Widget {
       changed = true;
     }
     this.renderList();
+    changed = (await this.machines.refresh()) || changed;
     if (this.selectedId) {
       changed = (await this.pollSelected(this.selectedId)) || changed;
     }

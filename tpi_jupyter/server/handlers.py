@@ -201,3 +201,6 @@ def setup_handlers(web_app: Any) -> None:
             (url_path_join(base, "tasks", TASK, r"(?P<action>stop|pull|destroy)"), ActionHandler),
         ],
     )
+    from ..machines.handlers import routes as machine_routes  # GET /tpi/machines (issue 19)
+
+    web_app.add_handlers(".*$", machine_routes(base))
