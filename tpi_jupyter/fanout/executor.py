@@ -83,7 +83,9 @@ def load_worker(reference: str, pickled: bytes | None = None) -> Worker:
     try:
         module = importlib.import_module(module_name)
     except Exception as error:  # the module's own import error, in one line
-        raise WorkerLoadError(f"worker: cannot import {module_name!r}: {error.__class__.__name__}: {error}") from None
+        raise WorkerLoadError(
+            f"worker: cannot import {module_name!r}: {error.__class__.__name__}: {error}"
+        ) from None
     found = getattr(module, function_name, None)
     if not callable(found):
         raise WorkerLoadError(f"worker: module {module_name!r} has no function {function_name!r}")
@@ -91,7 +93,7 @@ def load_worker(reference: str, pickled: bytes | None = None) -> Worker:
 
 
 def style_of(function: Worker) -> str:
-    """"rms" for process_task(task_id, task_data, worker_data), "plain" for f(data)."""
+    """ "rms" for process_task(task_id, task_data, worker_data), "plain" for f(data)."""
     try:
         parameters = list(inspect.signature(function).parameters.values())
     except (TypeError, ValueError):

@@ -21,6 +21,7 @@ from typing import Any
 from .. import task as task_module
 from ..agent import write_atomic
 from ..spec import SpecError, TaskSpec
+from ..sync import filesystem
 from ..task import FINAL, LaunchHooks, Task, TaskError
 from . import layout, tasks
 from .executor import style_of
@@ -104,7 +105,9 @@ class MapRun:
         end = None if timeout is None else time.monotonic() + timeout
         while not self.finished():
             if end is not None and time.monotonic() > end:
-                raise TaskError(f"map run {self.name}: not finished after {timeout:g} s ({self.counts().text()})")
+                raise TaskError(
+                    f"map run {self.name}: not finished after {timeout:g} s ({self.counts().text()})"
+                )
             time.sleep(poll)
         return self.counts()
 
@@ -156,7 +159,7 @@ class MapRun:
         if widgets_enabled():
             from .view import MapWidget
 
-            display(MapWidget(self))
+            display(MapWidget(self))  # type: ignore[no-untyped-call]
         else:
             print(self.summary())
 
@@ -171,7 +174,9 @@ def resolve_worker(worker: Any, cwd: str) -> tuple[str, str, bytes | None]:
 
         return layout.PICKLED, style_of(worker), cloudpickle.dumps(worker)
     if not isinstance(worker, str) or not worker.strip() or worker.count(":") > 1:
-        raise SpecError(f"worker: {worker!r} is not a worker; accepted: module:function, or a Python function")
+        raise SpecError(
+            f"worker: {worker!r} is not a worker; accepted: module:function, or a Python function"
+        )
     module = worker.partition(":")[0]
     check = subprocess.run([sys.executable, "-c", CHECK_WORKER, worker], cwd=cwd,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
@@ -197,7 +202,13 @@ def map_tasks(
     (cloud, parallelism, machine, spot, workdir, environment, ...).
     """
     cwd = cwd or os.getcwd()
-    options = {"workers": workers, "task_timeout": task_timeout, "retries": retries, "visibility": visibility, "grace": grace}
+    options = {
+        "workers": workers,
+        "task_timeout": task_timeout,
+        "retries": retries,
+        "visibility": visibility,
+        "grace": grace,
+    }
     for key, value in options.items():
         if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
             raise SpecError(f"{key}: {value!r} is out of range; accepted: a number >= 0")
@@ -231,7 +242,7 @@ def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig,
     record["map"] = {"queue_cloud": spec.cloud, "queue_url": queue.url, "total": len(pairs),
                      "previous": config.previous}  # fmt: skip
     state_save(record)  # the queue is known to the registry before it exists: destroy finds it
-    fs, root = task_module.filesystem(record["remote"])
+    fs, root = filesystem(record["remote"])
     root = root.rstrip("/")
     lines = "".join(json.dumps({"task_id": task_id, "data": data}) + "\n" for task_id, data in pairs)
     fs.pipe_file(f"{root}/{layout.TASKS}", lines.encode())
@@ -271,7 +282,9 @@ def _carry(previous: str, fs: Any, root: str) -> None:
     old = MapRun.find(previous)
     rows = [json.dumps(record) for record in old.poll().results.values()]
     if rows:
-        fs.pipe_file(f"{root}/{layout.chunk_key('previous-' + old.task.id, 0)}", ("\n".join(rows) + "\n").encode())
+        fs.pipe_file(
+            f"{root}/{layout.chunk_key('previous-' + old.task.id, 0)}", ("\n".join(rows) + "\n").encode()
+        )
 
 
 def continue_run(name: str, **overrides: Any) -> MapRun:
@@ -279,7 +292,9 @@ def continue_run(name: str, **overrides: Any) -> MapRun:
     old = MapRun.find(name)
     status = old.status()
     if status not in FINAL:
-        raise TaskError(f"map run {old.name} is {status}; accepted: a stopped run (%tpi stop {old.name} first)")
+        raise TaskError(
+            f"map run {old.name} is {status}; accepted: a stopped run (%tpi stop {old.name} first)"
+        )
     fs, root = old.task.remote
     config = layout.MapConfig.parse(fs.cat_file(f"{root.rstrip('/')}/{layout.MAP_JSON}").decode())
     finished = old.poll().results
@@ -308,7 +323,9 @@ def _task_data(run: MapRun) -> dict[str, Any]:
     """Every task's data, from the run's queue file copy (`.tpi/map-tasks.jsonl` keeps ids only)."""
     fs, root = run.task.remote
     text = fs.cat_file(f"{root.rstrip('/')}/{layout.TASKS}").decode("utf-8")
-    return {entry["task_id"]: entry.get("data") for entry in map(json.loads, filter(str.strip, text.splitlines()))}
+    return {
+        entry["task_id"]: entry.get("data") for entry in map(json.loads, filter(str.strip, text.splitlines()))
+    }
 
 
 def next_name(name: str) -> str:

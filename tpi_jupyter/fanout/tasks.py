@@ -10,10 +10,12 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from ..spec import SpecError
+
 ACCEPTED = 'a list of {"task_id": ..., "data": ...} entries in a .json, .jsonl, .yaml or .yml file'
 
 
-class TasksError(ValueError):
+class TasksError(SpecError):
     """A tasks source that cannot be used, in one line."""
 
 
@@ -102,4 +104,6 @@ def load(source: Any) -> list[tuple[str, Any]]:
         return load_file(os.fspath(source))
     if isinstance(source, Iterable):
         return from_iterable(source)
-    raise TasksError(f"tasks: {type(source).__name__} is not a tasks source; accepted: a file, URL or iterable")
+    raise TasksError(
+        f"tasks: {type(source).__name__} is not a tasks source; accepted: a file, URL or iterable"
+    )

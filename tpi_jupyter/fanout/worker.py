@@ -106,7 +106,9 @@ class Supervisor:
             error = f"retry limit ({self.config.retries}) reached; last result: {value!r}"
             self.finish(message, "failed", "failed", elapsed, error=error, result=value)
         else:
-            self.finish(message, "failed", "memory" if kind == "memory" else "exception", elapsed, error=value)
+            self.finish(
+                message, "failed", "memory" if kind == "memory" else "exception", elapsed, error=value
+            )
             if kind == "memory":
                 slot.respawn()
 
