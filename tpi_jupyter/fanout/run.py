@@ -136,13 +136,14 @@ class MapRun:
         """A spot notice to one machine, then the reclaim (as a cloud does, with less warning)."""
         fs, root = self.task.remote
         before = sum(1 for e in self.poll().events if e["kind"] == "machine-released")
-        fs.pipe_file(f"{root.rstrip('/')}/{layout.notice_key(rank)}", b"notice\n")
+        key = f"{root.rstrip('/')}/{layout.notice_key(rank)}"
+        put(fs, key, b"notice\n")
         end = time.monotonic() + grace
         while time.monotonic() < end:
             if sum(1 for e in self.poll().events if e["kind"] == "machine-released") > before:
                 break
             time.sleep(0.1)
-        fs.rm_file(f"{root.rstrip('/')}/{layout.notice_key(rank)}")
+        fs.rm_file(key)
         self.task.preempt(rank)
 
     def summary(self) -> str:
@@ -220,20 +221,22 @@ def map_tasks(
         raw["name"] = name
     spec = TaskSpec.from_args(raw, cwd=cwd)
     queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
-    pairs = tasks.load(source) if not isinstance(source, list) or not previous else source
+    pairs = source if previous else tasks.load(source)  # a continued run gets its old run's pairs
+    finished = MapRun.find(previous).poll().results if previous else {}
+    queued = [pair for pair in pairs if pair[0] not in finished]
     reference, style, pickled = resolve_worker(worker, spec.workdir or cwd)
     config = layout.MapConfig(queue_cloud=spec.cloud, queue_url="", worker=reference, style=style,
                               total=len(pairs), workers=int(workers), task_timeout=float(task_timeout),
                               retries=int(retries), memory_gb=memory_gb, visibility=float(visibility),
                               grace=float(grace), previous=previous)  # fmt: skip
-    hooks = LaunchHooks(lambda record: _prepare(record, spec, config, pairs, pickled), _rollback)
+    hooks = LaunchHooks(lambda record: _prepare(record, spec, config, pairs, queued, pickled), _rollback)
     launched = task_module.launch(spec, SCRIPT, hooks=hooks)
     assert isinstance(launched, Task)
     return MapRun(launched)
 
 
 def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig,
-             pairs: list[tuple[str, Any]], pickled: bytes | None) -> None:  # fmt: skip
+             pairs: list[tuple[str, Any]], queued: list[tuple[str, Any]], pickled: bytes | None) -> None:  # fmt: skip
     """The queue filled and the run's files in the remote, before any machine starts."""
     timing = record.get("timing", {})
     config.flush_interval = max(0.25, float(timing.get("log_interval", 1.0)))
@@ -252,7 +255,13 @@ def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig,
         _carry(config.previous, fs, root)
     fs.pipe_file(f"{root}/{layout.MAP_JSON}", config.json())
     queue.create()
-    queue.send(pairs)
+    queue.send(queued)
+
+
+def put(fs: Any, path: str, data: bytes) -> None:
+    """One whole object; a local remote's directories are made first (a no-op on object stores)."""
+    fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
+    fs.pipe_file(path, data)
 
 
 def state_save(record: dict[str, Any]) -> None:
@@ -282,9 +291,7 @@ def _carry(previous: str, fs: Any, root: str) -> None:
     old = MapRun.find(previous)
     rows = [json.dumps(record) for record in old.poll().results.values()]
     if rows:
-        fs.pipe_file(
-            f"{root}/{layout.chunk_key('previous-' + old.task.id, 0)}", ("\n".join(rows) + "\n").encode()
-        )
+        put(fs, f"{root}/{layout.chunk_key('previous-' + old.task.id, 0)}", ("\n".join(rows) + "\n").encode())
 
 
 def continue_run(name: str, **overrides: Any) -> MapRun:
@@ -297,10 +304,8 @@ def continue_run(name: str, **overrides: Any) -> MapRun:
         )
     fs, root = old.task.remote
     config = layout.MapConfig.parse(fs.cat_file(f"{root.rstrip('/')}/{layout.MAP_JSON}").decode())
-    finished = old.poll().results
     data = _task_data(old)
-    left = [(task_id, data[task_id]) for task_id in old.task_ids() if task_id not in finished]
-    if not left:
+    if len(old.poll().results) >= len(data):
         raise TaskError(f"map run {old.name}: every task is finished; nothing to continue")
     worker: Any = config.worker
     if config.worker == layout.PICKLED:
@@ -315,7 +320,7 @@ def continue_run(name: str, **overrides: Any) -> MapRun:
                                                      "visibility", "grace")}  # fmt: skip
     run_name = overrides.pop("name", None) or next_name(old.name)
     arguments.pop("name", None)
-    return map_tasks(worker, left, name=run_name, previous=old.name, cwd=old.task.record.get("workdir") or None,
+    return map_tasks(worker, list(data.items()), name=run_name, previous=old.name, cwd=old.task.record.get("workdir") or None,
                      workdir=old.task.record.get("workdir") or "", **options, **arguments)  # fmt: skip
 
 
