@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +157,7 @@ def test_stop_then_continue_does_not_redo_finished_tasks(tpi_home: Path, jobs: P
     tasks = [{"task_id": f"s{i}", "data": {"kind": "sleep", "seconds": 0.1}} for i in range(30)]
     run = map_tasks("jobs", tasks, name="halted", workers=1, grace=0.3, workdir=".")
     wait_for(lambda: run.counts().done >= 3, 30)
-    with pytest.raises(TaskError, match="stop it first|is running"):
+    with pytest.raises(TaskError, match=r"stop it first|is running"):
         continue_run("halted")
     run.task.stop()
     wait_for(lambda: run.status() in ("failed", "succeeded"), 30)

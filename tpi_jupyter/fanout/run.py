@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import task as task_module
 from ..agent import write_atomic
-from ..spec import SpecError, TaskSpec
+from ..spec import SpecError, TaskSpec, resolve_environment
 from ..sync import filesystem
 from ..task import FINAL, LaunchHooks, Task, TaskError
 from . import layout, tasks
@@ -168,8 +168,12 @@ class MapRun:
 # ---------------------------------------------------------------- launching
 
 
-def resolve_worker(worker: Any, cwd: str) -> tuple[str, str, bytes | None]:
-    """(reference, style, pickled function or None); a bad worker is one line (SpecError)."""
+def resolve_worker(worker: Any, cwd: str, spec: TaskSpec) -> tuple[str, str, bytes | None]:
+    """(reference, style, pickled function or None); a bad worker is one line (SpecError).
+
+    On the local backend the module is imported as the machines will (the workdir, the task's
+    environment); elsewhere machines may hold packages this computer lacks: the module's file
+    in the workdir is enough."""
     if callable(worker):
         import cloudpickle
 
@@ -179,7 +183,15 @@ def resolve_worker(worker: Any, cwd: str) -> tuple[str, str, bytes | None]:
             f"worker: {worker!r} is not a worker; accepted: module:function, or a Python function"
         )
     module = worker.partition(":")[0]
-    check = subprocess.run([sys.executable, "-c", CHECK_WORKER, worker], cwd=cwd,
+    reference = worker if ":" in worker else f"{worker}:process_task"
+    if spec.cloud != "local":
+        top = os.path.join(cwd, *module.split(".")[:1])
+        if not (os.path.exists(f"{top}.py") or os.path.isdir(top)):
+            raise SpecError(f"worker: no module {module!r} in the workdir {cwd}; accepted: module:function "
+                            "of a .py file (or package) in the workdir")  # fmt: skip
+        return reference, "rms", None
+    env = {**os.environ, **resolve_environment(spec.environment, os.environ)}
+    check = subprocess.run([sys.executable, "-c", CHECK_WORKER, worker], cwd=cwd, env=env,
                            capture_output=True, text=True, timeout=120)  # fmt: skip
     if check.returncode != 0:
         lines = [line for line in check.stderr.strip().splitlines() if line.strip()]
@@ -187,7 +199,7 @@ def resolve_worker(worker: Any, cwd: str) -> tuple[str, str, bytes | None]:
         if not last.startswith("worker:"):
             last = f"worker: cannot import {module!r} from {cwd}: {last}"
         raise SpecError(f"{last}; accepted: module:function importable from the workdir")
-    return worker if ":" in worker else f"{worker}:process_task", "rms", None
+    return reference, "rms", None
 
 
 def map_tasks(
@@ -224,7 +236,7 @@ def map_tasks(
     pairs = source if previous else tasks.load(source)  # a continued run gets its old run's pairs
     finished = MapRun.find(previous).poll().results if previous else {}
     queued = [pair for pair in pairs if pair[0] not in finished]
-    reference, style, pickled = resolve_worker(worker, spec.workdir or cwd)
+    reference, style, pickled = resolve_worker(worker, spec.workdir or cwd, spec)
     config = layout.MapConfig(queue_cloud=spec.cloud, queue_url="", worker=reference, style=style,
                               total=len(pairs), workers=int(workers), task_timeout=float(task_timeout),
                               retries=int(retries), memory_gb=memory_gb, visibility=float(visibility),
