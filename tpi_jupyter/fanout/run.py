@@ -20,7 +20,7 @@ from typing import Any
 
 from .. import task as task_module
 from ..agent import write_atomic
-from ..spec import SpecError, TaskSpec, resolve_environment
+from ..spec import SpecError, TaskSpec, random_name, resolve_environment
 from ..sync import filesystem
 from ..task import FINAL, LaunchHooks, Task, TaskError
 from . import layout, tasks
@@ -111,10 +111,12 @@ class MapRun:
             time.sleep(poll)
         return self.counts()
 
-    def results(self, wait: bool = True, timeout: float | None = None) -> list[dict[str, Any]]:
+    def results(
+        self, wait: bool = True, timeout: float | None = None, poll: float = 0.25
+    ) -> list[dict[str, Any]]:
         """One row per finished task, in task order: `pandas.DataFrame(run.results())` works."""
         if wait:
-            self.wait(timeout)
+            self.wait(timeout, poll)
         found = self.poll().results
         return [result_row(found[task_id]) for task_id in self.task_ids() if task_id in found]
 
@@ -232,6 +234,8 @@ def map_tasks(
     if name:
         raw["name"] = name
     spec = TaskSpec.from_args(raw, cwd=cwd)
+    if not spec.name:  # the queue is named after the task id, known before the launch names it
+        spec = spec.with_name(random_name())
     queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
     pairs = source if previous else tasks.load(source)  # a continued run gets its old run's pairs
     finished = MapRun.find(previous).poll().results if previous else {}

@@ -141,6 +141,13 @@ class SqliteQueue:
                 "DELETE FROM messages WHERE task_id = ? AND receipt = ?", (message.task_id, message.receipt)
             )
 
+    def ack_many(self, messages: list[Message]) -> None:
+        """`ack` of many messages in one transaction (the supervisor acks after each flush)."""
+        if messages:
+            with self._write() as db:
+                db.executemany("DELETE FROM messages WHERE task_id = ? AND receipt = ?",
+                               [(m.task_id, m.receipt) for m in messages])  # fmt: skip
+
     def depth(self) -> Depth:
         now = time.time()
         row = self.db.execute(

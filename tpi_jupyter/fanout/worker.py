@@ -10,6 +10,7 @@ No IPython or Jupyter imports: this runs on machines.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -80,6 +81,7 @@ class Supervisor:
         self.records = Writer(name, remote.write)
         self.buffer: deque[Message] = deque()
         self.slots: list[Slot] = []
+        self.finished: list[Message] = []  # recorded, not yet written and acked
         self.stop_reason = ""  # "notice" or "stop" once the machine winds down
         self.tally = {"done": 0, "failed": 0, "retry": 0}
 
@@ -89,7 +91,7 @@ class Supervisor:
         self.records.add(kind, message.task_id, final=final, attempt=message.deliveries,
                          elapsed=round(elapsed, 6), **details)  # fmt: skip
         self.tally[final] += 1
-        self.queue.ack(message)
+        self.finished.append(message)  # acked once its record is written (flush): nothing is lost
 
     def outcome(self, slot: Slot, kind: str, retry: bool, payload: str) -> None:
         message, elapsed = slot.message, time.monotonic() - slot.started
@@ -138,6 +140,8 @@ class Supervisor:
                     got = self.queue.receive(max(2 * self.cores, 4), self.config.visibility)
                     self.buffer.extend(got)
                     if not got:
+                        if self.finished:
+                            self.flush()  # our own acks first: they count as in flight
                         if not busy and self.drained():
                             return 0
                         times["receive"] = now + IDLE_POLL
@@ -150,7 +154,8 @@ class Supervisor:
         finally:
             for slot in slots:
                 slot.kill()
-            self.records.flush()
+            with contextlib.suppress(RemoteGone, FileNotFoundError):  # a destroyed run takes no writes
+                self.flush()
 
     def drained(self) -> bool:
         """Nothing waiting and nothing in flight anywhere: the run is over for this machine."""
@@ -184,7 +189,7 @@ class Supervisor:
                 self.queue.extend(message, self.config.visibility)
         if now >= times["flush"]:
             times["flush"] = now + self.config.flush_interval
-            self.records.flush()
+            self.flush()
         if now >= times["notice"]:
             times["notice"] = now + NOTICE_POLL
             if self.remote.exists(layout.notice_key(self.rank)):
@@ -195,7 +200,20 @@ class Supervisor:
                   f"{self.tally['retry']} retried on this machine", flush=True)  # fmt: skip
 
     def held(self) -> list[Message]:
-        return list(self.buffer) + [slot.message for slot in self.slots if slot.message is not None]
+        running = [slot.message for slot in self.slots if slot.message is not None]
+        return [*self.buffer, *running, *self.finished]
+
+    def flush(self) -> None:
+        """Write the records, then ack their tasks: a machine lost in between redelivers a task
+        whose result is already written (read once), never drops one that is not."""
+        self.records.flush()
+        finished, self.finished = self.finished, []
+        ack_many = getattr(self.queue, "ack_many", None)  # one transaction where the queue has it
+        if ack_many is not None:
+            ack_many(finished)
+        else:
+            for message in finished:
+                self.queue.ack(message)
 
     def notice(self, reason: str) -> None:
         if not self.stop_reason:
@@ -223,7 +241,7 @@ class Supervisor:
                 slot.message = None
                 released += 1
         self.records.add("machine-released", None, detail=f"{released} task(s) back to the queue")
-        self.records.flush()
+        self.flush()
         print(f"[map] {self.stop_reason}: {released} task(s) back to the queue", flush=True)
         if self.stop_reason == "stop":
             return 143
