@@ -6,6 +6,7 @@
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
+import type { IMapRun } from './maps';
 
 export const STATUSES = [
   'queued',
@@ -128,6 +129,11 @@ export class TpiClient {
 
   files(id: string): Promise<IFiles> {
     return this.request(`tasks/${encodeURIComponent(id)}/files`);
+  }
+
+  /** Map runs with their counts (issue 15). */
+  maps(): Promise<{ maps: IMapRun[] }> {
+    return this.request('maps');
   }
 
   act(id: string, action: Action): Promise<IActionResult> {

@@ -23,6 +23,7 @@ import {
   TpiClient
 } from './api';
 import { clipLine, el, formatDuration, formatSize, formatSpot, formatTime } from './format';
+import { MapsSection } from './maps';
 import { SidebarPoll } from './polling';
 
 /** What the panel needs from JupyterLab's command registry. */
@@ -53,6 +54,7 @@ export class TaskPanel extends Widget {
 
   // state
   private tasks: ITaskSummary[] = [];
+  private readonly maps = new MapsSection(); // map runs with their counts (maps.ts)
   private fetchedAt = 0; // Date.now() when `tasks` came
   private listPrint = '';
   private selectedId: string | null = null;
@@ -210,7 +212,7 @@ export class TaskPanel extends Widget {
       section('Events', this.eventsList)
     );
 
-    this.node.append(header, this.message, listSection, this.detailNode);
+    this.node.append(header, this.message, listSection, this.maps.node, this.detailNode);
 
     this.poller = new SidebarPoll({
       poll: () => this.poll(),
@@ -315,10 +317,22 @@ export class TaskPanel extends Widget {
       changed = true;
     }
     this.renderList();
+    if (tasks.length) {
+      changed = (await this.pollMaps()) || changed;
+    }
     if (this.selectedId) {
       changed = (await this.pollSelected(this.selectedId)) || changed;
     }
     return changed;
+  }
+
+  /** The map runs section; a server without GET /tpi/maps hides it. */
+  private async pollMaps(): Promise<boolean> {
+    try {
+      return this.maps.render((await this.client.maps()).maps);
+    } catch {
+      return this.maps.render([]);
+    }
   }
 
   private async pollSelected(id: string): Promise<boolean> {
