@@ -130,3 +130,22 @@ async def test_the_server_lists_map_runs_with_their_counts(
     wait_for(lambda: run.status() == "succeeded", 30)
     run.task.destroy()
     assert json.loads((await jp_fetch("tpi", "maps")).body)["maps"] == []
+
+
+def test_the_example_notebook_runs_and_leaves_nothing(tpi_home: Path, tmp_path: Path) -> None:
+    import shutil
+
+    import nbformat
+
+    from .test_notebooks import EXAMPLES, cell_text, errors, execute, registry_files
+
+    shutil.copy(EXAMPLES / "fanout.ipynb", tmp_path / "fanout.ipynb")
+    committed = nbformat.read(EXAMPLES / "fanout.ipynb", as_version=4)
+    assert all(not cell.get("outputs") for cell in committed.cells if cell.cell_type == "code")
+    notebook = execute(tmp_path / "fanout.ipynb", tpi_home)
+    assert errors(notebook) == [], "\n\n".join(errors(notebook))
+    printed = cell_text(notebook.cells[5])
+    assert "99 done, 1 failed; best: {'a': 8, 'b': 9, 'score': 55}" in printed
+    assert "ValueError: 9 x 9 is off limits" in printed
+    assert "50/50 finished: 50 done, 0 failed" in cell_text(notebook.cells[10])
+    assert registry_files(tpi_home) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["fanout.ipynb"]
