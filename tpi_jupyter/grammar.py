@@ -140,6 +140,8 @@ def map_parser(prog: str = "tpi map") -> argparse.ArgumentParser:
                         help="run what the stopped run NAME did not finish")  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="block until every task finished")
     parser.add_argument("--results", metavar="FILE", help="write the results as JSON lines (implies --wait)")
+    # Fixed once, % escaped: intermixed parsing would otherwise %-format a prog like "%tpi map".
+    parser.usage = " ".join(parser.format_usage().split()[1:]).replace("%", "%%")
     return parser
 
 
