@@ -30,7 +30,9 @@ def python() -> Path:
 
 
 def _missing(interpreter: Path) -> bool:
-    found = subprocess.run([str(interpreter), "-c", "import cloud_tasks.worker, filecache"], capture_output=True)
+    found = subprocess.run(
+        [str(interpreter), "-c", "import cloud_tasks.worker, filecache"], capture_output=True
+    )
     return found.returncode != 0
 
 

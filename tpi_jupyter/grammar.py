@@ -131,11 +131,17 @@ def map_parser(prog: str = "tpi map") -> argparse.ArgumentParser:
                      arguments_help())  # fmt: skip
     parser.add_argument("tasks", metavar="TASKS", help="the tasks file; with --continue, the run's NAME")
     parser.add_argument("assignments", nargs="*", metavar="key=value", help="the task arguments below")
-    parser.add_argument("--worker", metavar="MODULE:FUNCTION", help="process_task(task_id, data, worker_data)")
-    parser.add_argument("--workers", type=_count, default=0, help="worker processes per machine (default: cores)")
+    parser.add_argument(
+        "--worker", metavar="MODULE:FUNCTION", help="process_task(task_id, data, worker_data)"
+    )
+    parser.add_argument(
+        "--workers", type=_count, default=0, help="worker processes per machine (default: cores)"
+    )
     parser.add_argument("--task-timeout", type=_seconds, default=3600.0, metavar="S", help="seconds per task")
     parser.add_argument("--retries", type=_count, default=3, help="re-queues of a task returning retry=True")
-    parser.add_argument("--memory-gb", type=_seconds, default=None, metavar="GB", help="memory per worker process")
+    parser.add_argument(
+        "--memory-gb", type=_seconds, default=None, metavar="GB", help="memory per worker process"
+    )
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="run what the stopped run NAME did not finish")  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="block until every task finished")
