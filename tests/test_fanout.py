@@ -174,8 +174,11 @@ def test_stop_then_continue_does_not_redo_finished_tasks(tpi_home: Path, jobs: P
 
 def test_worker_data_offers_rms_cloud_tasks_attributes(tpi_home: Path, jobs: Path) -> None:
     run = map_tasks("jobs", [{"task_id": "i", "data": {"kind": "info"}}], name="info", workers=3, workdir=".")
+    with pytest.raises(TaskError, match="runs on-demand"):
+        run.preempt(0)  # refused before any notice reaches the machine
     (row,) = run.results(timeout=60)
     assert row["result"] == {"workers": 3, "tasks": 1, "notice": False}
+    assert not (Path(run.task.record["remote"]) / ".tpi" / "control").exists()
 
 
 @pytest.mark.parametrize(

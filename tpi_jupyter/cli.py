@@ -45,7 +45,8 @@ def _main(words: list[str]) -> int:
 
             run = map_verb(args, {}, print)
             print(run.summary())
-            return 0 if not run.counts().failed else 1
+            counts = run.counts()  # every task done: 0; a failed task or an unfinished run: 1
+            return 0 if counts.done == counts.total else 1
         task = commands.run_verb(args, print, confirm=_confirm, progress=ProgressBar("downloading"))
         if task is not None and "map" in task.record:  # attach to a map run: its counts
             from .fanout.run import MapRun

@@ -439,18 +439,22 @@ class Task:
 
     def preempt(self, rank: int = 0) -> None:
         """Interrupt a rank as a spot reclaim would; only spot tasks (spot >= 0) are preemptible."""
-        if float(self.spec["spot"]) < 0:
-            raise TaskError(
-                f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0"
-            )
-        if not 0 <= rank < int(self.spec["parallelism"]):
-            raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
+        self.check_preemptible(rank)
         try:
             self.backend.preempt(self.task_spec, self.backend_state, rank)
         except RuntimeError as error:
             raise TaskError(f"task {self.name}: {error}") from None
         _RECENT.pop(self.id, None)
         self._event("preempt-requested", f"rank {rank}")
+
+    def check_preemptible(self, rank: int) -> None:
+        """TaskError unless `rank` of this task may be preempted (a map run asks before its notice)."""
+        if float(self.spec["spot"]) < 0:
+            raise TaskError(
+                f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0"
+            )
+        if not 0 <= rank < int(self.spec["parallelism"]):
+            raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
         """Download `output` (a directory or a file) into the workdir without destroying; returns

@@ -74,7 +74,12 @@ def load_worker(reference: str, pickled: bytes | None = None) -> Worker:
     if reference == layout.PICKLED:
         import cloudpickle
 
-        function: Worker = cloudpickle.loads(pickled or b"")
+        try:
+            function: Worker = cloudpickle.loads(pickled or b"")
+        except Exception as error:  # e.g. a module the function needs is missing on this machine
+            raise WorkerLoadError(
+                f"worker: cannot load the shipped function: {error.__class__.__name__}: {error}"
+            ) from None
         return function
     module_name, _, function_name = reference.partition(":")
     function_name = function_name or "process_task"

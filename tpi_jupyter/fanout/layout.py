@@ -44,6 +44,7 @@ class MapConfig:
     memory_gb: float | None = None  # per worker process (RLIMIT_AS); None: no limit
     visibility: float = 60.0  # seconds a received message stays hidden; renewed at a third of it
     flush_interval: float = 1.0  # seconds between two chunks of records
+    idle_poll: float = 0.2  # seconds between two looks at an empty queue (each may be a request)
     grace: float = 2.0  # seconds running tasks get to finish after a spot notice or a stop
     previous: str = ""  # the run this one continues (its finished tasks are not queued)
 

@@ -136,17 +136,20 @@ class MapRun:
 
     def preempt(self, rank: int = 0, grace: float = 30.0) -> None:
         """A spot notice to one machine, then the reclaim (as a cloud does, with less warning)."""
+        self.task.check_preemptible(rank)
         fs, root = self.task.remote
         before = sum(1 for e in self.poll().events if e["kind"] == "machine-released")
         key = f"{root.rstrip('/')}/{layout.notice_key(rank)}"
-        put(fs, key, b"notice\n")
+        put(fs, key, f"{time.time()}\n".encode())
         end = time.monotonic() + grace
         while time.monotonic() < end:
             if sum(1 for e in self.poll().events if e["kind"] == "machine-released") > before:
                 break
             time.sleep(0.1)
-        fs.rm_file(key)
-        self.task.preempt(rank)
+        try:
+            self.task.preempt(rank)
+        finally:
+            fs.rm_file(key)  # a machine that was not taken goes back to work
 
     def summary(self) -> str:
         return f"map run {self.name} ({self.task.id}): {self.status()}; {self.counts().text()}"
@@ -255,7 +258,8 @@ def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig,
              pairs: list[tuple[str, Any]], queued: list[tuple[str, Any]], pickled: bytes | None) -> None:  # fmt: skip
     """The queue filled and the run's files in the remote, before any machine starts."""
     timing = record.get("timing", {})
-    config.flush_interval = max(0.25, float(timing.get("log_interval", 1.0)))
+    config.flush_interval = max(0.25, float(timing.get("log_interval", 1.0)))  # the backend's cadence
+    config.idle_poll = 0.2 if spec.cloud == "local" else config.flush_interval
     queue = queue_class(spec.cloud).for_task(spec.id, record["remote"], spec.native_region or "")
     config.queue_url = queue.url
     record["map"] = {"queue_cloud": spec.cloud, "queue_url": queue.url, "total": len(pairs),

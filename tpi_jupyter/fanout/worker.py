@@ -28,7 +28,6 @@ from .executor import WorkerData, WorkerLoadError, load_worker, serve
 from .queue import Message, TaskQueue, open_queue
 from .records import Writer
 
-IDLE_POLL = 0.2  # seconds between two looks at an empty queue
 NOTICE_POLL = 0.5  # seconds between two looks for a spot notice key
 PROGRESS_EVERY = 10.0  # seconds between two progress lines in the task's log
 RECLAIM_WAIT = 300.0  # after a spot notice, how long to wait for the machine to go
@@ -83,6 +82,7 @@ class Supervisor:
         self.slots: list[Slot] = []
         self.finished: list[Message] = []  # recorded, not yet written and acked
         self.stop_reason = ""  # "notice" or "stop" once the machine winds down
+        self.started = time.time()
         self.tally = {"done": 0, "failed": 0, "retry": 0}
 
     # -- outcomes
@@ -133,7 +133,10 @@ class Supervisor:
                 now = time.monotonic()
                 self.watch(now, times)
                 if self.stop_reason:
-                    break
+                    code = self.wind_down(slots)
+                    if code is not None:
+                        return code
+                    continue  # a notice without a reclaim: back to work
                 busy = [slot for slot in slots if slot.message is not None]
                 idle = [slot for slot in slots if slot.message is None]
                 if idle and not self.buffer and now >= times["receive"]:
@@ -144,13 +147,12 @@ class Supervisor:
                             self.flush()  # our own acks first: they count as in flight
                         if not busy and self.drained():
                             return 0
-                        times["receive"] = now + IDLE_POLL
+                        times["receive"] = now + self.config.idle_poll
                 while idle and self.buffer:
                     slot = idle.pop()
                     slot.run(self.buffer.popleft())
                     busy.append(slot)
                 self.wait(busy, now, times)
-            return self.wind_down(slots)
         finally:
             for slot in slots:
                 slot.kill()
@@ -163,7 +165,7 @@ class Supervisor:
         return depth.waiting == 0 and depth.in_flight == 0
 
     def wait(self, busy: list[Slot], now: float, times: dict[str, float]) -> None:
-        timeout = IDLE_POLL if not busy else 0.05
+        timeout = self.config.idle_poll if not busy else 0.05
         ready = multiprocessing.connection.wait([slot.conn for slot in busy], timeout=timeout)
         for slot in busy:
             if slot.conn in ready:
@@ -191,8 +193,8 @@ class Supervisor:
             times["flush"] = now + self.config.flush_interval
             self.flush()
         if now >= times["notice"]:
-            times["notice"] = now + NOTICE_POLL
-            if self.remote.exists(layout.notice_key(self.rank)):
+            times["notice"] = now + (NOTICE_POLL if self.remote.local else 10 * NOTICE_POLL)
+            if self.noticed():
                 self.notice("spot notice")
         if now >= times["progress"] + PROGRESS_EVERY:
             times["progress"] = now
@@ -215,6 +217,15 @@ class Supervisor:
             for message in finished:
                 self.queue.ack(message)
 
+    def noticed(self) -> bool:
+        """A spot notice key written since this machine started (a respawned machine ignores the
+        notice its predecessor got)."""
+        try:
+            written = float(remote_bytes(self.remote, layout.notice_key(self.rank)) or 0)
+        except (FileNotFoundError, ValueError):
+            return False
+        return written >= self.started
+
     def notice(self, reason: str) -> None:
         if not self.stop_reason:
             self.stop_reason = "stop" if reason == "stop" else "notice"
@@ -224,9 +235,10 @@ class Supervisor:
                 self.shutdown.set()
             self.records.add("spot-notice" if reason != "stop" else "stop", None, detail=reason)
 
-    def wind_down(self, slots: list[Slot]) -> int:
+    def wind_down(self, slots: list[Slot]) -> int | None:
         """Stop taking tasks: give back what waits, let running tasks finish within the grace,
-        give back the rest. Then wait for the machine to go (notice) or exit (stop)."""
+        give back the rest. Then exit (stop), or wait for the machine to go (notice): None when
+        the notice is withdrawn instead, or not followed by a reclaim within RECLAIM_WAIT."""
         released = 0
         while self.buffer:
             self.queue.release(self.buffer.popleft())
@@ -245,8 +257,15 @@ class Supervisor:
         print(f"[map] {self.stop_reason}: {released} task(s) back to the queue", flush=True)
         if self.stop_reason == "stop":
             return 143
-        time.sleep(RECLAIM_WAIT)  # the cloud takes the machine now; on local, `tpi preempt` does
-        return 3
+        end = time.monotonic() + RECLAIM_WAIT  # the cloud takes the machine now (local: `tpi preempt`)
+        while time.monotonic() < end and self.stop_reason == "notice" and self.noticed():
+            time.sleep(NOTICE_POLL)
+        if self.stop_reason == "stop":  # a SIGTERM while waiting
+            return 143
+        self.records.add("notice-withdrawn", None, detail="the machine was not taken; taking tasks again")
+        self.stop_reason = ""
+        self.termination.clear()
+        return None
 
 
 def remote_bytes(remote: Remote, key: str) -> bytes:
