@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from tpi_jupyter.commands import parse_words
+from tpi_jupyter.fanout.face import map_verb
 from tpi_jupyter.fanout.run import MapRun, continue_run, map_tasks
 from tpi_jupyter.spec import SpecError
 from tpi_jupyter.task import TaskError
@@ -40,6 +42,8 @@ def process_task(task_id, data, worker_data):
             open(marker, "w").close()
             return True, "once more"
         return False, "second time lucky"
+    if kind == "leak":
+        raise ValueError("token is " + os.environ["TPI_TEST_TOKEN"])
     if kind == "info":
         return False, {"workers": worker_data.num_simultaneous_tasks, "tasks": worker_data.num_tasks,
                        "notice": worker_data.received_termination_notice}
@@ -163,7 +167,7 @@ def test_stop_then_continue_does_not_redo_finished_tasks(tpi_home: Path, jobs: P
     wait_for(lambda: run.status() in ("failed", "succeeded"), 30)
     first = {row["task_id"] for row in run.results(wait=False)}
     assert 3 <= len(first) < 30
-    again = continue_run("halted")
+    again = map_verb(parse_words(["map", "halted", "--continue"]), {}, print)  # as `tpi map` parses it
     assert again.name == "halted-2" and again.total == 30
     rows = again.results(timeout=60)
     assert [row["task_id"] for row in rows] == [f"s{i}" for i in range(30)]  # carried + new
@@ -212,3 +216,17 @@ def test_a_notebook_function_runs_and_the_run_outlives_the_kernel(tpi_home: Path
         assert rows.strip() == "60 {'x': 7, 'score': 149}"
     finally:
         kernel.shutdown()
+
+
+def test_imported_environment_values_never_reach_the_records(
+    tpi_home: Path, jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    secret = "tok-3f9a81c7e2d4b605"
+    monkeypatch.setenv("TPI_TEST_TOKEN", secret)
+    tasks = [{"task_id": "leak", "data": {"kind": "leak"}}]
+    run = map_tasks("jobs", tasks, name="masked", workers=1, workdir=".", environment={"TPI_TEST_TOKEN": ""})
+    (row,) = run.results(timeout=60)
+    assert row["status"] == "failed" and "ValueError: token is ***" in row["error"]
+    fs, root = run.task.remote
+    written = b"".join(fs.cat_file(path) for path in fs.find(f"{root}/fanout"))
+    assert secret.encode() not in written and b"token is ***" in written

@@ -25,14 +25,21 @@ ERRORS_KEPT = 20
 class Writer:
     """Buffers records and writes them as numbered chunks through `write(key, bytes)`."""
 
-    def __init__(self, name: str, write: Callable[[str, bytes], None]):
+    def __init__(self, name: str, write: Callable[[str, bytes], None], secrets: list[str] | None = None):
         self.name, self._write = name, write
         self.lines: list[str] = []
         self.number = 0
+        # A task's error or result may quote an imported environment value: blanked as in logs,
+        # raw and as JSON escapes it.
+        self.secrets = sorted({form for value in secrets or [] for form in (value, json.dumps(value)[1:-1])},
+                              key=len, reverse=True)  # fmt: skip
 
     def add(self, kind: str, task: str | None = None, **details: Any) -> None:
         record = {"time": time.time(), "kind": kind, "task": task, "writer": self.name, **details}
-        self.lines.append(json.dumps(record, default=repr))
+        line = json.dumps(record, default=repr)
+        for secret in self.secrets:
+            line = line.replace(secret, "***")
+        self.lines.append(line)
 
     def flush(self) -> None:
         if not self.lines:

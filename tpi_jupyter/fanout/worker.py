@@ -23,6 +23,8 @@ from collections import deque
 from typing import Any
 
 from ..agent import Remote, RemoteGone
+from ..layout import TASK_JSON
+from ..output import mask_values
 from . import layout
 from .executor import WorkerData, WorkerLoadError, load_worker, serve
 from .queue import Message, TaskQueue, open_queue
@@ -77,7 +79,7 @@ class Supervisor:
         pickled = remote_bytes(remote, layout.WORKER_PICKLE) if config.worker == layout.PICKLED else None
         self.function = load_worker(config.worker, pickled)
         name = f"r{rank}-{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1000)}"
-        self.records = Writer(name, remote.write)
+        self.records = Writer(name, remote.write, imported_values(remote))
         self.buffer: deque[Message] = deque()
         self.slots: list[Slot] = []
         self.finished: list[Message] = []  # recorded, not yet written and acked
@@ -266,6 +268,12 @@ class Supervisor:
         self.stop_reason = ""
         self.termination.clear()
         return None
+
+
+def imported_values(remote: Remote) -> list[str]:
+    """The values the task imported from the client's environment (masked in its logs too)."""
+    names = json.loads(remote.read_text(TASK_JSON)).get("masked", [])
+    return mask_values(os.environ[name] for name in names if os.environ.get(name))
 
 
 def remote_bytes(remote: Remote, key: str) -> bytes:
