@@ -230,3 +230,39 @@ def test_imported_environment_values_never_reach_the_records(
     fs, root = run.task.remote
     written = b"".join(fs.cat_file(path) for path in fs.find(f"{root}/fanout"))
     assert secret.encode() not in written and b"token is ***" in written
+
+
+def test_a_launch_failing_after_the_queue_exists_removes_everything(
+    tpi_home: Path, jobs: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tpi_jupyter.fanout.sqlite_queue import SqliteQueue
+
+    created: list[str] = []
+    real_create = SqliteQueue.create
+
+    def create_then_record(self: SqliteQueue) -> None:
+        real_create(self)
+        created.append(self.url)
+
+    def full(self: SqliteQueue, tasks: object) -> int:  # the one stubbed step: a full disk
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(SqliteQueue, "create", create_then_record)
+    monkeypatch.setattr(SqliteQueue, "send", full)
+    with pytest.raises(TaskError, match="No space left on device; everything created so far was removed"):
+        map_tasks("jobs", [1, 2, 3], name="rolled", workdir=".")
+    assert created and not Path(created[0]).exists() and created_nothing(tpi_home)
+
+
+def test_a_cloud_without_a_queue_is_one_line(tpi_home: Path, jobs: Path) -> None:
+    from tpi_jupyter.fanout.queue import queue_class
+
+    try:
+        queue_class("az")
+    except ValueError:
+        pass
+    else:
+        pytest.skip("an Azure queue is installed: nothing to refuse")
+    with pytest.raises(SpecError, match=r"cloud: no queue for cloud 'az'; accepted: .*local"):
+        map_tasks("jobs", [1], cloud="az", workdir=".")
+    assert created_nothing(tpi_home)

@@ -239,7 +239,10 @@ def map_tasks(
     spec = TaskSpec.from_args(raw, cwd=cwd)
     if not spec.name:  # the queue is named after the task id, known before the launch names it
         spec = spec.with_name(random_name())
-    queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
+    try:
+        queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
+    except ValueError as error:
+        raise SpecError(str(error).replace("queue:", "cloud:", 1)) from None
     pairs = source if previous else tasks.load(source)  # a continued run gets its old run's pairs
     finished = MapRun.find(previous).poll().results if previous else {}
     queued = [pair for pair in pairs if pair[0] not in finished]
