@@ -47,6 +47,7 @@ class MapConfig:
     idle_poll: float = 0.2  # seconds between two looks at an empty queue (each may be a request)
     grace: float = 2.0  # seconds running tasks get to finish after a spot notice or a stop
     previous: str = ""  # the run this one continues (its finished tasks are not queued)
+    queue_class: str = ""  # "module:Class" of the cloud's queue, as the client's entry point named it
 
     def json(self) -> bytes:
         return json.dumps(asdict(self)).encode()

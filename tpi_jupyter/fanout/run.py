@@ -25,7 +25,7 @@ from ..sync import filesystem
 from ..task import FINAL, LaunchHooks, Task, TaskError
 from . import layout, tasks
 from .executor import style_of
-from .queue import open_queue, queue_class
+from .queue import TaskQueue, open_queue, queue_class
 from .records import Counts, Fold, result_row
 
 SCRIPT = '#!/bin/sh\nexec "${TPI_AGENT_PYTHON:-python3}" -m tpi_jupyter.fanout.worker\n'
@@ -240,7 +240,7 @@ def map_tasks(
     if not spec.name:  # the queue is named after the task id, known before the launch names it
         spec = spec.with_name(random_name())
     try:
-        queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
+        queue_type = queue_class(spec.cloud)  # a cloud without a queue is refused before anything exists
     except ValueError as error:
         raise SpecError(str(error).replace("queue:", "cloud:", 1)) from None
     pairs = source if previous else tasks.load(source)  # a continued run gets its old run's pairs
@@ -251,19 +251,23 @@ def map_tasks(
                               total=len(pairs), workers=int(workers), task_timeout=float(task_timeout),
                               retries=int(retries), memory_gb=memory_gb, visibility=float(visibility),
                               grace=float(grace), previous=previous)  # fmt: skip
-    hooks = LaunchHooks(lambda record: _prepare(record, spec, config, pairs, queued, pickled), _rollback)
+    # Machines import the queue's class by name: scanning entry points costs them a quarter second.
+    config.queue_class = f"{queue_type.__module__}:{queue_type.__qualname__}"
+    hooks = LaunchHooks(
+        lambda record: _prepare(record, spec, config, queue_type, pairs, queued, pickled), _rollback
+    )
     launched = task_module.launch(spec, SCRIPT, hooks=hooks)
     assert isinstance(launched, Task)
     return MapRun(launched)
 
 
-def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig,
+def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig, queue_type: type[TaskQueue],
              pairs: list[tuple[str, Any]], queued: list[tuple[str, Any]], pickled: bytes | None) -> None:  # fmt: skip
     """The queue filled and the run's files in the remote, before any machine starts."""
     timing = record.get("timing", {})
     config.flush_interval = max(0.25, float(timing.get("log_interval", 1.0)))  # the backend's cadence
     config.idle_poll = 0.2 if spec.cloud == "local" else config.flush_interval
-    queue = queue_class(spec.cloud).for_task(spec.id, record["remote"], spec.native_region or "")
+    queue = queue_type.for_task(spec.id, record["remote"], spec.native_region or "")
     config.queue_url = queue.url
     record["map"] = {"queue_cloud": spec.cloud, "queue_url": queue.url, "total": len(pairs),
                      "previous": config.previous}  # fmt: skip

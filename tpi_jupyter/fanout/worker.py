@@ -11,6 +11,7 @@ No IPython or Jupyter imports: this runs on machines.
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import multiprocessing
 import multiprocessing.connection
@@ -270,6 +271,16 @@ class Supervisor:
         return None
 
 
+def reopen_queue(config: layout.MapConfig) -> TaskQueue:
+    """The run's queue: its class by the name the client found, else by entry point."""
+    if not config.queue_class:
+        return open_queue(config.queue_cloud, config.queue_url)
+    module, _, name = config.queue_class.partition(":")
+    queue_type = getattr(importlib.import_module(module), name)
+    queue: TaskQueue = queue_type(config.queue_url)
+    return queue
+
+
 def imported_values(remote: Remote) -> list[str]:
     """The values the task imported from the client's environment (masked in its logs too)."""
     names = json.loads(remote.read_text(TASK_JSON)).get("masked", [])
@@ -290,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     remote = Remote(remote_url)
     config = layout.MapConfig.parse(remote.read_text(layout.MAP_JSON))
-    queue = open_queue(config.queue_cloud, config.queue_url)
+    queue = reopen_queue(config)
     try:
         supervisor = Supervisor(remote, config, queue, int(os.environ.get("TPI_RANK", "0")))
     except WorkerLoadError as error:
