@@ -14,8 +14,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 from .. import task as task_module
@@ -220,16 +218,9 @@ def map_tasks(
     (cloud, parallelism, machine, spot, workdir, environment, ...).
     """
     cwd = cwd or os.getcwd()
-    options = {
-        "workers": workers,
-        "task_timeout": task_timeout,
-        "retries": retries,
-        "visibility": visibility,
-        "grace": grace,
-    }
-    for key, value in options.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-            raise SpecError(f"{key}: {value!r} is out of range; accepted: a number >= 0")
+    _check_options(
+        workers=workers, task_timeout=task_timeout, retries=retries, visibility=visibility, grace=grace
+    )
     if memory_gb is not None and (not isinstance(memory_gb, (int, float)) or memory_gb <= 0):
         raise SpecError(f"memory_gb: {memory_gb!r} is out of range; accepted: a number of GB > 0")
     raw = {"cloud": "local", **{key: str(value) if not isinstance(value, (list, dict)) else value
@@ -259,6 +250,12 @@ def map_tasks(
     launched = task_module.launch(spec, SCRIPT, hooks=hooks)
     assert isinstance(launched, Task)
     return MapRun(launched)
+
+
+def _check_options(**options: Any) -> None:
+    for key, value in options.items():
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+            raise SpecError(f"{key}: {value!r} is out of range; accepted: a number >= 0")
 
 
 def _prepare(record: dict[str, Any], spec: TaskSpec, config: layout.MapConfig, queue_type: type[TaskQueue],
@@ -372,10 +369,4 @@ def next_name(name: str) -> str:
     raise TaskError(f"map run {name}: no free name to continue under; accepted: name=NEW")
 
 
-def runs() -> Iterator[MapRun]:
-    for task in Task.all():
-        if "map" in task.record:
-            yield MapRun(task)
-
-
-__all__ = ["MapRun", "asdict", "continue_run", "map_tasks", "runs"]
+__all__ = ["MapRun", "continue_run", "map_tasks"]
