@@ -11,7 +11,7 @@ In one run, each measured `--runs` times (median reported):
 Queues of other clouds (moto SQS, ...) add a function to QUEUE_BENCHES below.
 
 Goal: >= 1,000 tasks/s locally on 2 cores; within 2x of ProcessPoolExecutor.map.
-Run: .venv/bin/python benchmarks/fanout_bench.py [--runs 3] [--tasks 5000] [--rms-tasks 20]
+Run: .venv/bin/python benchmarks/fanout_bench.py [--runs 3] [--tasks 5000,20000] [--rms-tasks 20]
 Writes benchmarks/RESULTS-fanout.md.
 """
 
@@ -47,7 +47,7 @@ if __name__ == "__main__":
 """
 
 
-STEADY: list[float] = []  # ours, tasks/s between the first and the last result of each run
+STEADY: dict[int, list[float]] = {}  # ours, per task count: tasks/s from the first to the last result
 
 
 def noop(_: object) -> None:
@@ -69,7 +69,7 @@ def ours(count: int, workers: int, scratch: Path) -> float:
     took = time.perf_counter() - began
     assert len(rows) == count and all(row["status"] == "done" for row in rows)
     finished = sorted(record["time"] for record in run.fold.results.values())
-    STEADY.append(count / (finished[-1] - finished[0]))  # first to last result: the machine's pace
+    STEADY.setdefault(count, []).append(count / (finished[-1] - finished[0]))  # the machine's pace
     run.task.destroy()
     return took
 
@@ -103,38 +103,42 @@ def rms(count: int, workers: int, scratch: Path) -> float:
 QUEUE_BENCHES: dict[str, tuple[Callable[[int, int, Path], float], str]] = {}
 
 
+OURS = "tpi-jupyter map (local, SQLite)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fanout_bench.py")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--tasks", type=int, default=5000)
+    parser.add_argument("--tasks", default="5000,20000", help="task counts, comma-separated")
     parser.add_argument("--rms-tasks", type=int, default=20)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     args = parser.parse_args(argv)
-    benches: dict[str, tuple[Callable[[int, int, Path], float], str]] = {
-        "tpi-jupyter map (local, SQLite)": (ours, "tasks"),
-        "ProcessPoolExecutor.map": (pool, "tasks"),
-        "rms-cloud-tasks local mode": (rms, "rms_tasks"),
-        **QUEUE_BENCHES,
-    }
-    rates: dict[str, tuple[int, list[float]]] = {}
+    counts = [int(count) for count in args.tasks.split(",")]
+    benches: list[tuple[str, Callable[[int, int, Path], float], list[int]]] = [
+        (OURS, ours, counts),
+        ("ProcessPoolExecutor.map", pool, counts),
+        ("rms-cloud-tasks local mode", rms, [args.rms_tasks]),
+        *(
+            (name, bench, counts if size == "tasks" else [args.rms_tasks])
+            for name, (bench, size) in QUEUE_BENCHES.items()
+        ),
+    ]
+    rates: dict[tuple[str, int], list[float]] = {}
     with tempfile.TemporaryDirectory(prefix="tpi-fanout-bench-") as scratch:
         os.environ["TPI_JUPYTER_HOME"] = str(Path(scratch) / "home")
         for run in range(args.runs):
-            for name, (bench, size) in benches.items():
-                count = getattr(args, size)
-                seconds = bench(count, args.workers, Path(scratch))
-                rates.setdefault(name, (count, []))[1].append(count / seconds)
-                print(
-                    f"run {run + 1}: {name}: {count} tasks in {seconds:.2f} s = {count / seconds:.1f} tasks/s",
-                    flush=True,
-                )
-    write(rates, args)
+            for name, bench, sizes in benches:
+                for count in sizes:
+                    seconds = bench(count, args.workers, Path(scratch))
+                    rates.setdefault((name, count), []).append(count / seconds)
+                    print(f"run {run + 1}: {name}: {count} tasks in {seconds:.2f} s = {count / seconds:.1f} tasks/s",
+                          flush=True)  # fmt: skip
+    write(rates, counts, args)
     return 0
 
 
-def write(rates: dict[str, tuple[int, list[float]]], args: argparse.Namespace) -> None:
-    medians = {name: statistics.median(values) for name, (_, values) in rates.items()}
-    ours_rate = medians["tpi-jupyter map (local, SQLite)"]
+def write(rates: dict[tuple[str, int], list[float]], counts: list[int], args: argparse.Namespace) -> None:
+    medians = {key: statistics.median(values) for key, values in rates.items()}
     lines = [
         "# Fan-out throughput: no-op tasks per second (benchmarks/fanout_bench.py)",
         "",
@@ -145,20 +149,24 @@ def write(rates: dict[str, tuple[int, list[float]]], args: argparse.Namespace) -
         "| tool | tasks per run | runs (tasks/s) | median tasks/s | ours / tool |",
         "|---|---|---|---|---|",
     ]
-    for name, (count, values) in rates.items():
+    for (name, count), values in rates.items():
+        ours_rate = medians.get((OURS, count), medians[(OURS, counts[0])])  # same count, else the first
         runs = ", ".join(f"{value:.1f}" for value in values)
         lines.append(
-            f"| {name} | {count} | {runs} | {medians[name]:.1f} | {ours_rate / medians[name]:.2f}x |"
+            f"| {name} | {count} | {runs} | {medians[(name, count)]:.1f} | {ours_rate / medians[(name, count)]:.2f}x |"
         )
+    steady = ", ".join(
+        f"{count} tasks: {statistics.median(STEADY[count]):.1f}" for count in counts if STEADY.get(count)
+    )
     lines += [
         "",
-        f"Ours once its machine runs (first to last result, launch and machine start left out): "
-        f"median {statistics.median(STEADY):.1f} tasks/s ({', '.join(f'{v:.1f}' for v in STEADY)}).",
+        f"Ours once its machine runs (first to last result; launch and machine start left out), median tasks/s: {steady}.",
         "",
         "Ours is timed end to end as a user sees it: launch (registry, remote, queue filled), the",
         "machine's start, every task through the queue (receive, run in an isolated worker process,",
         "record, ack) and the client reading every result. ProcessPoolExecutor.map has no queue, no",
-        "records and no launch. rms-cloud-tasks' local mode starts one process per task.",
+        "records and no launch. rms-cloud-tasks' local mode starts one process per task; its ratio",
+        f"is against ours at {counts[0]} tasks.",
     ]
     text = "\n".join(lines) + "\n"
     (ROOT / "benchmarks" / "RESULTS-fanout.md").write_text(text)
