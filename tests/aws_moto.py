@@ -10,11 +10,9 @@ request can reach real AWS.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from . import emulators
+from . import emulators, played
 
 REGION = "us-west-1"
 UBUNTU_OWNER = "099720109477"
@@ -195,9 +193,7 @@ class PlayedMachine:
         command = agent_command(instance_user_data(instance_id), self.machine_dir)
         self.log = self.machine_dir.parent / f"{instance_id}.log"
         env = {**os.environ, "TPI_INSTANCE_ID": instance_id}
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.process = played.spawn(command, env, self.log, mark=str(self.machine_dir))
 
     def wait(self, timeout: float = 60) -> int:
         try:
@@ -210,14 +206,4 @@ class PlayedMachine:
 
     def kill(self) -> None:
         """The machine vanishes at once: agent and script alike."""
-        for pid in (self.process.pid, self._script_pid()):
-            if pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def _script_pid(self) -> int | None:
-        try:
-            return int((self.machine_dir / "script.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        played.vanish(self.process, mark=str(self.machine_dir))

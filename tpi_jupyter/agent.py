@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,6 +280,7 @@ class Agent:
         self.notice = notice  # the cloud's interruption notice, when it has one
         self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.command: Callable[[Path], list[str]] = script_command  # a machine hook may choose another
         self.reported: set[str] = set()  # sync warnings already logged
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
@@ -384,7 +386,7 @@ class Agent:
             heartbeat.close()
 
     def _run_script(self, deadline: float, sync_interval: float) -> dict[str, Any]:
-        command = script_command(self.script)
+        command = self.command(self.script)
         env = script_environment(self.task, self.values, self.rank)
         env["TPI_REMOTE"] = self.remote.url  # where a map run's worker finds its config (no secret)
         env["TPI_AGENT_PYTHON"] = sys.executable  # the interpreter that has tpi_jupyter (map runs)
@@ -602,8 +604,9 @@ def main(argv: list[str] | None = None) -> int:
         rank, boot = int(args.rank), args.boot
     else:
         parser.error("--rank takes a number (with --boot) or auto")
-    notice = getattr(_hooks(args.release), "notice", None) if args.release else None
-    agent = Agent(args.remote, rank, boot, args.machine_dir, notice)
+    hooks = _hooks(args.release) if args.release else None
+    agent = Agent(args.remote, rank, boot, args.machine_dir, getattr(hooks, "notice", None))
+    agent.command = getattr(hooks, "script_command", script_command)
     signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(agent))
     copy_boot_log(agent, args.boot_log)
     try:

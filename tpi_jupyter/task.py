@@ -11,12 +11,12 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fsspec.utils import get_protocol
 
 from . import layout, state
-from .backends.base import Backend, GroupState, Sweepable, get_backend
+from .backends.base import Backend, EnvironmentHolder, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
@@ -537,7 +537,9 @@ class Task:
         if int(spec["parallelism"]) > 1:
             lines.append(f"policy: {FAILURE_POLICY}")
         if not self.record.get("shebang", True):
-            lines.append("note: the script has no shebang, so it runs under /bin/bash")
+            lines.append(
+                "note: the script has no shebang, so it runs under /bin/bash (/bin/sh in an image without bash)"
+            )
         lines.append(f"logs: %tpi logs {self.name} --follow · results: %tpi destroy {self.name}")
         return "\n".join(lines)
 
@@ -660,7 +662,9 @@ def _create(
         backend.create(spec, backend_state, Steps(spec.cloud, checkpoint))
         record["remote"] = backend.remote_url(spec, backend_state)
         checkpoint()
-        _write_remote(record, script, values, progress)
+        if backend.capabilities.holds_environment:  # e.g. a Kubernetes Secret: never in the remote
+            cast(EnvironmentHolder, backend).hold_environment(spec, backend_state, values)
+        _write_remote(record, script, None if backend.capabilities.holds_environment else values, progress)
         if hooks is not None:
             hooks.before_start(record)
             checkpoint()
@@ -690,17 +694,19 @@ def short_secrets(masked: list[str], values: Mapping[str, str]) -> list[str]:
 
 
 def _write_remote(
-    record: dict[str, Any], script: str, values: dict[str, str], progress: ProgressCallback | None
+    record: dict[str, Any], script: str, values: dict[str, str] | None, progress: ProgressCallback | None
 ) -> None:
+    """The task, script, environment (None: the backend holds it) and workdir, into the remote."""
     fs, root = filesystem(record["remote"])
     fs.makedirs(layout.join(root, ".tpi"), exist_ok=True)
     public = {key: record[key] for key in ("id", "name", "spec", "created", "deadline", "timing", "masked")}
     fs.pipe_file(layout.join(root, layout.TASK_JSON), json.dumps(public).encode())
     fs.pipe_file(layout.join(root, layout.SCRIPT), script.encode())
     env_path = layout.join(root, layout.ENV)
-    fs.pipe_file(env_path, json.dumps(values).encode())
-    if is_local(fs):
-        os.chmod(env_path, 0o600)
+    if values is not None:
+        fs.pipe_file(env_path, json.dumps(values).encode())
+        if is_local(fs):
+            os.chmod(env_path, 0o600)
     if record["workdir"]:
         result = upload(
             record["workdir"],

@@ -34,7 +34,10 @@ class NetError(RuntimeError):
 
 
 def run(*argv: str, check: bool = True) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+    except FileNotFoundError:  # a NetError, so that the rollback around it runs (a bridge left once)
+        raise NetError(f"{argv[0]} is not installed: run scripts/install-tools") from None
     if check and done.returncode != 0:
         raise NetError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
     return done.stdout

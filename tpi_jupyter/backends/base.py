@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "tpi_jupyter.backends"
 MACHINE_GROUP = "tpi_jupyter.machines"  # machine-side hooks: identity(), release(machine_id)
+# optional: notice() (a spot notice), script_command(script) -> argv (how the script is started)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class Capabilities:
     poll_interval: float  # the least seconds between two reads of the cloud for one task
     env_protection: str  # one line: how `.tpi/env` is kept private
     timing: Timing = field(default_factory=Timing)
+    # True: the backend stores the environment values itself (EnvironmentHolder), and
+    # `.tpi/env` is never written to the remote
+    holds_environment: bool = False
 
 
 @dataclass
@@ -106,6 +110,13 @@ class Backend(Protocol[S]):
 
     def cost(self, spec: TaskSpec, state: S, seconds: float) -> str:
         """Cost so far as text ("n/a" without a price lookup)."""
+
+
+class EnvironmentHolder(Protocol):
+    """A backend with `capabilities.holds_environment`: it keeps the values out of the remote."""
+
+    def hold_environment(self, spec: TaskSpec, state: Any, values: dict[str, str]) -> None:
+        """Store the task's environment values (after create, before start)."""
 
 
 class Sweepable(Protocol):
