@@ -71,12 +71,9 @@ class Counts:
 
 
 def format_seconds(seconds: float) -> str:
+    """H:MM:SS, as the task widget shows elapsed time."""
     whole = round(seconds)
-    if whole < 60:
-        return f"{whole}s"
-    if whole < 3600:
-        return f"{whole // 60}m{whole % 60:02d}s"
-    return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 3600}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
 
 
 @dataclass
