@@ -151,3 +151,33 @@ def test_missing_file_and_non_json_data_get_one_line(tmp_path: Path) -> None:
         tasks.load(str(tmp_path / "nope.json"))
     with pytest.raises(tasks.TasksError, match="is not JSON"):
         tasks.load([object()])
+
+
+# ---------------------------------------------------------------- records
+
+
+def test_records_fold_once_per_task_in_any_order(tmp_path: Path) -> None:
+    from tpi_jupyter.fanout.records import Fold, Writer
+
+    chunks: dict[str, bytes] = {}
+    first = Writer("r0-a", chunks.__setitem__)
+    second = Writer("r1-b", chunks.__setitem__, secrets=["hunter2-password"])
+    first.add("retry", "t1", attempt=1, result="again")
+    first.add("completed", "t1", final="done", attempt=2, result=1)
+    first.flush()
+    second.add("completed", "t1", final="done", attempt=3, result=99)  # delivered twice: a later record
+    second.add("exception", "t2", final="failed", error="ValueError: hunter2-password")
+    second.add("spot-notice", None, detail="spot notice")
+    second.flush()
+    assert sorted(chunks) == ["fanout/r0-a/000000.jsonl", "fanout/r1-b/000000.jsonl"]
+    assert b"hunter2-password" not in chunks["fanout/r1-b/000000.jsonl"]
+    for order in (sorted(chunks), sorted(chunks, reverse=True)):
+        fold = Fold()
+        for key in order:
+            for line in chunks[key].decode().splitlines():
+                fold.add(json.loads(line))
+        assert fold.results["t1"]["result"] == 1 and fold.duplicates == 1
+        counts = fold.counts(total=3, in_flight=1)
+        assert (counts.done, counts.failed, counts.retrying, counts.in_flight) == (1, 1, 0, 1)
+        assert [error["task"] for error in fold.errors] == ["t2"] and "***" in fold.errors[0]["error"]
+        assert [event["kind"] for event in fold.events] == ["spot-notice"]
