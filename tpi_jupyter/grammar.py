@@ -86,9 +86,14 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
     parser = _parser(prog)
     if prog == "tpi":
         parser.add_argument("--version", action="version", version=f"tpi-jupyter {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}", parser_class=_Parser)
+    verbs = parser.add_subparsers(
+        dest="verb", metavar="{" + ",".join((*VERBS, "map")) + "}", parser_class=_Parser
+    )
     verbs.required = True
     verbs.add_parser("run", help="launch a task: run key=value ... --script FILE [--wait] [--dry-run]")
+    verbs.add_parser(
+        "map", help="fan tasks out through a queue: map TASKS --worker MODULE:FUNCTION key=value ..."
+    )
     for verb in VERBS[1:]:
         sub = verbs.add_parser(verb, help=VERB_HELP[verb], description=VERB_HELP[verb])
         if verb in ("list", "status"):
@@ -170,7 +175,7 @@ def _seconds(text: str) -> float:
 def magic_help() -> str:
     """`%tpi?` and `%tpi --help`: the usage of every verb, generated from the parsers."""
     _, verbs = _verbs("%tpi")
-    parsers = [cell_parser(), *(sub for verb, sub in verbs.items() if verb != "run")]
+    parsers = [cell_parser(), *(sub for verb, sub in verbs.items() if verb not in ("run", "map"))]
     usage = [" ".join(p.format_usage().replace(" [-h]", "").split()[1:]) for p in parsers]
     usage[0] += "   (the cell body is the script)"
     usage.append(" ".join(map_parser("%tpi map").format_usage().replace(" [-h]", "").split()[1:]))
