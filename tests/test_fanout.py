@@ -50,6 +50,10 @@ def process_task(task_id, data, worker_data):
                 return False, "noticed"
             time.sleep(0.05)
         return False, "no notice"
+    if kind == "count":  # how many tasks this worker process has run
+        global RUN
+        RUN = globals().get("RUN", 0) + 1
+        return False, RUN
     if kind == "info":
         return False, {"workers": worker_data.num_simultaneous_tasks, "tasks": worker_data.num_tasks,
                        "notice": worker_data.received_termination_notice}
@@ -273,3 +277,11 @@ def test_a_cloud_without_a_queue_is_one_line(tpi_home: Path, jobs: Path) -> None
     with pytest.raises(SpecError, match=r"cloud: no queue for cloud 'az'; accepted: .*local"):
         map_tasks("jobs", [1], cloud="az", workdir=".")
     assert created_nothing(tpi_home)
+
+
+def test_fresh_process_gives_every_task_a_new_worker_process(tpi_home: Path, jobs: Path) -> None:
+    tasks = [{"task_id": f"c{i}", "data": {"kind": "count"}} for i in range(6)]
+    shared = map_tasks("jobs", tasks, name="shared", workers=1, workdir=".")
+    assert max(row["result"] for row in shared.results(timeout=60)) == 6  # one process ran them all
+    fresh = map_tasks("jobs", tasks, name="fresh", workers=1, fresh_process=True, workdir=".")
+    assert {row["result"] for row in fresh.results(timeout=60)} == {1}

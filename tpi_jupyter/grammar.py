@@ -147,6 +147,8 @@ def map_parser(prog: str = "tpi map") -> argparse.ArgumentParser:
     parser.add_argument(
         "--memory-gb", type=_seconds, default=None, metavar="GB", help="memory per worker process"
     )
+    parser.add_argument("--fresh-process", action="store_true",
+                        help="a new worker process for every task (stricter isolation, slower)")  # fmt: skip
     parser.add_argument("--continue", dest="resume", action="store_true",
                         help="run what the stopped run NAME did not finish")  # fmt: skip
     parser.add_argument("--wait", action="store_true", help="block until every task finished")

@@ -22,7 +22,7 @@ def map_verb(
     """Launch (or continue) the run; with --wait or --results, block and report, as the CLI does."""
     raw = {**defaults, **parse_assignments(args.assignments)}
     options = {"workers": args.workers, "task_timeout": args.task_timeout, "retries": args.retries,
-               "memory_gb": args.memory_gb}  # fmt: skip
+               "memory_gb": args.memory_gb, "fresh_process": args.fresh_process}  # fmt: skip
     if args.resume:
         if args.worker:
             raise UsageFailure("--worker: a continued run keeps its worker; accepted: map NAME --continue")

@@ -45,6 +45,7 @@ class MapConfig:
     visibility: float = 60.0  # seconds a received message stays hidden; renewed at a third of it
     flush_interval: float = 1.0  # seconds between two chunks of records
     idle_poll: float = 0.2  # seconds between two looks at an empty queue (each may be a request)
+    fresh_process: bool = False  # a new worker process per task, as rms-cloud-tasks (slower)
     grace: float = 2.0  # seconds running tasks get to finish after a spot notice or a stop
     previous: str = ""  # the run this one continues (its finished tasks are not queued)
     queue_class: str = ""  # "module:Class" of the cloud's queue, as the client's entry point named it

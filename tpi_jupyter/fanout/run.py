@@ -208,7 +208,8 @@ def resolve_worker(worker: Any, cwd: str, spec: TaskSpec) -> tuple[str, str, byt
 def map_tasks(
     worker: Any, source: Any = None, *, name: str | None = None, workers: int = 0,
     task_timeout: float = 3600.0, retries: int = 3, memory_gb: float | None = None,
-    visibility: float = 60.0, grace: float = 2.0, cwd: str | None = None, previous: str = "",
+    visibility: float = 60.0, grace: float = 2.0, fresh_process: bool = False, cwd: str | None = None,
+    previous: str = "",
     **arguments: Any,
 ) -> MapRun:  # fmt: skip
     """Fan `source` (a tasks file, URL or iterable) out to `worker` on the task's machines.
@@ -241,7 +242,7 @@ def map_tasks(
     config = layout.MapConfig(queue_cloud=spec.cloud, queue_url="", worker=reference, style=style,
                               total=len(pairs), workers=int(workers), task_timeout=float(task_timeout),
                               retries=int(retries), memory_gb=memory_gb, visibility=float(visibility),
-                              grace=float(grace), previous=previous)  # fmt: skip
+                              grace=float(grace), fresh_process=bool(fresh_process), previous=previous)  # fmt: skip
     # Machines import the queue's class by name: scanning entry points costs them a quarter second.
     config.queue_class = f"{queue_type.__module__}:{queue_type.__qualname__}"
     hooks = LaunchHooks(
@@ -341,7 +342,7 @@ def continue_run(name: str, **overrides: Any) -> MapRun:
                  if spec.get(key) not in (None, "")}  # fmt: skip
     arguments.update(overrides)
     options = {key: getattr(config, key) for key in ("workers", "task_timeout", "retries", "memory_gb",
-                                                     "visibility", "grace")}  # fmt: skip
+                                                     "visibility", "grace", "fresh_process")}  # fmt: skip
     run_name = overrides.pop("name", None) or next_name(old.name)
     arguments.pop("name", None)
     return map_tasks(worker, list(data.items()), name=run_name, previous=old.name, cwd=old.task.record.get("workdir") or None,

@@ -114,8 +114,6 @@ class Supervisor:
             self.finish(
                 message, "failed", "memory" if kind == "memory" else "exception", elapsed, error=value
             )
-            if kind == "memory":
-                slot.respawn()
 
     def lost(self, slot: Slot, kind: str, error: str) -> None:
         """The worker process ended (crash) or was ended (timeout) with a task in hand."""
@@ -185,6 +183,8 @@ class Supervisor:
             self.lost(slot, "exited", f"the worker process ended with code {code} during the task")
             return
         self.outcome(slot, kind, retry, payload)
+        if kind == "memory" or self.config.fresh_process:  # a fresh process for the next task
+            slot.respawn()
 
     def watch(self, now: float, times: dict[str, float]) -> None:
         """Periodic duties: renew visibility, flush records, look for a spot notice, log progress."""
