@@ -116,7 +116,8 @@ def call(function: Worker, style: str, task_id: str, data: Any, worker_data: Wor
     return bool(answer[0]), answer[1]
 
 
-def serve(conn: Any, function: Worker, style: str, worker_data: WorkerData, memory_gb: float | None) -> None:
+def serve(conn: Any, function: Worker, style: str, worker_data: WorkerData, memory_gb: float | None,
+          once: bool = False) -> None:  # fmt: skip
     """The worker process's loop: (task_id, data) in, (kind, retry, result-or-error JSON) out."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the supervisor decides when tasks end
@@ -140,3 +141,5 @@ def serve(conn: Any, function: Worker, style: str, worker_data: WorkerData, memo
             text = "".join(traceback.format_exception_only(type(error), error)).strip()
             trace = traceback.format_exc(limit=-5)
             conn.send(("exception", False, json.dumps(f"{text}\n{trace}")))
+        if once:  # --fresh-process: the next task gets a new process
+            os._exit(0)

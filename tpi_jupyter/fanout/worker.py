@@ -49,7 +49,8 @@ class Slot:
         sup = self.supervisor
         parent, child = sup.context.Pipe()
         self.process = sup.context.Process(
-            target=serve, args=(child, sup.function, sup.config.style, sup.worker_data, sup.config.memory_gb),
+            target=serve,
+            args=(child, sup.function, sup.config.style, sup.worker_data, sup.config.memory_gb, sup.config.fresh_process),
             daemon=True,
         )  # fmt: skip
         self.process.start()
@@ -67,6 +68,12 @@ class Slot:
 
     def respawn(self) -> None:
         self.kill()
+        self.spawn()
+
+    def replace(self) -> None:
+        """A new process after one that ends by itself (--fresh-process): no kill, no wait;
+        multiprocessing reaps the old one when it starts the next."""
+        self.conn.close()
         self.spawn()
 
 
@@ -183,7 +190,9 @@ class Supervisor:
             self.lost(slot, "exited", f"the worker process ended with code {code} during the task")
             return
         self.outcome(slot, kind, retry, payload)
-        if kind == "memory" or self.config.fresh_process:  # a fresh process for the next task
+        if self.config.fresh_process:  # the process ends after one task
+            slot.replace()
+        elif kind == "memory":  # a fresh process for the next task
             slot.respawn()
 
     def watch(self, now: float, times: dict[str, float]) -> None:
