@@ -284,6 +284,7 @@ class Agent:
         self.reported: set[str] = set()  # sync warnings already logged
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
+        self.cloud = ""  # the cloud whose machine hooks apply (`--release`), "" locally
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -378,16 +379,24 @@ class Agent:
             if why:  # a rank failed (or the task was stopped) before this one started
                 self.log.line(f"[tpi] {why}; not starting the script")
                 return {"result": "failure", "code": None, **self._stop_outcome}
-            return self._run_script(deadline, timing.sync_interval)
+            from .agent_multinode import run as run_ranks  # multi-node: rendezvous, launch mode
+
+            return run_ranks(self, deadline, timing.sync_interval)
         finally:
             watch.close()
             self.interruption = self.interruption or watch.reasons.get("notice", "")
             self.log.close()
             heartbeat.close()
 
-    def _run_script(self, deadline: float, sync_interval: float) -> dict[str, Any]:
-        command = self.command(self.script)
-        env = script_environment(self.task, self.values, self.rank)
+    def _run_script(
+        self, deadline: float, sync_interval: float, extra_env: dict[str, str] | None = None,
+        restart: Callable[[], str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Run the script to its end; `restart` may end it early to run it again (launch=mpi)."""
+        from .multinode import netns_prefix
+
+        command = [*netns_prefix(), *self.command(self.script)]
+        env = {**script_environment(self.task, self.values, self.rank), **(extra_env or {})}
         env["TPI_REMOTE"] = self.remote.url  # where a map run's worker finds its config (no secret)
         env["TPI_AGENT_PYTHON"] = sys.executable  # the interpreter that has tpi_jupyter (map runs)
         self.process = subprocess.Popen(
@@ -400,7 +409,7 @@ class Agent:
         )
         reader.start()
         write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode(), durable=False)
-        result = "success"
+        result, restart_why = "success", ""
         next_sync = time.time() + sync_interval
         while self.process.poll() is None:
             now = time.time()
@@ -419,6 +428,12 @@ class Agent:
                 self.log.line(f"[tpi] {why}; stopping the script")
                 self._kill_script()
                 result = "stopped"
+                break
+            restart_why = restart() if restart is not None else ""
+            if restart_why:
+                self.log.line(f"[tpi] {restart_why}; ending the script")
+                self._kill_script()
+                result = "restart"
                 break
             if now >= next_sync:
                 self._push_quietly()
@@ -439,6 +454,8 @@ class Agent:
         self.push()  # the last sync completes before the machine releases itself
         if result == "interrupted":
             return {"result": None, "interrupted": True}
+        if result == "restart":
+            return {"result": None, "restart": restart_why}
         if result == "stopped":
             return {"result": "failure", "code": code, **self._stop_outcome}
         return {"result": result, "code": code}
@@ -607,6 +624,7 @@ def main(argv: list[str] | None = None) -> int:
     hooks = _hooks(args.release) if args.release else None
     agent = Agent(args.remote, rank, boot, args.machine_dir, getattr(hooks, "notice", None))
     agent.command = getattr(hooks, "script_command", script_command)
+    agent.cloud = args.release
     signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(agent))
     copy_boot_log(agent, args.boot_log)
     try:

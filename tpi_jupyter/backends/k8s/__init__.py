@@ -239,7 +239,9 @@ class K8sBackend:
         job.evict(self.api(state), pods[0].metadata.name)
 
     def cost(self, spec: TaskSpec, state: K8sState, seconds: float) -> str:
-        return "n/a"
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 
