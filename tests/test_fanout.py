@@ -265,20 +265,6 @@ def test_a_launch_failing_after_the_queue_exists_removes_everything(
     assert created and not Path(created[0]).exists() and created_nothing(tpi_home)
 
 
-def test_a_cloud_without_a_queue_is_one_line(tpi_home: Path, jobs: Path) -> None:
-    from tpi_jupyter.fanout.queue import queue_class
-
-    try:
-        queue_class("az")
-    except ValueError:
-        pass
-    else:
-        pytest.skip("an Azure queue is installed: nothing to refuse")
-    with pytest.raises(SpecError, match=r"cloud: no queue for cloud 'az'; accepted: .*local"):
-        map_tasks("jobs", [1], cloud="az", workdir=".")
-    assert created_nothing(tpi_home)
-
-
 def test_fresh_process_gives_every_task_a_new_worker_process(tpi_home: Path, jobs: Path) -> None:
     tasks = [{"task_id": f"c{i}", "data": {"kind": "count"}} for i in range(6)]
     shared = map_tasks("jobs", tasks, name="shared", workers=1, workdir=".")
