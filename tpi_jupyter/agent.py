@@ -397,6 +397,8 @@ class Agent:
 
         command = [*netns_prefix(), *self.command(self.script)]
         env = {**script_environment(self.task, self.values, self.rank), **(extra_env or {})}
+        env["TPI_REMOTE"] = self.remote.url  # where a map run's worker finds its config (no secret)
+        env["TPI_AGENT_PYTHON"] = sys.executable  # the interpreter that has tpi_jupyter (map runs)
         self.process = subprocess.Popen(
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,

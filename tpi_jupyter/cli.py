@@ -44,8 +44,19 @@ def _main(words: list[str]) -> int:
             if launched.task is not None and not args.wait:
                 print(launched.task.summary())
             return 0
+        if args.verb == "map":
+            from .fanout.face import map_verb
+
+            run = map_verb(args, {}, print)
+            print(run.summary())
+            counts = run.counts()  # every task done: 0; a failed task or an unfinished run: 1
+            return 0 if counts.done == counts.total else 1
         task = commands.run_verb(args, print, confirm=_confirm, progress=ProgressBar("downloading"))
-        if task is not None:  # attach: the CLI shows the status
+        if task is not None and "map" in task.record:  # attach to a map run: its counts
+            from .fanout.run import MapRun
+
+            print(MapRun(task).summary())
+        elif task is not None:  # attach: the CLI shows the status
             print(commands.status_text(task))
         return 0
     except commands.ERRORS as error:

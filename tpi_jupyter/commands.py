@@ -266,6 +266,11 @@ def run_verb(
     elif args.verb == "pull":
         task.pull(progress)
         out(f"task {task.name}: pulled {_pulled(task)} into {task.record.get('workdir') or '(no workdir)'}")
+    elif args.verb == "preempt" and "map" in task.record:  # a map run's machine gets a spot notice first
+        from .fanout.run import MapRun
+
+        MapRun(task).preempt(args.rank)
+        out(f"task {task.name}: rank {args.rank} got a spot notice and was preempted; the group respawns it")
     elif args.verb == "preempt":
         task.preempt(args.rank)
         out(f"task {task.name}: rank {args.rank} preempted; the group respawns it")

@@ -88,9 +88,14 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
     parser = _parser(prog)
     if prog == "tpi":
         parser.add_argument("--version", action="version", version=f"tpi-jupyter {__version__}")
-    verbs = parser.add_subparsers(dest="verb", metavar="{" + ",".join(VERBS) + "}", parser_class=_Parser)
+    verbs = parser.add_subparsers(
+        dest="verb", metavar="{" + ",".join((*VERBS, "map")) + "}", parser_class=_Parser
+    )
     verbs.required = True
     verbs.add_parser("run", help="launch a task: run key=value ... --script FILE [--wait] [--dry-run]")
+    verbs.add_parser(
+        "map", help="fan tasks out through a queue: map TASKS --worker MODULE:FUNCTION key=value ..."
+    )
     for verb in VERBS[1:]:
         sub = verbs.add_parser(verb, help=VERB_HELP[verb], description=VERB_HELP[verb])
         if verb in ("list", "status"):
@@ -140,12 +145,57 @@ def run_parser(prog: str = "tpi run") -> argparse.ArgumentParser:
     return parser
 
 
+def map_parser(prog: str = "tpi map") -> argparse.ArgumentParser:
+    """`map TASKS --worker module:function key=value ...`: a fan-out run (tpi_jupyter/fanout)."""
+    parser = _parser(prog, "Fan the tasks of TASKS (a .json/.jsonl/.yaml file or URL) out to a worker.",
+                     arguments_help())  # fmt: skip
+    parser.add_argument("tasks", metavar="TASKS", help="the tasks file; with --continue, the run's NAME")
+    parser.add_argument("assignments", nargs="*", metavar="key=value", help="the task arguments below")
+    parser.add_argument(
+        "--worker", metavar="MODULE:FUNCTION", help="process_task(task_id, data, worker_data)"
+    )
+    parser.add_argument(
+        "--workers", type=_count, default=0, help="worker processes per machine (default: cores)"
+    )
+    parser.add_argument("--task-timeout", type=_seconds, default=3600.0, metavar="S", help="seconds per task")
+    parser.add_argument("--retries", type=_count, default=3, help="re-queues of a task returning retry=True")
+    parser.add_argument(
+        "--memory-gb", type=_seconds, default=None, metavar="GB", help="memory per worker process"
+    )
+    parser.add_argument("--fresh-process", action="store_true",
+                        help="a new worker process for every task (stricter isolation, slower)")  # fmt: skip
+    parser.add_argument("--continue", dest="resume", action="store_true",
+                        help="run what the stopped run NAME did not finish")  # fmt: skip
+    parser.add_argument("--wait", action="store_true", help="block until every task finished")
+    parser.add_argument("--results", metavar="FILE", help="write the results as JSON lines (implies --wait)")
+    # Fixed once, % escaped: intermixed parsing would otherwise %-format a prog like "%tpi map".
+    parser.usage = " ".join(parser.format_usage().split()[1:]).replace("%", "%%")
+    return parser
+
+
+def _count(text: str) -> int:
+    if not re.fullmatch(r"[0-9]+", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count; accepted: 0, 1, 2, ...")
+    return int(text)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number; accepted: e.g. 30 or 0.5")
+    return value
+
+
 def magic_help() -> str:
     """`%tpi?` and `%tpi --help`: the usage of every verb, generated from the parsers."""
     _, verbs = _verbs("%tpi")
-    parsers = [cell_parser(), *(sub for verb, sub in verbs.items() if verb != "run")]
+    parsers = [cell_parser(), *(sub for verb, sub in verbs.items() if verb not in ("run", "map"))]
     usage = [" ".join(p.format_usage().replace(" [-h]", "").split()[1:]) for p in parsers]
     usage[0] += "   (the cell body is the script)"
+    usage.append(" ".join(map_parser("%tpi map").format_usage().replace(" [-h]", "").split()[1:]))
     return "\n".join([*usage, "", arguments_help()])
 
 
@@ -154,6 +204,10 @@ def parse_words(words: Sequence[str], prog: str = "tpi") -> argparse.Namespace:
     if words and words[0] == "run":
         args = run_parser(f"{prog} run").parse_intermixed_args(list(words[1:]))
         args.verb = "run"
+        return args
+    if words and words[0] == "map":
+        args = map_parser(f"{prog} map").parse_intermixed_args(list(words[1:]))
+        args.verb = "map"
         return args
     return verb_parser(prog).parse_args(list(words))
 

@@ -94,6 +94,10 @@ class TpiMagics(Magics):
                 "run: use the cell magic %%tpi key=value ... with the script as its body"
             )
         args = commands.parse_words(words, "%tpi")
+        if args.verb == "map":  # a map run shows itself (widget or text) as the cell's value
+            from .fanout.face import map_verb
+
+            return map_verb(args, {"cloud": self.default_cloud, **self.defaults}, print)
         if args.verb == "panel" and widgets_enabled():
             from .widgets import TaskPanel
 
@@ -101,6 +105,10 @@ class TpiMagics(Magics):
         task = commands.run_verb(args, print)
         if task is None:
             return None
+        if "map" in task.record:  # attach to a map run: its progress view
+            from .fanout.run import MapRun
+
+            return MapRun(task)
         if widgets_enabled():
             from .widgets import TaskWidget
 

@@ -447,18 +447,22 @@ class Task:
 
     def preempt(self, rank: int = 0) -> None:
         """Interrupt a rank as a spot reclaim would; only spot tasks (spot >= 0) are preemptible."""
-        if float(self.spec["spot"]) < 0:
-            raise TaskError(
-                f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0"
-            )
-        if not 0 <= rank < int(self.spec["parallelism"]):
-            raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
+        self.check_preemptible(rank)
         try:
             self.backend.preempt(self.task_spec, self.backend_state, rank)
         except RuntimeError as error:
             raise TaskError(f"task {self.name}: {error}") from None
         _RECENT.pop(self.id, None)
         self._event("preempt-requested", f"rank {rank}")
+
+    def check_preemptible(self, rank: int) -> None:
+        """TaskError unless `rank` of this task may be preempted (a map run asks before its notice)."""
+        if float(self.spec["spot"]) < 0:
+            raise TaskError(
+                f"spot: task {self.name} runs on-demand (spot=-1); accepted: a task launched with spot>=0"
+            )
+        if not 0 <= rank < int(self.spec["parallelism"]):
+            raise TaskError(f"rank: {rank} is out of range; accepted: 0..{int(self.spec['parallelism']) - 1}")
 
     def pull(self, progress: ProgressCallback | None = None) -> list[str]:
         """Download `output` (a directory or a file) into the workdir without destroying; returns
@@ -504,6 +508,10 @@ class Task:
             self.backend.delete(spec, backend_state)
         except RuntimeError as error:  # e.g. a process of the task survived: say so, keep the entry
             raise TaskError(f"task {self.name}: destroy incomplete: {error}") from None
+        if "map" in self.record:  # a map run's queue lives outside the backend's resources
+            from .fanout.run import delete_queue
+
+            delete_queue(self.record)
         state.delete(self.id)
         _RECENT.pop(self.id, None)
         self.record["status"] = "destroyed"
@@ -599,6 +607,7 @@ def launch(
     dry_run: bool = False,
     progress: ProgressCallback | None = None,
     local_env: Mapping[str, str] | None = None,
+    hooks: LaunchHooks | None = None,
 ) -> Task | Plan:
     """Create the task's resources, upload, and start its machines; roll back on failure."""
     if not script.strip():
@@ -640,12 +649,21 @@ def launch(
     record["backend"] = asdict(backend_state)
     if dry_run:
         return _plan(spec, backend, backend_state)
-    return _create(spec, backend, backend_state, record, script, values, progress)
+    return _create(spec, backend, backend_state, record, script, values, progress, hooks)
+
+
+@dataclass
+class LaunchHooks:
+    """What a kind of task (a map run) adds to a launch: `before_start(record)` once the remote
+    holds everything and before machines start, `rollback(record)` when the launch fails."""
+
+    before_start: Callable[[dict[str, Any]], None]
+    rollback: Callable[[dict[str, Any]], None]
 
 
 def _create(
     spec: TaskSpec, backend: Backend[Any], backend_state: Any, record: dict[str, Any], script: str,
-    values: dict[str, str], progress: ProgressCallback | None,
+    values: dict[str, str], progress: ProgressCallback | None, hooks: LaunchHooks | None = None,
 ) -> Task:  # fmt: skip
     def checkpoint() -> None:  # what exists is in the registry before the next step can fail
         record["backend"] = asdict(backend_state)
@@ -659,11 +677,17 @@ def _create(
         if backend.capabilities.holds_environment:  # e.g. a Kubernetes Secret: never in the remote
             cast(EnvironmentHolder, backend).hold_environment(spec, backend_state, values)
         _write_remote(record, script, None if backend.capabilities.holds_environment else values, progress)
+        if hooks is not None:
+            hooks.before_start(record)
+            checkpoint()
         backend.start(spec, backend_state)
         record["started"] = time.time()
         record["events"].append({"time": record["started"], "kind": "started", "rank": None, "detail": ""})
         checkpoint()
     except BaseException as error:
+        if hooks is not None:
+            with contextlib.suppress(Exception):  # the backend's rollback below still runs
+                hooks.rollback(record)
         cleaned = _rollback(backend, spec, backend_state, record)
         if isinstance(error, SpecError):
             raise

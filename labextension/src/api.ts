@@ -6,8 +6,8 @@
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
-
 import type { IMachineRow } from './machines';
+import type { IMapRun } from './maps';
 
 export const STATUSES = [
   'queued',
@@ -137,6 +137,11 @@ export class TpiClient {
   /** Long-lived machines and runners (issue 19). */
   machines(): Promise<{ machines: IMachineRow[] }> {
     return this.request('machines');
+  }
+
+  /** Map runs with their counts (issue 15). */
+  maps(): Promise<{ maps: IMapRun[] }> {
+    return this.request('maps');
   }
 
   act(id: string, action: Action): Promise<IActionResult> {

@@ -24,6 +24,7 @@ import {
 } from './api';
 import { clipLine, el, formatDuration, formatSize, formatSpot, formatTime } from './format';
 import { MachineSection } from './machines';
+import { MapsSection } from './maps';
 import { SidebarPoll } from './polling';
 
 /** What the panel needs from JupyterLab's command registry. */
@@ -54,6 +55,7 @@ export class TaskPanel extends Widget {
 
   // state
   private tasks: ITaskSummary[] = [];
+  private readonly maps = new MapsSection(); // map runs with their counts (maps.ts)
   private fetchedAt = 0; // Date.now() when `tasks` came
   private listPrint = '';
   private selectedId: string | null = null;
@@ -213,7 +215,14 @@ export class TaskPanel extends Widget {
     );
 
     this.machines = new MachineSection(() => this.client.machines());
-    this.node.append(header, this.message, listSection, this.machines.node, this.detailNode);
+    this.node.append(
+      header,
+      this.message,
+      listSection,
+      this.maps.node,
+      this.machines.node,
+      this.detailNode
+    );
 
     this.poller = new SidebarPoll({
       poll: () => this.poll(),
@@ -318,11 +327,23 @@ export class TaskPanel extends Widget {
       changed = true;
     }
     this.renderList();
+    if (tasks.length) {
+      changed = (await this.pollMaps()) || changed;
+    }
     changed = (await this.machines.refresh()) || changed;
     if (this.selectedId) {
       changed = (await this.pollSelected(this.selectedId)) || changed;
     }
     return changed;
+  }
+
+  /** The map runs section; a server without GET /tpi/maps hides it. */
+  private async pollMaps(): Promise<boolean> {
+    try {
+      return this.maps.render((await this.client.maps()).maps);
+    } catch {
+      return this.maps.render([]);
+    }
   }
 
   private async pollSelected(id: string): Promise<boolean> {

@@ -5,6 +5,7 @@ GET  /tpi/tasks/<task>                one task: the above plus ranks and events
 GET  /tpi/tasks/<task>/logs?cursor=C  new log lines since cursor C (opaque; "" = from the start)
 GET  /tpi/tasks/<task>/files          files of `output`: the workdir's once pulled, else the remote's
 POST /tpi/tasks/<task>/stop | pull | destroy
+GET  /tpi/maps                        map runs with their counts (maps.py)
 """
 
 from __future__ import annotations
@@ -190,6 +191,8 @@ class ActionHandler(TpiHandler):
 
 
 def setup_handlers(web_app: Any) -> None:
+    from . import maps  # imports this module: found at setup, not at import
+
     base = url_path_join(web_app.settings["base_url"], "tpi")
     web_app.add_handlers(
         ".*$",
@@ -199,6 +202,7 @@ def setup_handlers(web_app: Any) -> None:
             (url_path_join(base, "tasks", TASK, "logs"), LogsHandler),
             (url_path_join(base, "tasks", TASK, "files"), FilesHandler),
             (url_path_join(base, "tasks", TASK, r"(?P<action>stop|pull|destroy)"), ActionHandler),
+            (url_path_join(base, "maps"), maps.MapsHandler),  # map runs with their counts (issue 15)
         ],
     )
     from ..machines.handlers import routes as machine_routes  # GET /tpi/machines (issue 19)
