@@ -215,7 +215,9 @@ EXPECTED_DEFAULTS = {
 @pytest.mark.parametrize("make", [TaskSpec, lambda: TaskSpec.from_args({}), lambda: build([])])
 def test_defaults(make) -> None:
     spec = make()
-    assert {f.name for f in dataclasses.fields(spec) if not f.metadata.get("derived")} == set(EXPECTED_DEFAULTS)
+    assert {f.name for f in dataclasses.fields(spec) if not f.metadata.get("derived")} == set(
+        EXPECTED_DEFAULTS
+    )
     for key, value in EXPECTED_DEFAULTS.items():
         assert getattr(spec, key) == value, key
     assert isinstance(spec.disk_size, int)
