@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from . import emulators
+from . import aws_placement, emulators
 
 REGION = "us-west-1"
 UBUNTU_OWNER = "099720109477"
@@ -58,9 +58,18 @@ if "MOTO_AMIS_PATH" not in os.environ:
     os.environ["MOTO_AMIS_PATH"] = _path
 
 
+# moto's endpoint -> (URL of the placement-group contract server in front of it, its store);
+# aws_env points the AWS tests at the front (tests/aws_placement.py), other users get moto itself.
+FRONTS: dict[str, tuple[str, aws_placement.Store]] = {}
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    yield from emulators.moto_server()
+    for url in emulators.moto_server():
+        with contextlib.contextmanager(aws_placement.front)(url) as front:
+            FRONTS[url] = front
+            yield url
+            FRONTS.pop(url, None)
 
 
 @pytest.fixture
@@ -73,7 +82,8 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", moto_endpoint)
+    endpoint = FRONTS[moto_endpoint][0]
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
@@ -88,12 +98,12 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setattr(
         AwsBackend, "capabilities", replace(AwsBackend.capabilities, timing=fast, poll_interval=0.5)
     )
-    _reset(moto_endpoint)  # the server is shared with other test files (the syncer's buckets)
+    _reset(endpoint)  # the server is shared with other test files (the syncer's buckets)
     _clear_s3fs()
     default_vpc_internet()
-    yield moto_endpoint
+    yield endpoint
     _clear_s3fs()
-    _reset(moto_endpoint)
+    _reset(endpoint)
 
 
 def default_vpc_internet(region: str = REGION) -> None:
@@ -140,6 +150,10 @@ def tagged(task_id: str) -> list[str]:
         f"security group {g['GroupId']}" for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]
     ]
     left += [f"key pair {k['KeyName']}" for k in ec2.describe_key_pairs(Filters=tag)["KeyPairs"]]
+    left += [
+        f"placement group {g['GroupName']}"
+        for g in ec2.describe_placement_groups(Filters=tag)["PlacementGroups"]
+    ]
     for role in iam.list_roles()["Roles"]:
         if {"Key": "tpi-task", "Value": task_id} in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]:
             left.append(f"role {role['RoleName']}")

@@ -33,6 +33,7 @@ class AwsState:
     user: str = ""
     vpc: str = ""
     subnets: list[str] = field(default_factory=list)
+    zone: str = ""  # multi-node tasks: the one availability zone of all their machines
     root_device: str = "/dev/sda1"
     bucket: str = ""
     prefix: str = ""
@@ -49,6 +50,7 @@ class AwsState:
     wheel_key: str = ""  # full S3 keys of the agent wheel and its lock
     lock_key: str = ""
     launch_template: str = ""
+    placement_group: str = ""  # placement=cluster
     group: str = ""
     stopped: bool = False
 
