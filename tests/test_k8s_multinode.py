@@ -100,7 +100,6 @@ def test_the_mpijob_validates_against_the_crds_own_schema() -> None:
     for replica in (launcher, worker):
         assert replica["template"]["metadata"]["labels"]["tpi-task"] == job["metadata"]["labels"]["tpi-task"]
     env = {e["name"]: e for e in worker["template"]["spec"]["containers"][0]["env"]}
-    assert env["TPI_RANK_OFFSET"]["value"] == "1"
     assert env[manifests.INDEX]["valueFrom"]["fieldRef"]["fieldPath"].endswith(f"['{mpijob.REPLICA_INDEX}']")
     # The check can fail: a field the CRD does not know is refused.
     import jsonschema
@@ -208,7 +207,7 @@ def test_the_real_mpi_operator_makes_launcher_and_workers_and_destroy_removes_th
     def pods_by_type() -> dict[str, list[str]]:
         found: dict[str, list[str]] = {}
         for pod in api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items:
-            found.setdefault(pod.metadata.labels.get(mpijob.REPLICA_TYPE, "?"), []).append(pod.metadata.name)
+            found.setdefault(pod.metadata.labels.get(mpijob.ROLE, "?"), []).append(pod.metadata.name)
         return found
 
     wait_for(
@@ -224,9 +223,15 @@ def test_the_real_mpi_operator_makes_launcher_and_workers_and_destroy_removes_th
     # The operator's own parts: the hostfile ConfigMap and the SSH key Secret for the launcher.
     hostfile = api.core.read_namespaced_config_map(f"{task.id}-config", api.namespace).data["hostfile"]
     assert f"{task.id}-worker-0" in hostfile and "slots=2" in hostfile
+    # The launcher is a batch Job of the operator's (its pod made by the real Job controller).
+    assert api.batch.read_namespaced_job(f"{task.id}-launcher", api.namespace).status.active == 1
     # The ranks as the backend reads them: launcher 0, workers 1 and 2, on the stand-in's node.
     wait_for(
-        lambda: sorted(m.rank for m in task.read(fresh=True).machines if m.alive) == [0, 1, 2], timeout=120
+        lambda: (
+            sorted(m.rank for m in task.backend.read(task.task_spec, task.backend_state).machines if m.alive)
+            == [0, 1, 2]
+        ),
+        timeout=120,
     )
     task.destroy()
     wait_for(lambda: labelled(api, task.id) == [], timeout=120)

@@ -3,8 +3,9 @@ cluster has its CRD; without it the task stays an Indexed Job with a headless Se
 
 The launcher is rank 0 and also one of the machines (`runLauncherAsWorker`): it runs the script,
 which calls mpirun with the hostfile and SSH keys the operator provides; the N-1 workers are
-ranks 1..N-1 (`TPI_RANK_OFFSET` lifts the operator's 0-based replica index). Both run the same
-agent container as a Job's pods. `runPolicy` carries the task's deadline
+ranks 1..N-1 (with `runLauncherAsWorker` the operator labels worker-i with replica index i + 1,
+which the downward API hands the agent as its rank). Both run the same agent container as a
+Job's pods. `runPolicy` carries the task's deadline
 (`activeDeadlineSeconds`), `cleanPodPolicy: Running` (the pods of a finished job go) and starts
 suspended, as the Job does, until `start` resumes it.
 """
@@ -25,8 +26,7 @@ from .manifests import _MACHINE, INDEX
 GROUP, VERSION, PLURAL = "kubeflow.org", "v2beta1", "mpijobs"
 CRD = f"{PLURAL}.{GROUP}"
 REPLICA_INDEX = "training.kubeflow.org/replica-index"
-REPLICA_TYPE = "training.kubeflow.org/replica-type"
-OFFSET = "TPI_RANK_OFFSET"
+ROLE = "training.kubeflow.org/job-role"
 
 
 def wanted(spec: TaskSpec) -> bool:
@@ -67,8 +67,7 @@ def manifest(job: dict[str, Any], spec: TaskSpec) -> dict[str, Any]:
     template = job["spec"]["template"]
     launcher = _replica(template, 1, [{"name": INDEX, "value": "0"}])
     worker_env: list[dict[str, Any]] = [
-        {"name": INDEX, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{REPLICA_INDEX}']"}}},
-        {"name": OFFSET, "value": "1"},
+        {"name": INDEX, "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{REPLICA_INDEX}']"}}}
     ]
     replicas = {"Launcher": launcher}
     if spec.parallelism > 1:
@@ -104,14 +103,12 @@ def send(api: Api, item: dict[str, Any]) -> None:
 
 
 def rank(pod: Any) -> int:
-    """An MPIJob pod's rank from the operator's labels: launcher 0, worker i is i + 1; -1 else."""
+    """An MPIJob pod's rank from the operator's labels: the launcher 0, worker-i i + 1; -1 else."""
     labels = pod.metadata.labels or {}
-    kind = labels.get(REPLICA_TYPE, "")
-    if kind == "launcher":
+    if labels.get(ROLE) == "launcher":
         return 0
-    if kind == "worker" and labels.get(REPLICA_INDEX, "").isdigit():
-        return int(labels[REPLICA_INDEX]) + 1
-    return -1
+    found = labels.get(REPLICA_INDEX, "")
+    return int(found) if labels.get(ROLE) == "worker" and found.isdigit() else -1
 
 
 def _objects(api: Api) -> Any:

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     values = load_secret(Path(args.secret_dir), Path(args.machine_dir) / "agent")
     from ...agent import Agent, Remote, RemoteGone  # after the credentials are in the environment
 
-    rank = int(os.environ[INDEX]) + int(os.environ.get("TPI_RANK_OFFSET", "0"))  # MPIJob workers: +1
+    rank = int(os.environ[INDEX])
     remote = Remote(args.remote)
     if remote.exists(layout.status(rank)):  # reported already (a late respawn): nothing to do
         return exit_code(json.loads(remote.read_text(layout.status(rank))))
