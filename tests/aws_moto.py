@@ -14,7 +14,6 @@ import contextlib
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from . import aws_placement, emulators
+from . import aws_placement, emulators, played
 
 REGION = "us-west-1"
 UBUNTU_OWNER = "099720109477"
@@ -80,17 +79,8 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     from tpi_jupyter.backends.aws import AwsBackend
     from tpi_jupyter.backends.base import Timing
 
-    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"):
-        monkeypatch.delenv(name, raising=False)
-    endpoint = FRONTS[moto_endpoint][0]
-    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    endpoint = FRONTS[moto_endpoint][0]  # the placement-group contract in front of moto
+    point_at_moto(monkeypatch, endpoint, tmp_path)
     for name, value in (("POLL", 0.05), ("PROFILE_PROPAGATION", 0.0), ("STOP_WAIT", 10.0),
                         ("GROUP_DELETE_WAIT", 10.0), ("DEPENDENCY_WAIT", 1.0)):  # fmt: skip
         monkeypatch.setattr(AwsBackend, name, value)
@@ -104,6 +94,20 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     yield endpoint
     _clear_s3fs()
     _reset(endpoint)
+
+
+def point_at_moto(monkeypatch: pytest.MonkeyPatch, endpoint: str, tmp_path: Path) -> None:
+    """boto3 and s3fs reach moto only: its endpoint, dummy keys, no profile, no metadata probe."""
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_DEFAULT_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", REGION)
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
 
 
 def default_vpc_internet(region: str = REGION) -> None:
@@ -209,9 +213,7 @@ class PlayedMachine:
         command = agent_command(instance_user_data(instance_id), self.machine_dir)
         self.log = self.machine_dir.parent / f"{instance_id}.log"
         env = {**os.environ, "TPI_INSTANCE_ID": instance_id}
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        self.process = played.spawn(command, env, self.log, mark=str(self.machine_dir))
 
     def wait(self, timeout: float = 60) -> int:
         try:
@@ -224,14 +226,4 @@ class PlayedMachine:
 
     def kill(self) -> None:
         """The machine vanishes at once: agent and script alike."""
-        for pid in (self.process.pid, self._script_pid()):
-            if pid:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pid, signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def _script_pid(self) -> int | None:
-        try:
-            return int((self.machine_dir / "script.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
+        played.vanish(self.process, mark=str(self.machine_dir))

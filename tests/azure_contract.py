@@ -18,10 +18,8 @@ import base64
 import contextlib
 import ipaddress
 import json
-import os
 import re
 import shlex
-import signal
 import subprocess
 import threading
 import urllib.parse
@@ -29,6 +27,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from . import played
 from .aws_moto import agent_command
 from .azure_imds import AzureImds
 from .azure_models import check
@@ -114,20 +113,14 @@ class Played:
             for line in custom_data.splitlines() if line.startswith("export ")
         )  # fmt: skip
         self.log = base / f"{name}.log"
-        with open(self.log, "wb") as out:
-            self.process = subprocess.Popen(
-                agent_command(custom_data, self.dir), env={**env, **exports, "TPI_INSTANCE_ID": name},
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )  # fmt: skip
+        self.process = played.spawn(agent_command(custom_data, self.dir),
+                                    {**env, **exports, "TPI_INSTANCE_ID": name}, self.log, mark=str(self.dir))  # fmt: skip
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
     def kill(self) -> None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signal.SIGKILL)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.process.wait(timeout=10)
+        played.vanish(self.process, mark=str(self.dir))
 
 
 class ScaleSet:

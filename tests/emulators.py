@@ -26,7 +26,7 @@ CACHE = REPO / ".cache"
 AZURITE_VERSION = "3.35.0"
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 PINS = {
-    "moto": "moto[ec2,s3,ssm,autoscaling,iam,sts]==5.2.5 flask flask-cors",
+    "moto": "moto[ec2,s3,ssm,autoscaling,iam,sts,sqs]==5.2.5 flask flask-cors",
     "s3fs": "s3fs==2026.9.0",
     "gcsfs": "gcsfs==2026.10.1",
     "adlfs": "adlfs==2026.8.0",
@@ -93,8 +93,8 @@ def fake_gcs_server() -> Iterator[str]:
         server.wait(timeout=10)
 
 
-def azurite_binary() -> Path:
-    binary = CACHE / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+def azurite_binary(service: str = "blob") -> Path:
+    binary = CACHE / "azurite" / "node_modules" / ".bin" / f"azurite-{service}"
     if not binary.exists():
         npm = shutil.which("npm")
         if npm is None:
@@ -109,17 +109,26 @@ def azurite_binary() -> Path:
 
 def azurite() -> Iterator[str]:
     """Yields a connection string for an in-memory Azurite blob service."""
+    yield from _azurite("blob")
+
+
+def azurite_queue() -> Iterator[str]:
+    """Yields a connection string for an in-memory Azurite queue service."""
+    yield from _azurite("queue")
+
+
+def _azurite(service: str) -> Iterator[str]:
     port = free_port()
     process = subprocess.Popen(
-        [str(azurite_binary()), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-         "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
+        [str(azurite_binary(service)), f"--{service}Host", "127.0.0.1", f"--{service}Port", str(port),
+         "--inMemoryPersistence", "--skipApiVersionCheck", "--loose", "--disableTelemetry", "--silent"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
         wait_port(port)
         yield (
             "DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;"
-            f"AccountKey={AZURITE_KEY};BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;"
+            f"AccountKey={AZURITE_KEY};{service.title()}Endpoint=http://127.0.0.1:{port}/devstoreaccount1;"
         )
     finally:
         process.terminate()
@@ -127,3 +136,23 @@ def azurite() -> Iterator[str]:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             process.kill()
+
+
+def pstest() -> Iterator[str]:
+    """Yields the host:port of Google's in-memory Pub/Sub server, built by `scripts/pstest build`
+    (from the Go module proxy, cached); RuntimeError when it cannot be built."""
+    built = subprocess.run([str(REPO / "scripts" / "pstest"), "build"], capture_output=True, text=True)
+    if built.returncode != 0:
+        raise RuntimeError(f"pstest could not be built: {built.stderr.strip()[-500:]}")
+    process = subprocess.Popen([built.stdout.strip(), "-port", str(free_port())], stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:
+        assert process.stdout is not None
+        address = process.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("pstest did not start")
+        wait_port(int(address.rsplit(":", 1)[1]))
+        yield address
+    finally:
+        process.terminate()
+        process.wait(timeout=10)

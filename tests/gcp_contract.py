@@ -27,7 +27,6 @@ import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from urllib.parse import parse_qs, urlparse
 
 from google.cloud import compute_v1
 
+from . import played
 from .gcp_metadata import Metadata
 
 PROJECT = "tpi-test-project"
@@ -249,9 +249,7 @@ class ContractServer:
         metadata = Metadata(name, group.zone, PROJECT)
         command, env = self._agent(group, name, metadata)
         log = self.machines / f"{name}.log"
-        with open(log, "wb") as out:
-            process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                       stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
+        process = played.spawn(command, env, log, mark=str(self.machines / name))
         group.instances[name] = Instance(name, metadata, process, log)
 
     def _end(self, instance: Instance, grace: float = 0.0) -> None:
@@ -266,23 +264,12 @@ class ContractServer:
                 return
             instance.finished = True
         if process is not None:
-            if process.poll() is None:
-                # The machine vanishes whole: the agent, and the script it runs in a session of
-                # its own (an agent that ended by itself has ended its script).
-                script = self._script_pid(instance)
-                for pid in (process.pid, *([script] if script else [])):
-                    with contextlib.suppress(ProcessLookupError, PermissionError):
-                        os.killpg(pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            # The machine vanishes whole: the agent, the script it runs in a session of its own,
+            # and whatever that left behind.
+            played.vanish(process, mark=str(self.machines / instance.name))
             self.ended.append((instance.name, process.returncode))
         instance.process = None
         instance.metadata.close()
-
-    def _script_pid(self, instance: Instance) -> int | None:
-        try:
-            return int((self.machines / instance.name / "script.pid").read_text())
-        except (FileNotFoundError, ValueError):
-            return None
 
     def _scale(self, group: Group) -> None:
         while len(group.instances) < group.target:
@@ -312,7 +299,7 @@ class ContractServer:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=grace)
             if process.poll() is None:
-                os.killpg(process.pid, signal.SIGKILL)
+                played.vanish(process, mark=str(self.machines / name))
 
     def ingress_allowed(self, source: str, port: int, tag: str, source_tag: str = "") -> bool:
         """Whether a TCP connection reaches a VM with network tag `tag`, as GCP decides: the

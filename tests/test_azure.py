@@ -32,6 +32,7 @@ SECRET = "s3cr3t-value-that-must-not-leak"
 SUBSCRIPTION = "00000000-0000-0000-0000-00000000cafe"
 CALLER = "11111111-2222-3333-4444-555555555555"
 BLOB_ROLE = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+QUEUE_ROLE = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"  # Storage Queue Data Contributor: a map run's queue
 
 
 class StandInCredential:
@@ -152,7 +153,10 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
         for props, _ in assignments
         if props["principalId"] == CALLER
     ]
-    assert callers == [BLOB_ROLE]  # the caller uploads with Entra ID too: a data role on this container only
+    assert callers == [
+        BLOB_ROLE,
+        QUEUE_ROLE,
+    ]  # the caller uploads with Entra ID too: this container, this queue
     # Releasing: a custom role that reads and deletes this scale set's instances, nothing more.
     (release,) = arm.bodies("roledefinitions")
     assert release["properties"]["permissions"] == [{"actions": [
@@ -167,7 +171,9 @@ def test_lifecycle_create_run_succeed_destroy(arm: ContractServer, workdir: Path
     ]
     machine_roles = sorted((props["roleDefinitionId"].rsplit("/", 1)[-1], path.rsplit("/providers/Microsoft.Authorization", 1)[0])
                            for props, path in assignments if props["principalId"] == az["identity_principal_id"])  # fmt: skip
+    account_path = roles[BLOB_ROLE].split("/blobServices/", 1)[0]
     assert machine_roles == sorted([(BLOB_ROLE, roles[BLOB_ROLE].rsplit("/providers/Microsoft.Authorization", 1)[0]),
+                                    (QUEUE_ROLE, f"{account_path}/queueServices/default/queues/{az['name']}"),
                                     (az["release_role"], scale_set_path)])  # fmt: skip
     # No inbound rule.
     (security,) = arm.bodies("networkSecurityGroups".lower())
@@ -503,7 +509,8 @@ def test_dry_run_plans_every_create_request_with_its_body(arm: ContractServer) -
     ]
     kinds = [_kind(path.lower()) for _, path, _ in requests]
     assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
-                     "storageaccounts", "containers", "roleassignments", "roleassignments", "virtualmachinescalesets",
+                     "storageaccounts", "containers", "roleassignments", "roleassignments", "roleassignments",
+                     "roleassignments", "virtualmachinescalesets",
                      "roledefinitions", "roleassignments"]  # fmt: skip
     models = _models()
     for (method, _, body), kind in zip(requests, kinds, strict=True):
@@ -544,7 +551,8 @@ def test_dry_run_json_prints_every_create_request_and_creates_nothing(
     made = plan["requests"]
     kinds = [_kind(request["url"].lower()) for request in made]
     assert kinds == ["resourcegroups", "userassignedidentities", "networksecuritygroups", "virtualnetworks",
-                     "storageaccounts", "containers", "roleassignments", "roleassignments", "virtualmachinescalesets",
+                     "storageaccounts", "containers", "roleassignments", "roleassignments", "roleassignments",
+                     "roleassignments", "virtualmachinescalesets",
                      "roledefinitions", "roleassignments"]  # fmt: skip
     models = _models()
     for request, kind in zip(

@@ -287,13 +287,17 @@ def test_a_failing_rank_fails_the_task_with_its_exit_code(k8s: dict[str, Any]) -
     # policy: a failed rank stops the others (rank 0 sees the request, stops, syncs and reports)
     wait_for(lambda: task.read(fresh=True).ranks[0].state == "stopped", timeout=60, interval=0.5)
     api = api_of(task)
-    codes = [
-        s.state.terminated.exit_code
-        for p in api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
-        if p.metadata.annotations[manifests.INDEX_ANNOTATION] == "1"
-        for s in p.status.container_statuses or [] if s.state.terminated
-    ]  # fmt: skip
-    assert codes == [7]  # the pod exits with the script's code: the Job fails that index with it
+
+    def codes() -> list[int]:  # the status reaches the remote a moment before the pod's reaches the API
+        return [
+            s.state.terminated.exit_code
+            for p in api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
+            if p.metadata.annotations[manifests.INDEX_ANNOTATION] == "1"
+            for s in p.status.container_statuses or [] if s.state.terminated
+        ]  # fmt: skip
+
+    wait_for(codes, timeout=30, interval=0.3)
+    assert codes() == [7]  # the pod exits with the script's code: the Job fails that index with it
     task.destroy()
     assert labelled(api, task.id) == []
 

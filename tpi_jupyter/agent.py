@@ -23,6 +23,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -279,9 +280,11 @@ class Agent:
         self.notice = notice  # the cloud's interruption notice, when it has one
         self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
+        self.command: Callable[[Path], list[str]] = script_command  # a machine hook may choose another
         self.reported: set[str] = set()  # sync warnings already logged
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
+        self.cloud = ""  # the cloud whose machine hooks apply (`--release`), "" locally
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -376,16 +379,24 @@ class Agent:
             if why:  # a rank failed (or the task was stopped) before this one started
                 self.log.line(f"[tpi] {why}; not starting the script")
                 return {"result": "failure", "code": None, **self._stop_outcome}
-            return self._run_script(deadline, timing.sync_interval)
+            from .agent_multinode import run as run_ranks  # multi-node: rendezvous, launch mode
+
+            return run_ranks(self, deadline, timing.sync_interval)
         finally:
             watch.close()
             self.interruption = self.interruption or watch.reasons.get("notice", "")
             self.log.close()
             heartbeat.close()
 
-    def _run_script(self, deadline: float, sync_interval: float) -> dict[str, Any]:
-        command = script_command(self.script)
-        env = script_environment(self.task, self.values, self.rank)
+    def _run_script(
+        self, deadline: float, sync_interval: float, extra_env: dict[str, str] | None = None,
+        restart: Callable[[], str] | None = None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """Run the script to its end; `restart` may end it early to run it again (launch=mpi)."""
+        from .multinode import netns_prefix
+
+        command = [*netns_prefix(), *self.command(self.script)]
+        env = {**script_environment(self.task, self.values, self.rank), **(extra_env or {})}
         self.process = subprocess.Popen(
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
@@ -396,7 +407,7 @@ class Agent:
         )
         reader.start()
         write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode(), durable=False)
-        result = "success"
+        result, restart_why = "success", ""
         next_sync = time.time() + sync_interval
         while self.process.poll() is None:
             now = time.time()
@@ -415,6 +426,12 @@ class Agent:
                 self.log.line(f"[tpi] {why}; stopping the script")
                 self._kill_script()
                 result = "stopped"
+                break
+            restart_why = restart() if restart is not None else ""
+            if restart_why:
+                self.log.line(f"[tpi] {restart_why}; ending the script")
+                self._kill_script()
+                result = "restart"
                 break
             if now >= next_sync:
                 self._push_quietly()
@@ -435,6 +452,8 @@ class Agent:
         self.push()  # the last sync completes before the machine releases itself
         if result == "interrupted":
             return {"result": None, "interrupted": True}
+        if result == "restart":
+            return {"result": None, "restart": restart_why}
         if result == "stopped":
             return {"result": "failure", "code": code, **self._stop_outcome}
         return {"result": result, "code": code}
@@ -600,8 +619,10 @@ def main(argv: list[str] | None = None) -> int:
         rank, boot = int(args.rank), args.boot
     else:
         parser.error("--rank takes a number (with --boot) or auto")
-    notice = getattr(_hooks(args.release), "notice", None) if args.release else None
-    agent = Agent(args.remote, rank, boot, args.machine_dir, notice)
+    hooks = _hooks(args.release) if args.release else None
+    agent = Agent(args.remote, rank, boot, args.machine_dir, getattr(hooks, "notice", None))
+    agent.command = getattr(hooks, "script_command", script_command)
+    agent.cloud = args.release
     signal.signal(signal.SIGTERM, lambda *_: _on_sigterm(agent))
     copy_boot_log(agent, args.boot_log)
     try:

@@ -26,7 +26,7 @@ from .spec import SpecError, TaskSpec, check_name, parse_assignments, random_nam
 from .sync import ProgressCallback
 from .task import FINAL, LogTail, Plan, Snapshot, Task, TaskError, failure_text, format_line, launch
 from .task import sweep as sweep_task
-from .textview import clock, event_text
+from .textview import clock, cost_text, event_text
 
 Printer = Callable[[str], None]
 
@@ -165,6 +165,7 @@ def task_json(task: Task, snapshot: Snapshot | None, error: Exception | None = N
     if detail:
         entry["ranks"] = [asdict(rank) for rank in snapshot.ranks]
         entry["events"] = task.events(snapshot)
+        entry["cost"] = cost_text(task, snapshot)
     return entry
 
 
@@ -179,7 +180,7 @@ def _duration(seconds: float) -> str:
 
 def status_text(task: Task) -> str:
     snapshot = task.read()
-    lines = [task.summary(), "ranks:"]
+    lines = [task.summary(), f"cost: {cost_text(task, snapshot)}", "ranks:"]
     for rank in snapshot.ranks:
         code = "" if rank.code is None else f" code {rank.code}"
         reason = f" ({rank.reason})" if rank.reason else ""
@@ -236,6 +237,11 @@ def run_verb(
         return None
     if args.verb == "destroy":
         destroy(args.task, out, progress)
+        return None
+    if args.verb == "prices":
+        from .prices.verb import prices
+
+        prices(args, out)
         return None
     task = find_task(args.task)
     if args.verb == "status":

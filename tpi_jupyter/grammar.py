@@ -25,7 +25,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 VERBS = ("run", "list", "panel", "status", "logs", "events", "stop", "pull", "destroy", "attach", "preempt",
-         "sweep")  # fmt: skip
+         "sweep", "prices")  # fmt: skip
 
 
 def _launch_options(parser: argparse.ArgumentParser) -> None:
@@ -74,6 +74,8 @@ VERB_HELP = {
     "attach": "show the task again (after a kernel restart)",
     "preempt": "interrupt a rank's machine as a spot reclaim would",
     "sweep": "list resources tagged tpi-task whose task is gone; delete with --yes",
+    "prices": "machines matching QUERY across clouds and regions, cheapest first; "
+    "prices refresh [aws|gcp|az] updates the catalogue",
 }
 
 
@@ -95,7 +97,7 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
             sub.add_argument("--json", action="store_true", help="print JSON instead of text")
         if verb == "destroy":
             sub.add_argument("task", metavar="NAME", nargs="+")
-        elif verb not in ("list", "panel", "sweep"):
+        elif verb not in ("list", "panel", "sweep", "prices"):
             sub.add_argument("task", metavar="NAME")
     logs = verbs.choices["logs"]
     logs.add_argument(
@@ -109,7 +111,20 @@ def _verbs(prog: str) -> tuple[argparse.ArgumentParser, dict[str, argparse.Argum
     sweep.add_argument("--region", help="where to look (a region, or all); default: the usual ones")
     sweep.add_argument("--all", dest="everyone", action="store_true",
                        help="include other creators' orphans (default: only yours)")  # fmt: skip
+    _prices_options(verbs.choices["prices"])
     return parser, dict(verbs.choices)
+
+
+def _prices_options(prices: argparse.ArgumentParser) -> None:
+    prices.add_argument("query", nargs="*", metavar="QUERY",
+                        help="m+t4, t4, g4dn.xlarge or cpu>=8,memory>=32,gpu=t4 (none: every type); "
+                        "or: refresh [aws|gcp|az]")  # fmt: skip
+    prices.add_argument("--cloud", default="", help="only this cloud (aws, gcp, az)")
+    prices.add_argument("--region", default="", help="only this region (generic or native)")
+    prices.add_argument("--spot", action="store_true", help="order by spot price")
+    prices.add_argument(
+        "--all", dest="every", action="store_true", help="every match (default: the 30 cheapest)"
+    )
 
 
 def _rank(text: str) -> int:

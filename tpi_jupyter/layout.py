@@ -38,6 +38,9 @@ REPORTS = "reports"
 RESULTS = ("success", "failure", "timeout")
 LOG = "log"
 STATUS = "status.json"
+ADDRESS = "address"
+RESTARTS = "restarts.json"
+SSH_KEY = ".tpi/ssh/id_ed25519"
 
 
 def join(remote: str, *keys: str) -> str:
@@ -76,6 +79,14 @@ def boot_log(rank: int, boot: int) -> str:
 
 def status(rank: int) -> str:
     return f"{rank_dir(rank)}/{STATUS}"
+
+
+def address(rank: int) -> str:
+    return f"{rank_dir(rank)}/{ADDRESS}"
+
+
+def restarts() -> str:
+    return f"{rank_dir(0)}/{RESTARTS}"
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .prices.constraints import is_query
+
 CLOUDS = ("local", "aws", "gcp", "az", "k8s")
 GENERIC_MACHINES = (
     "s", "m", "l", "xl",
@@ -152,7 +154,8 @@ ARGUMENT_TABLE = (
     Argument("cloud", "local", "local", "local, aws, gcp, az, k8s"),
     Argument("machine", "m", "m", "generic " + " ".join(GENERIC_MACHINES) + ", or a native type: "
              "AWS g4dn.xlarge, GCP n2-custom-8-32768[+nvidia-tesla-t4*1], Azure Standard_F8s_v2, "
-             "Kubernetes {cpu}-{memory}[+{accelerator}*{count}]"),
+             "Kubernetes {cpu}-{memory}[+{accelerator}*{count}], or constraints such as "
+             "cpu>=8,memory>=32,gpu=t4 (the cheapest type that meets them; see tpi prices)"),
     Argument("image", "ubuntu", "ubuntu", "ubuntu, nvidia, or native: AWS {user}@{owner}:{arch}:{name}, "
              "GCP {user}@{project}/{family}, Azure {user}@{publisher}:{offer}:{sku}:{version}, "
              "Kubernetes any image"),
@@ -366,6 +369,8 @@ class TaskSpec:
     container: str = ""
     launch: str = "script"
     placement: str = "none"
+    # Not an argument: the constraints that picked `machine` (machine=cpu>=8,...), if any.
+    machine_query: str = field(default="", metadata={"derived": True})
 
     @classmethod
     def from_args(cls, raw: Mapping[str, Any], *, cwd: str | os.PathLike[str] | None = None) -> TaskSpec:
@@ -380,7 +385,7 @@ class TaskSpec:
         cloud = _choice("cloud", str(get("cloud")), CLOUDS)
         spec = cls(
             cloud=cloud,
-            machine=_catalogued("machine", str(get("machine")), cloud, MACHINES, NATIVE_MACHINE),
+            machine=_machine(str(get("machine")), cloud),
             image=_catalogued("image", str(get("image")), cloud, IMAGES, NATIVE_IMAGE),
             region=_catalogued("region", str(get("region")), cloud, REGIONS, NATIVE_REGION),
             disk_size=_integer("disk_size", get("disk_size"), minimum=-1, maximum=MAX_DISK_GB,
@@ -399,6 +404,10 @@ class TaskSpec:
             placement=_choice("placement", str(get("placement")), PLACEMENTS),
         )  # fmt: skip
         _check_extra(cloud)
+        if is_query(spec.machine):  # constraints: the cheapest type that meets them (prices/)
+            from .prices.choose import resolve
+
+            spec = resolve(spec)
         workdir, output = _storage(str(get("workdir")), str(get("output")), cwd)
         return replace(spec, workdir=workdir, output=output)
 
@@ -437,6 +446,8 @@ class TaskSpec:
         data = asdict(self)
         data["environment"] = sorted(self.environment)
         data["exclude"] = list(self.exclude)
+        if not self.machine_query:  # kept only where constraints chose the machine
+            del data["machine_query"]
         return data
 
 
@@ -464,6 +475,11 @@ def _catalogued(
             f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}, or {description}"
         )
     raise SpecError(f"{key}: {value!r} is not valid for cloud={cloud}; accepted: {generic}")
+
+
+def _machine(value: str, cloud: str) -> str:
+    """A generic or native type; constraints are checked and resolved by prices/ after the spec."""
+    return value if is_query(value) else _catalogued("machine", value, cloud, MACHINES, NATIVE_MACHINE)
 
 
 def _native_only(key: str, value: str, cloud: str, native: dict[str, tuple[str, str]]) -> str:

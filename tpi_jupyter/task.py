@@ -11,16 +11,18 @@ import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from fsspec.utils import get_protocol
 
 from . import layout, state
-from .backends.base import Backend, GroupState, Sweepable, get_backend
+from .backends.base import Backend, EnvironmentHolder, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
 from .backends.kit.steps import Steps
 from .output import MASK_MIN
+from .prices.estimate import plan_price_lines, price_line, price_warnings
+from .prices.usage import machine_seconds
 from .spec import SpecError, TaskSpec, random_name, resolve_environment
 from .sync import Excluder, ProgressCallback, download, filesystem, is_local, scan_local, upload
 
@@ -271,6 +273,7 @@ class Task:
             return cached[1]
         group = self.backend.read(self.task_spec, self.backend_state)
         statuses, boots, parts = self._read_reports()
+        group.events.extend(self._restarts)  # launch=mpi: whole-job restarts, as events
         self.log_parts = parts
         log_sizes = {key: sum(size for _, size in chunks) for key, chunks in parts.items()}
         ranks = self._ranks(group, statuses, boots)
@@ -295,7 +298,12 @@ class Task:
         statuses: dict[int, dict[str, Any]] = {}
         boots: dict[int, set[int]] = {}
         chunks: dict[str, list[tuple[int, str, int]]] = {}
+        self._restarts: list[dict[str, Any]] = []
         for key, path in layout.parse_reports(root, listing):
+            if key.boot is None and key.name == layout.RESTARTS:
+                with contextlib.suppress(FileNotFoundError, ValueError):
+                    self._restarts = [{**found, "kind": "job-restarted", "rank": None}
+                                      for found in json.loads(fs.cat_file(path))]  # fmt: skip
             if key.boot is None and key.name == layout.STATUS:
                 with contextlib.suppress(FileNotFoundError, ValueError):
                     statuses[key.rank] = json.loads(fs.cat_file(path))
@@ -514,7 +522,10 @@ class Task:
 
     def cost_text(self, snapshot: Snapshot) -> str:
         """Cost so far, from the backend ("n/a" where no price lookup exists)."""
-        return self.backend.cost(self.task_spec, self.backend_state, self.elapsed(snapshot))
+        seconds = (
+            machine_seconds(self, snapshot) if self.backend.capabilities.prices else self.elapsed(snapshot)
+        )
+        return self.backend.cost(self.task_spec, self.backend_state, seconds)
 
     def summary(self) -> str:
         spec = self.spec
@@ -526,10 +537,13 @@ class Task:
             f"cloud {spec['cloud']} · machine {spec['machine']} x {spec['parallelism']} · {pricing} · status {snapshot.status}"
             + (f": {outcome}" if outcome else ""),
         ]
+        lines.append(price_line(self.task_spec))
         if int(spec["parallelism"]) > 1:
             lines.append(f"policy: {FAILURE_POLICY}")
         if not self.record.get("shebang", True):
-            lines.append("note: the script has no shebang, so it runs under /bin/bash")
+            lines.append(
+                "note: the script has no shebang, so it runs under /bin/bash (/bin/sh in an image without bash)"
+            )
         lines.append(f"logs: %tpi logs {self.name} --follow · results: %tpi destroy {self.name}")
         return "\n".join(lines)
 
@@ -613,7 +627,7 @@ def launch(
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
         "shebang": script.startswith("#!"), "status": "provisioning",
         # imported from the local environment (likely credentials): masked in logs by the agent
-        "masked": masked, "warnings": short_secrets(masked, values),
+        "masked": masked, "warnings": short_secrets(masked, values) + price_warnings(spec),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
     }  # fmt: skip
     record["events"] += [
@@ -642,7 +656,9 @@ def _create(
         backend.create(spec, backend_state, Steps(spec.cloud, checkpoint))
         record["remote"] = backend.remote_url(spec, backend_state)
         checkpoint()
-        _write_remote(record, script, values, progress)
+        if backend.capabilities.holds_environment:  # e.g. a Kubernetes Secret: never in the remote
+            cast(EnvironmentHolder, backend).hold_environment(spec, backend_state, values)
+        _write_remote(record, script, None if backend.capabilities.holds_environment else values, progress)
         backend.start(spec, backend_state)
         record["started"] = time.time()
         record["events"].append({"time": record["started"], "kind": "started", "rank": None, "detail": ""})
@@ -666,17 +682,28 @@ def short_secrets(masked: list[str], values: Mapping[str, str]) -> list[str]:
 
 
 def _write_remote(
-    record: dict[str, Any], script: str, values: dict[str, str], progress: ProgressCallback | None
+    record: dict[str, Any], script: str, values: dict[str, str] | None, progress: ProgressCallback | None
 ) -> None:
+    """The task, script, environment (None: the backend holds it) and workdir, into the remote."""
     fs, root = filesystem(record["remote"])
     fs.makedirs(layout.join(root, ".tpi"), exist_ok=True)
     public = {key: record[key] for key in ("id", "name", "spec", "created", "deadline", "timing", "masked")}
     fs.pipe_file(layout.join(root, layout.TASK_JSON), json.dumps(public).encode())
     fs.pipe_file(layout.join(root, layout.SCRIPT), script.encode())
     env_path = layout.join(root, layout.ENV)
-    fs.pipe_file(env_path, json.dumps(values).encode())
+    private: list[str] = []
+    if values is not None:  # None: the backend holds the environment (holds_environment)
+        fs.pipe_file(env_path, json.dumps(values).encode())
+        private.append(env_path)
+    if record["spec"].get("launch") == "mpi":
+        from .mpi_launch import make_key  # a fresh key per task, as private as the environment
+
+        private.append(layout.join(root, layout.SSH_KEY))
+        fs.makedirs(private[-1].rsplit("/", 1)[0], exist_ok=True)
+        fs.pipe_file(private[-1], make_key())
     if is_local(fs):
-        os.chmod(env_path, 0o600)
+        for path in private:
+            os.chmod(path, 0o600)
     if record["workdir"]:
         result = upload(
             record["workdir"],
@@ -743,6 +770,7 @@ def _plan(spec: TaskSpec, backend: Backend[Any] | None, backend_state: Any) -> P
         else "  - upload: nothing (no workdir)",
         f"  - environment: {', '.join(sorted(spec.environment)) or 'none'} (values are never shown)",
         *(f"  ! {warning}" for warning in warnings),
+        *(f"  {line}" for line in plan_price_lines(spec)),
     ]  # fmt: skip
     if found:
         lines.append("  - files to upload:")

@@ -35,6 +35,8 @@ export interface ITaskSummary {
   created: number;
   /** Seconds, as the server computed them when it answered. */
   elapsed: number;
+  /** Cost so far as the text view shows it: "$0.42 so far · $1.05/h · at most $25.25". */
+  cost?: string;
   workdir?: string;
   output?: string;
   error?: string;

@@ -569,6 +569,7 @@ export class TaskPanel extends Widget {
       ['machine', [task.cloud, task.machine].filter(Boolean).join(' · ')],
       ['ranks', String(task.parallelism)],
       ['pricing', formatSpot(task.spot)],
+      ['cost', task.cost ?? ''],
       [
         'started',
         task.created ? `${formatTime(task.created)}, ${formatDuration(this.elapsed(task))}` : ''

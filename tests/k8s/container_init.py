@@ -50,7 +50,8 @@ def enter(spec: dict[str, object]) -> None:
     upper, work, root = base / "upper", base / "work", base / "root"
     for path in (upper, work, root):
         path.mkdir(parents=True, exist_ok=True)
-    mount("-t", "overlay", "overlay", "-o", f"lowerdir=/,upperdir={upper},workdir={work}", str(root))
+    lower = str(spec.get("lower") or "/")  # a local image's root filesystem (images.py), else this machine's
+    mount("-t", "overlay", "overlay", "-o", f"lowerdir={lower},upperdir={upper},workdir={work}", str(root))
     for system in ("/proc", "/sys", "/dev"):
         mount("--rbind", system, f"{root}{system}")
     for item in spec["mounts"]:  # type: ignore[attr-defined]

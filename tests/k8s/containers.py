@@ -55,10 +55,12 @@ class Container:
         hostname: str,
         log: Path,
         netns: str | None = None,
+        lower: str = "/",
     ) -> None:
-        """Run argv in new mount and UTS namespaces, inside the pod's network namespace if any."""
+        """Run argv in new mount and UTS namespaces, inside the pod's network namespace if any,
+        on an overlay of `lower` (a local image's root filesystem, images.py)."""
         self.work.mkdir(parents=True, exist_ok=True)
-        spec = {"dir": str(self.work), "mounts": mounts, "hostname": hostname, "argv": argv}
+        spec = {"dir": str(self.work), "mounts": mounts, "hostname": hostname, "argv": argv, "lower": lower}
         spec["workdir"] = self.spec.get("workingDir") or "/"
         # argv may hold expanded $(VAR)s of Secret values: owner-only, like the kubelet's files
         fd = os.open(self.work / "spec.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from tests.k8s import podenv, podnet, volumes
+from tests.k8s import images, podenv, podnet, volumes
 from tests.k8s.containers import Container, now, waiting
 
 POLL = 0.1
@@ -113,6 +113,7 @@ class PodWorker(threading.Thread):
             self.pod["metadata"]["name"],
             self.dir / "logs" / f"{spec['name']}.log",
             self.netns,
+            images.lower_dir(self.node.root, spec.get("image", "")),
         )
         self.node.event(
             self.pod,

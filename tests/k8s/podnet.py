@@ -20,44 +20,18 @@ import hashlib
 import ipaddress
 import json
 import os
-import re
-import subprocess
 from pathlib import Path
 from typing import Any
 
-POOL = ipaddress.ip_network("10.244.0.0/16")
+from tpi_jupyter.backends.local_net import NetError, add_bridge, free_subnet, plug, run  # the product's own
+
+POOL = ipaddress.IPv4Network("10.244.0.0/16")
 LOCK = Path("/run/tpi-k8s-testbed.lock")  # one machine-wide lock: two beds never pick one subnet
-
-
-class NetError(RuntimeError):
-    """A command of the pod network failed; the message names it and its error."""
-
-
-def run(*argv: str, check: bool = True) -> str:
-    done = subprocess.run(argv, capture_output=True, text=True, check=False)
-    if check and done.returncode != 0:
-        raise NetError(f"{' '.join(argv)}: {done.stderr.strip() or done.returncode}")
-    return done.stdout
 
 
 def _dnat(bridge: str, gateway: str) -> list[str]:
     rule = ["PREROUTING", "-i", bridge, "-d", gateway, "-j", "DNAT", "--to-destination", "127.0.0.1"]
     return [*rule, "-m", "comment", "--comment", f"tpi-jupyter k8s test bed {bridge}"]
-
-
-def _used_networks() -> list[ipaddress.IPv4Network]:
-    """The networks of this machine's addresses and routes: a pod subnet overlaps none of them."""
-    used = []
-    for line in run("ip", "-4", "-o", "addr", "show").splitlines():
-        match = re.search(r"inet (\S+)", line)
-        if match:
-            used.append(ipaddress.IPv4Interface(match.group(1)).network)
-    for line in run("ip", "-4", "route", "show", "table", "all").splitlines():
-        first = line.split()[0] if line.split() else ""
-        with contextlib.suppress(ValueError):
-            if first not in ("default", "broadcast", "local", "unreachable"):
-                used.append(ipaddress.IPv4Network(first, strict=False))
-    return used
 
 
 def create(root: Path) -> dict[str, Any]:
@@ -66,16 +40,10 @@ def create(root: Path) -> dict[str, Any]:
     net = {"bridge": f"tpib{tag}", "prefix": f"tpi-{tag}-", "ips": str(root / "network" / "ips")}
     with open(LOCK, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        used = _used_networks()
-        free = (s for s in POOL.subnets(new_prefix=24) if not any(s.overlaps(u) for u in used))
-        subnet = next(free, None)
-        if subnet is None:
-            raise NetError(f"no free /24 left in {POOL} for the pod network")
+        subnet = free_subnet(POOL)
         net |= {"subnet": str(subnet), "gateway": str(subnet[1])}
         try:
-            run("ip", "link", "add", net["bridge"], "type", "bridge")
-            run("ip", "addr", "add", f"{net['gateway']}/24", "dev", net["bridge"])
-            run("ip", "link", "set", net["bridge"], "up")
+            add_bridge(net["bridge"], net["gateway"])
         except NetError:
             destroy(net)
             raise
@@ -144,12 +112,7 @@ def attach(net: dict[str, Any], uid: str) -> tuple[str, str]:
     host_end = veth(name)
     address = _allocate(net, name)
     try:
-        run("ip", "netns", "add", name)
-        run("ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", name)
-        run("ip", "link", "set", host_end, "master", net["bridge"], "up")
-        run("ip", "-n", name, "addr", "add", f"{address}/24", "dev", "eth0")
-        run("ip", "-n", name, "link", "set", "eth0", "up")
-        run("ip", "-n", name, "link", "set", "lo", "up")
+        plug(net["bridge"], name, host_end, address)
     except NetError:
         detach(net, name, address)
         raise

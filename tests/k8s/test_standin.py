@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import ipaddress
 import os
 import shutil
@@ -333,3 +334,21 @@ def test_a_volume_under_var_run_is_seen_by_the_container_not_mounted_on_this_mac
     wait_for(lambda: container.poll() is not None, timeout=60)
     assert (container.poll(), log.read_text()) == (0, "tok\n")
     assert not Path("/run/tpi-standin-test-secrets").exists()
+
+
+@needs_namespaces
+def test_a_missing_iptables_rolls_the_bridge_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without iptables the pod network cannot be made: one clear error, and no bridge stays
+    behind (one did, once, before `run` turned a missing command into a NetError)."""
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    for name in ("ip", "sysctl"):  # everything create needs but iptables
+        (tools / name).symlink_to(str(shutil.which(name)))
+    monkeypatch.setenv("PATH", str(tools))
+    root = tmp_path / "bed"
+    root.mkdir()
+    with pytest.raises(podnet.NetError, match=r"^iptables is not installed: run scripts/install-tools$"):
+        podnet.create(root)
+    monkeypatch.undo()
+    bridge = "tpib" + hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:8]
+    assert bridge not in podnet.run("ip", "-br", "link")

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "tpi_jupyter.backends"
 MACHINE_GROUP = "tpi_jupyter.machines"  # machine-side hooks: identity(), release(machine_id)
+# optional: notice() (a spot notice), script_command(script) -> argv (how the script is started),
+# address() (this machine's private address; default_address() when absent)
 
 
 @dataclass(frozen=True)
@@ -38,10 +40,13 @@ class Capabilities:
     preemption: bool  # `tpi preempt` can interrupt a rank as a spot reclaim would
     sweep: bool  # the backend can list and delete resources of forgotten tasks
     ranks: Literal["claims", "index"]  # machines claim ranks in the remote, or the platform numbers them
-    prices: bool  # a price lookup exists (cost so far), else cost shows "n/a"
+    prices: bool  # a price lookup exists: cost() gets machine-seconds run (else elapsed; may show "n/a")
     poll_interval: float  # the least seconds between two reads of the cloud for one task
     env_protection: str  # one line: how `.tpi/env` is kept private
     timing: Timing = field(default_factory=Timing)
+    # True: the backend stores the environment values itself (EnvironmentHolder), and
+    # `.tpi/env` is never written to the remote
+    holds_environment: bool = False
 
 
 @dataclass
@@ -105,7 +110,15 @@ class Backend(Protocol[S]):
         """Interrupt one rank's machine as the cloud reclaiming a spot machine would."""
 
     def cost(self, spec: TaskSpec, state: S, seconds: float) -> str:
-        """Cost so far as text ("n/a" without a price lookup)."""
+        """Cost so far as text ("n/a" without a price lookup). `seconds`: machine-seconds run
+        (prices/usage.py) when `capabilities.prices`, else the task's elapsed seconds."""
+
+
+class EnvironmentHolder(Protocol):
+    """A backend with `capabilities.holds_environment`: it keeps the values out of the remote."""
+
+    def hold_environment(self, spec: TaskSpec, state: Any, values: dict[str, str]) -> None:
+        """Store the task's environment values (after create, before start)."""
 
 
 class Sweepable(Protocol):
@@ -149,3 +162,27 @@ def machine_hooks(cloud: str) -> Any:
     if cloud not in found:
         raise SpecError(f"release: {cloud!r} has no machine hooks; accepted: {', '.join(sorted(found))}")
     return found[cloud].load()
+
+
+def default_address() -> str:
+    """The address of the default-route interface (127.0.0.1 without one).
+
+    A UDP socket "connected" to a documentation address (TEST-NET-1) picks the route's source
+    address; connecting a UDP socket sends no packet."""
+    import socket
+
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("192.0.2.1", 9))
+        return str(probe.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+def machine_address(cloud: str) -> str:
+    """This machine's private address: the cloud's `address()` hook when it has one, else the
+    default-route interface's (clouds need no core edit for either)."""
+    hook = getattr(machine_hooks(cloud), "address", None) if cloud else None
+    return str(hook()) if hook is not None else default_address()

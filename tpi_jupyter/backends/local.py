@@ -25,6 +25,7 @@ from ..agent import PROCESS_MARK, write_atomic
 from ..spec import TaskSpec
 from ..state import home
 from ..sync import filesystem
+from . import local_net
 from .base import Capabilities, GroupState, Machine, Timing
 from .kit.steps import Steps
 from .local_group import STOP_GRACE, kill_group, kill_marked, script_pid
@@ -121,8 +122,14 @@ class LocalBackend:
         base = self.base(state)
         pid = self._group_pid(base)
         running = bool(pid) and _alive(pid, str(base))  # type: ignore[arg-type]
+        places = (local_net.load(base) or {}).get("ranks", {})  # multi-node: each rank's namespace
         machines = [
-            Machine(rank=int(rank), boot=info["boot"], alive=running and info["alive"], address="127.0.0.1")
+            Machine(
+                rank=int(rank),
+                boot=info["boot"],
+                alive=running and info["alive"],
+                address=places.get(rank, {}).get("address", "127.0.0.1"),
+            )
             for rank, info in (_read_json(base / "machines.json") or {}).items()
         ]
         events = []
@@ -151,7 +158,9 @@ class LocalBackend:
         for rank, info in (_read_json(base / "machines.json") or {}).items():
             kill_group(info.get("pid"), signal.SIGKILL)
             kill_group(script_pid(base, int(rank)), signal.SIGKILL)
-        return kill_marked(str(base))
+        left = kill_marked(str(base))
+        local_net.destroy(base)  # multi-node: namespaces (and what runs in them), veths, bridge
+        return left
 
     def delete(self, spec: TaskSpec, state: LocalState) -> None:
         if not state.base:

@@ -29,6 +29,7 @@ from typing import Any
 
 from .. import layout
 from ..agent import PROCESS_MARK, Remote, RemoteGone, stop_others, write_atomic
+from . import local_net
 
 STOP_GRACE = 30.0  # seconds a stopping agent gets for its last sync before it is killed
 RESPAWN_DELAY = 0.5
@@ -99,6 +100,7 @@ class Group:
         self.stopping = False
         self.machines: dict[int, dict[str, Any]] = {}
         self.processes: dict[int, int] = {}  # rank -> the agent's pid
+        self.network: dict[str, Any] | None = None  # multi-node: a namespace per rank (local_net.py)
 
     def event(self, kind: str, rank: int | None = None, detail: str = "") -> None:
         line = json.dumps({"time": time.time(), "kind": kind, "rank": rank, "detail": detail})
@@ -132,6 +134,8 @@ class Group:
             handle = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             os.dup2(handle, 1)
             os.dup2(handle, 2)
+            if self.parallelism > 1:
+                os.environ.update(local_net.rank_environment(self.network, rank))
             from ..agent import main as agent_main
 
             code = agent_main(["--remote", self.remote, "--rank", str(rank), "--boot", str(boot),
@@ -149,6 +153,17 @@ class Group:
             self.base / "group.json", json.dumps({"pid": os.getpid(), "started": time.time()}).encode()
         )
         self.event("group-scaled", None, f"to {self.parallelism}")
+        if self.parallelism > 1:
+            self.network, note = local_net.for_group(self.base, self.parallelism)
+            self.event("network", None, note)
+        try:
+            self._run_machines()
+        finally:
+            kill_marked(str(self.base))  # nothing outlives the group
+            local_net.destroy(self.base)
+        self.event("group-released")
+
+    def _run_machines(self) -> None:
         for rank in range(self.parallelism):
             if not self.has_status(rank):
                 self.spawn(rank, self._next_boot(rank))
@@ -169,8 +184,6 @@ class Group:
                 if ended:
                     self._machine_ended(rank, exit_code(status))
             time.sleep(POLL)
-        kill_marked(str(self.base))  # nothing outlives the group
-        self.event("group-released")
 
     def _next_boot(self, rank: int) -> int:
         boots = [int(name) for name in self.remote_store.names(layout.rank_dir(rank)) if name.isdigit()]
@@ -184,6 +197,7 @@ class Group:
         # Whatever the machine ran dies with it, including what escaped its session.
         kill_group(script_pid(self.base, rank), signal.SIGKILL)
         kill_marked(str(self.base), rank)
+        local_net.end_rank(self.network, rank)
         if self.has_status(rank):
             self.event("machine-released", rank, f"boot {boot}")
         elif code < 0 and not self.stopping:

@@ -24,6 +24,7 @@ from jupyter_server.utils import url_path_join
 from .. import layout
 from ..spec import SpecError, check_name
 from ..task import FINAL, LogTail, Snapshot, Task, TaskError
+from ..textview import cost_text
 
 T = TypeVar("T")
 TASK = r"(?P<task_id>[^/]+)"
@@ -36,6 +37,7 @@ def task_summary(task: Task, snapshot: Snapshot) -> dict[str, Any]:
         "parallelism": spec["parallelism"], "spot": spec["spot"], "status": snapshot.status,
         "created": task.record["created"], "elapsed": task.elapsed(snapshot),
         "workdir": task.record.get("workdir", ""), "output": spec.get("output", ""),
+        "cost": cost_text(task, snapshot),  # machine-seconds run x the catalogue's price (issue 17)
     }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from typing import Any
 
 from ... import layout, ranks
 from ...agent_watch import STOP_KEY
+from ...fanout.sqs import delete_queue
 from ...spec import TaskSpec
 from ...sync import filesystem
 from ..base import Capabilities, GroupState, Timing, pricing_text
@@ -48,7 +49,7 @@ class AwsBackend:
     name = "aws"
     state_type = AwsState
     capabilities = Capabilities(
-        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        preemption=True, sweep=True, ranks="claims", prices=True, poll_interval=3.0,
         env_protection="an SSE-S3 encrypted object in the task's private bucket prefix, readable by its role only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
     )  # fmt: skip
@@ -200,7 +201,9 @@ class AwsBackend:
         group.preempt(self.clients, state, self._owners(spec, state), rank)
 
     def cost(self, spec: TaskSpec, state: AwsState, seconds: float) -> str:
-        return "n/a"  # until a price lookup exists
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 
@@ -223,6 +226,7 @@ class AwsBackend:
                 self.clients, state, self.DEPENDENCY_WAIT, self.POLL)),
             ("key pair", lambda: identity.delete_key_pair(self.clients, state)),
             ("bucket", lambda: storage.delete_storage(self.clients, state)),
+            ("queue", lambda: delete_queue(self.clients("sqs", state.region), task_id)),
         ]  # fmt: skip
         for label, action in actions:
             if not state.region:

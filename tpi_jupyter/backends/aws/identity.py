@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ...fanout.cloudqueue import queue_name
 from ...spec import TaskSpec
 from ..kit.tags import TASK
 from .common import IAM_PATH, AwsState, Clients, not_found, tag_list
@@ -46,6 +47,16 @@ def role_policy(partition: str, bucket: str, prefix: str, task_id: str) -> dict[
              "Condition": {"StringEquals": {f"autoscaling:ResourceTag/{TASK}": task_id}}},
         ],
     }  # fmt: skip
+
+
+# What a machine does with a map run's queue: find it, receive, extend, ack, release (never send).
+QUEUE_ACTIONS = ["sqs:GetQueueUrl", "sqs:ReceiveMessage", "sqs:ChangeMessageVisibility", "sqs:DeleteMessage"]
+
+
+def queue_statement(partition: str, region: str, account: str, task_id: str) -> dict[str, Any]:
+    """The task's own SQS queue only (a map run makes it later, named after the task)."""
+    arn = f"arn:{partition}:sqs:{region}:{account}:{queue_name(task_id)}"
+    return {"Sid": "TaskQueue", "Effect": "Allow", "Action": QUEUE_ACTIONS, "Resource": arn}
 
 
 def create_key_pair(clients: Clients, spec: TaskSpec, state: AwsState, tags: dict[str, str]) -> None:
@@ -91,6 +102,7 @@ def create_role(clients: Clients, spec: TaskSpec, state: AwsState, tags: dict[st
                     Description=f"tpi-jupyter task {spec.id}", Tags=tag_list(tags))  # fmt: skip
     state.role = name
     policy = role_policy(state.partition, state.bucket, state.prefix, spec.id)
+    policy["Statement"].append(queue_statement(state.partition, state.region, state.account, spec.id))
     iam.put_role_policy(RoleName=name, PolicyName=POLICY_NAME, PolicyDocument=json.dumps(policy))
     profile = iam.create_instance_profile(InstanceProfileName=name, Path=IAM_PATH, Tags=tag_list(tags))
     state.profile = name

@@ -15,8 +15,8 @@ from ..kit.tags import CREATOR, TASK
 from .common import IAM_PATH, Clients, tag_value
 
 RESOURCE_LABELS = {"group": "group", "launch_template": "launch template", "security_group": "security group",
-                   "key_name": "key name", "placement_group": "placement group",
-                  "role": "role", "profile": "profile", "bucket": "bucket"}  # fmt: skip
+                   "key_name": "key name", "placement_group": "placement group", "role": "role",
+                   "profile": "profile", "bucket": "bucket", "queue": "queue"}  # fmt: skip
 
 
 def regions(clients: Clients, region: str | None) -> list[str]:
@@ -69,6 +69,15 @@ def _regional(clients: Clients, where: str, found: Found) -> None:
         found.note(item.get("Tags", []), where, where, key_name=item["KeyName"])
     for item in ec2.describe_placement_groups(Filters=tag_filter)["PlacementGroups"]:  # not paginated
         found.note(item.get("Tags", []), where, where, placement_group=item["GroupName"])
+    _queues(clients("sqs", where), where, found)
+
+
+def _queues(sqs: Any, where: str, found: Found) -> None:
+    """Map runs' queues (`tpi-` names, tagged by the queue itself with the task only)."""
+    for url in _pages(sqs, "list_queues", "QueueUrls", QueueNamePrefix="tpi-"):
+        queue_tags = sqs.list_queue_tags(QueueUrl=url).get("Tags", {})
+        found.note([{"Key": key, "Value": value} for key, value in queue_tags.items()], where, where,
+                   queue=str(url).rsplit("/", 1)[-1])  # fmt: skip
 
 
 def _iam(clients: Clients, home: str, found: Found) -> None:

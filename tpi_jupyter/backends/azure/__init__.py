@@ -44,7 +44,7 @@ class AzureBackend:
     name = "az"
     state_type = AzState
     capabilities = Capabilities(
-        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        preemption=True, sweep=True, ranks="claims", prices=True, poll_interval=3.0,
         env_protection="a blob in the task's private container (no shared keys), readable by its managed identity only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
     )  # fmt: skip
@@ -131,10 +131,15 @@ class AzureBackend:
         """The machines' identity and the caller both read and write the container with Entra ID
         (shared keys are off): Storage Blob Data Contributor on this container only."""
         scope = storage.container_id(state)
+        queue = identity.queue_scope(scope, state.name)  # a map run's queue: made later, by the run
         identity.assign(self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR)
+        identity.assign(self.clients, state, queue, identity.QUEUE_DATA_CONTRIBUTOR)
         if state.creator != "unknown" and not state.user_container:  # the user reaches their own already
             identity.assign(
                 self.clients, state, scope, identity.BLOB_DATA_CONTRIBUTOR, principal=state.creator
+            )
+            identity.assign(
+                self.clients, state, queue, identity.QUEUE_DATA_CONTRIBUTOR, principal=state.creator
             )
 
     def _ship(self, remote: str, wait: bool = True) -> None:
@@ -218,7 +223,9 @@ class AzureBackend:
                 )
 
     def cost(self, spec: TaskSpec, state: AzState, seconds: float) -> str:
-        return "n/a"  # until a price lookup exists
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 

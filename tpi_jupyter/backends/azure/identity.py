@@ -1,5 +1,6 @@
 """The machines' identity: a user-assigned managed identity with Storage Blob Data Contributor on
-this task's container only, and a custom role on this task's scale set only that reads and
+this task's container only, Storage Queue Data Contributor on its map-run queue only (the least
+built-in role that may update a message: Message Processor cannot extend a visibility), and a custom role on this task's scale set only that reads and
 deletes its instances (nothing else: no scaling, no reimaging); and a fresh ed25519 SSH key
 (Azure requires one for Linux machines), private half 0600.
 
@@ -20,6 +21,7 @@ from .clients import Clients
 from .common import AzState
 
 BLOB_DATA_CONTRIBUTOR = "ba92f5b4-2d11-453d-a403-e96b0029c9fe"
+QUEUE_DATA_CONTRIBUTOR = "974c5e8b-45b9-4653-ba55-5f855dd0fb88"
 RELEASE_ACTIONS = [
     "Microsoft.Compute/virtualMachineScaleSets/read",
     "Microsoft.Compute/virtualMachineScaleSets/virtualMachines/read",
@@ -84,6 +86,12 @@ def release_role_body(state: AzState, scale_set_id: str) -> Any:
     )  # fmt: skip
 
 
+def queue_scope(container_scope: str, name: str) -> str:
+    """The task's map-run queue (`tpi-<short id>`, the task's base name) in its container's account;
+    granted before a map run makes it."""
+    return f"{container_scope.split('/blobServices/', 1)[0]}/queueServices/default/queues/{name}"
+
+
 def release_role_name(scale_set_id: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{scale_set_id}|release"))
 
@@ -102,10 +110,15 @@ def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id
             return
         raise
     state.identity_principal_id = str(found.principal_id)
+    queue = queue_scope(container_scope, state.name)
     wanted = [(container_scope, BLOB_DATA_CONTRIBUTOR, state.identity_principal_id),
+              (queue, QUEUE_DATA_CONTRIBUTOR, state.identity_principal_id),
               (scale_set_id, state.release_role, state.identity_principal_id)]  # fmt: skip
     if state.creator and state.creator != "unknown":
-        wanted.append((container_scope, BLOB_DATA_CONTRIBUTOR, state.creator))
+        wanted += [
+            (container_scope, BLOB_DATA_CONTRIBUTOR, state.creator),
+            (queue, QUEUE_DATA_CONTRIBUTOR, state.creator),
+        ]
     derived = [
         f"{scope}/providers/Microsoft.Authorization/roleAssignments/{_assignment_name(scope, role, principal)}"
         for scope, role, principal in wanted

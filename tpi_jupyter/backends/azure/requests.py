@@ -58,13 +58,18 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
              storage.container_body()),
         ]  # fmt: skip
     text = custom_data(spec.id, storage.url(shown), shown, bootstrap_versions(), spec.parallelism)
+    queue = identity.queue_scope(storage.container_id(shown), state.name)
     found += [
         ("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
          identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR)),
+        ("PUT", f"{queue}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
+         identity.assignment_body(shown, identity.QUEUE_DATA_CONTRIBUTOR)),
     ]  # fmt: skip
-    if not spec.container:  # the caller's data role; on their own container they have one
+    if not spec.container:  # the caller's data roles; on their own container they have them
         found.append(("PUT", f"{storage.container_id(shown)}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
                       identity.assignment_body(shown, identity.BLOB_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)))  # fmt: skip
+        found.append(("PUT", f"{queue}/providers/Microsoft.Authorization/roleAssignments/NEW-UUID",
+                      identity.assignment_body(shown, identity.QUEUE_DATA_CONTRIBUTOR, "CALLER-OBJECT-ID", None)))  # fmt: skip
     found += [
         ("PUT", f"{base}/Microsoft.Compute/virtualMachineScaleSets/{state.name}", scaleset.body(spec, shown, labels, text)),
         ("PUT", "/subscriptions/SUBSCRIPTION/providers/Microsoft.Authorization/roleDefinitions/NEW-UUID", identity.release_role_body(shown, scale_set_id)),

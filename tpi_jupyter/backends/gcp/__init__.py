@@ -46,7 +46,7 @@ class GcpBackend:
     name = "gcp"
     state_type = GcpState
     capabilities = Capabilities(
-        preemption=True, sweep=True, ranks="claims", prices=False, poll_interval=3.0,
+        preemption=True, sweep=True, ranks="claims", prices=True, poll_interval=3.0,
         env_protection="an object in the task's private bucket (uniform access, public access prevented), "
         "readable by the task's service account only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
@@ -181,7 +181,9 @@ class GcpBackend:
             group.delete_instance(self.clients, state, newest[rank])
 
     def cost(self, spec: TaskSpec, state: GcpState, seconds: float) -> str:
-        return "n/a"
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 

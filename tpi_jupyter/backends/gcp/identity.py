@@ -3,6 +3,9 @@
 What a machine can do with it, exactly:
 - `roles/storage.objectAdmin` on the task's bucket, conditioned on the bucket itself (listing)
   and objects under the task's prefix (read, write, delete);
+- `roles/pubsub.subscriber` on a map run's Pub/Sub subscription alone (pull, extend, ack), granted
+  by the queue when it is made (`queue_binding`: Pub/Sub policies live on the subscription,
+  which does not exist yet when the task's resources are created);
 - `roles/compute.instanceAdmin.v1` on the project, conditioned on one resource: the task's
   own instance group manager. That lets a machine call `deleteInstances` on its group (the
   narrowest grant GCP has for it: groups have no IAM policy of their own); it also allows
@@ -26,6 +29,7 @@ CRM = "https://cloudresourcemanager.googleapis.com"
 STORAGE = "https://storage.googleapis.com"
 BUCKET_ROLE = "roles/storage.objectAdmin"
 RELEASE_ROLE = "roles/compute.instanceAdmin.v1"
+QUEUE_ROLE = "roles/pubsub.subscriber"
 ATTEMPTS = 5  # a project policy changed by someone else meanwhile (etag conflict)
 
 
@@ -66,6 +70,16 @@ def bucket_binding(state: GcpState) -> dict[str, Any]:
         "condition": {"title": state.name, "expression":
                       f'resource.name == "projects/_/buckets/{state.bucket}" || resource.name.startsWith("{objects}")'},
     }  # fmt: skip
+
+
+def queue_binding(project: str, task_id: str) -> dict[str, Any]:
+    """The task's service account (named as `create_account` names it) on its run's subscription."""
+    from .common import base_name
+
+    return {
+        "role": QUEUE_ROLE,
+        "members": [f"serviceAccount:{base_name(task_id)}@{project}.iam.gserviceaccount.com"],
+    }
 
 
 def release_binding(state: GcpState) -> dict[str, Any]:

@@ -5,8 +5,9 @@ Secret (storage credentials; the environment values join it at `start`) and the 
 Without `container` the remote is a PersistentVolumeClaim that every pod mounts, and a transfer
 pod serves it to the client through the API server's pod proxy (transfer.py, proxyfs.py): the
 claim and that pod are made before the Job, and create waits until the pod answers.
-`start`, once task.py wrote the remote, moves the environment values from the remote into the
-Secret and resumes the Job. Ranks are completion indexes; pods run the agent from a runtime an
+The environment values go straight into the Secret (`hold_environment`, asked by task.py
+because `capabilities.holds_environment`): `.tpi/env` is never written to the remote.
+`start`, once task.py wrote the remote, resumes the Job. Ranks are completion indexes; pods run the agent from a runtime an
 init container copies in (pod.py), so the user's image brings only what the script needs.
 Everything carries `tpi-task=<id>` and `tpi-creator=<user>`; `sweep k8s` finds leftovers by label.
 Settings (environment variables, read at create): config.py.
@@ -61,6 +62,7 @@ class K8sBackend:
         preemption=True, sweep=True, ranks="index", prices=False, poll_interval=2.0,
         env_protection="a Kubernetes Secret of the task, mounted read-only into the agent only",
         timing=Timing(log_interval=2.0, heartbeat_interval=10.0, sync_interval=30.0),
+        holds_environment=True,
     )  # fmt: skip
     STOP_WAIT = 120.0  # seconds agents get to see a stop, sync back and report
     DELETE_WAIT = 180.0  # pods get their grace period to end
@@ -204,10 +206,12 @@ class K8sBackend:
         raise RuntimeError(f"transfer pod {manifests.transfer_name(state.name)} did not answer in "
                            f"{self.TRANSFER_WAIT:.0f} s (phase {phase}; last: {last})")  # fmt: skip
 
+    def hold_environment(self, spec: TaskSpec, state: K8sState, values: dict[str, str]) -> None:
+        """The values into the task's Secret only (mounted into the agent, never in the pod spec)."""
+        job.set_environment(self.api(state), state.name, values)
+
     def start(self, spec: TaskSpec, state: K8sState) -> None:
-        api = self.api(state)
-        job.set_environment(api, state.name, storage.take_environment(state.remote))
-        (mpijob if state.mpijob else job).set_suspended(api, state.name, False)
+        (mpijob if state.mpijob else job).set_suspended(self.api(state), state.name, False)
 
     # ------------------------------------------------------------ read / stop / preempt
 
@@ -245,7 +249,9 @@ class K8sBackend:
         job.evict(self.api(state), pods[0].metadata.name)
 
     def cost(self, spec: TaskSpec, state: K8sState, seconds: float) -> str:
-        return "n/a"
+        from ...prices.estimate import cost_text  # the catalogue x machine-seconds (issue 17)
+
+        return cost_text(spec, seconds)
 
     # ------------------------------------------------------------ delete and sweep
 

@@ -9,6 +9,9 @@ task is created and kept in its state, so a later read or destroy talks to the s
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +65,17 @@ def _kubeconfig_path() -> str | None:
     return first if first and os.path.exists(first) else None
 
 
+def _service_account(namespace: str) -> str:
+    """Who the pod is: its token's subject (`system:serviceaccount:NS:NAME`), read, not verified
+    (the API server verifies it); the namespace when the token says nothing."""
+    with contextlib.suppress(OSError, ValueError, IndexError, TypeError):
+        payload = (SERVICE_ACCOUNT_DIR / "token").read_text().split(".")[1]
+        subject = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["sub"]
+        if isinstance(subject, str) and subject:
+            return subject
+    return f"serviceaccount:{namespace}"
+
+
 def connect(context: str = "", namespace: str = "") -> Cluster:
     """The cluster of the kubeconfig's context (or the pod's own), and the task's namespace."""
     from kubernetes import client, config
@@ -72,7 +86,7 @@ def connect(context: str = "", namespace: str = "") -> Cluster:
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
         config.load_incluster_config()
         own = (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
-        return Cluster(client.ApiClient(), namespace or own, f"serviceaccount:{own}", "in-cluster")
+        return Cluster(client.ApiClient(), namespace or own, _service_account(own), "in-cluster")
     if path is None:
         raise ConfigError(
             "k8s: no kubeconfig (KUBECONFIG unset and ~/.kube/config missing) and not in a pod; "

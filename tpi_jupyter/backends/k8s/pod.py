@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import layout
+from . import machine
 from .manifests import ENV_KEY, INDEX, STORAGE_KEY
 from .storage import GCP_KEY, GCP_KEY_CONTENT
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if remote.exists(layout.status(rank)):  # reported already (a late respawn): nothing to do
         return exit_code(json.loads(remote.read_text(layout.status(rank))))
     agent = Agent(args.remote, rank, next_boot(remote, rank), args.machine_dir)
+    agent.command = machine.script_command  # the image may hold only /bin/sh
     signal.signal(signal.SIGTERM, lambda *_: agent.interrupt("the pod is being terminated"))
     try:
         agent.prepare()

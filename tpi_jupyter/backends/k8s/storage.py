@@ -4,7 +4,8 @@ need to reach it.
 Pods get the client's storage credentials through the task's Secret (deleted with the task),
 unless `TPI_K8S_STORAGE_CREDENTIALS=none` says their service account has access (workload
 identity). `TPI_K8S_STORAGE_ENDPOINT` gives the store's endpoint as pods reach it, when it differs
-from this machine's (`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`). Which variables are forwarded, per store, is `FORWARDED`; a GCP key file is
+from this machine's (`AWS_ENDPOINT_URL`, `STORAGE_EMULATOR_HOST`, a connection string's
+`BlobEndpoint`). Which variables are forwarded, per store, is `FORWARDED`; a GCP key file is
 forwarded by content. Without `container` the remote is the task's PersistentVolumeClaim,
 reached through the transfer pod (proxyfs.py); deleting the claim deletes it.
 """
@@ -23,7 +24,7 @@ OBJECT_STORES = ("s3", "gs", "az")
 FORWARDED = {
     "s3": ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL",
            "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION"),
-    "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT"),
+    "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_CLOUD_PROJECT", "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"),
     "az": ("AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
            "AZURE_STORAGE_SAS_TOKEN"),
 }  # fmt: skip
@@ -67,11 +68,20 @@ def credentials(container: str, forward: bool, endpoint: str = "") -> dict[str, 
     if endpoint and kind in ENDPOINT:
         found[ENDPOINT[kind]] = endpoint
         found.pop("AWS_ENDPOINT_URL_S3", None)
+    if endpoint and kind == "az" and "AZURE_STORAGE_CONNECTION_STRING" in found:  # its BlobEndpoint
+        found["AZURE_STORAGE_CONNECTION_STRING"] = _blob_endpoint(
+            found["AZURE_STORAGE_CONNECTION_STRING"], endpoint
+        )
     if kind == "s3" and "AWS_ACCESS_KEY_ID" not in found:
         found.update(_boto_credentials())
     if kind == "gs" and os.environ.get(GCP_KEY):
         found[GCP_KEY_CONTENT] = Path(os.environ[GCP_KEY]).read_text()
     return found
+
+
+def _blob_endpoint(connection: str, endpoint: str) -> str:
+    parts = [part for part in connection.split(";") if part and not part.startswith("BlobEndpoint=")]
+    return ";".join([*parts, f"BlobEndpoint={endpoint}"]) + ";"
 
 
 def _boto_credentials() -> dict[str, str]:
@@ -87,20 +97,6 @@ def _boto_credentials() -> dict[str, str]:
                 found["AWS_SESSION_TOKEN"] = keys.token
             return found
     return {}
-
-
-def take_environment(remote: str) -> dict[str, str]:
-    """The environment values task.py wrote to the remote; removed from there (a Secret holds them)."""
-    import json
-
-    fs, root = filesystem(remote)
-    path = layout.join(root, layout.ENV)
-    try:
-        values = json.loads(fs.cat_file(path))
-    except FileNotFoundError:
-        return {}
-    fs.rm_file(path)
-    return {str(key): str(value) for key, value in values.items()}
 
 
 def delete(remote: str) -> None:
