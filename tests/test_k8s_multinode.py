@@ -121,9 +121,29 @@ def test_a_multi_node_job_gets_a_headless_service_and_a_subdomain(tpi_home: Path
     template = job["spec"]["template"]
     assert template["spec"]["subdomain"] == service["metadata"]["name"]
     assert service["spec"]["selector"].items() <= template["metadata"]["labels"].items()
+    assert f"headless service {spec.id}: rank i answers as {spec.id}-i.{spec.id}" in backend.plan(
+        spec, backend.new_state(spec, 0.0))  # fmt: skip
+    mpi = build_spec(
+        ["cloud=k8s", "container=s3://bucket/runs", "name=mpi", "parallelism=3", "launch=mpi"], {}
+    )
+    assert any(line.startswith("launch=mpi: an MPIJob (kubeflow.org/v2beta1; launcher = rank 0, 2 worker(s)")
+               for line in backend.plan(mpi, backend.new_state(mpi, 0.0)))  # fmt: skip
     single = build_spec(["cloud=k8s", "container=s3://bucket/runs", "name=one"], {})
     assert [m["kind"] for m in backend.manifests(single, backend.new_state(single, time.time() + 600))] == [
         "Secret", "Job"]  # fmt: skip
+
+
+def test_placement_is_refused_in_one_line_before_anything_exists(tpi_home: Path) -> None:
+    from tpi_jupyter.spec import SpecError
+    from tpi_jupyter.task import launch
+
+    words = ["cloud=k8s", "container=s3://bucket/runs", "name=pl", "parallelism=2", "placement=cluster"]
+    for dry_run in (True, False):
+        with pytest.raises(
+            SpecError, match=r"^placement: cluster is not available on k8s .*; accepted: none$"
+        ):
+            launch(build_spec(words, {}), SCRIPT, dry_run=dry_run)
+    assert state.records() == []
 
 
 # ---------------------------------------------------------------- on the test bed, real controller

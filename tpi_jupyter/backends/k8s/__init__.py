@@ -127,6 +127,7 @@ class K8sBackend:
         return list(json.loads(json.dumps(found)))  # plain data: no shared parts (YAML anchors)
 
     def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
+        mpijob.check(spec)
         settings = config.Settings.from_environment()
         if storage.on_claim(spec):
             claim = manifests.claim(spec, manifests.metadata(spec, spec.id, "default", ""))["spec"]
@@ -146,6 +147,7 @@ class K8sBackend:
             ),
             f"job {spec.id}: Indexed, {spec.parallelism} rank(s) x {spec.native_machine}, image {spec.native_image}, "
             f"{pricing_text(spec.spot)}, evicted pods respawned",
+            *mpijob.plan(spec),
             f"agent runtime: copied in by an init container from {settings.agent_image} ({settings.agent_runtime})",
             f"labels: tpi-task={spec.id}, tpi-creator=<your kubeconfig user>",
         ]
@@ -154,6 +156,7 @@ class K8sBackend:
 
     def create(self, spec: TaskSpec, state: K8sState, steps: Steps) -> None:
         storage.check(spec)  # SpecError before anything exists
+        mpijob.check(spec)
         settings = config.Settings.from_environment()
         try:
             cluster = config.connect(namespace=state.namespace)

@@ -16,7 +16,7 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
-from ...spec import TaskSpec
+from ...spec import SpecError, TaskSpec
 from ..base import GroupState, Machine
 from ..kit.tags import TASK
 from .job import ALIVE_PHASES, Api, not_found, pods
@@ -27,6 +27,15 @@ GROUP, VERSION, PLURAL = "kubeflow.org", "v2beta1", "mpijobs"
 CRD = f"{PLURAL}.{GROUP}"
 REPLICA_INDEX = "training.kubeflow.org/replica-index"
 ROLE = "training.kubeflow.org/job-role"
+
+
+def check(spec: TaskSpec) -> None:
+    """Before anything exists: a Kubernetes task has no placement to ask for."""
+    if spec.placement != "none":
+        raise SpecError(
+            f"placement: {spec.placement} is not available on k8s (the scheduler places pods; use "
+            "region=label=value to choose nodes); accepted: none"
+        )
 
 
 def wanted(spec: TaskSpec) -> bool:
@@ -44,6 +53,15 @@ def installed(api: Api) -> bool:
             return False
         raise
     return any(item.name == PLURAL for item in found.resources)
+
+
+def plan(spec: TaskSpec) -> list[str]:
+    headless = f"headless service {spec.id}: rank i answers as {spec.id}-i.{spec.id}"
+    if wanted(spec):
+        return [f"launch=mpi: an MPIJob (kubeflow.org/v2beta1; launcher = rank 0, {spec.parallelism - 1} "
+                f"worker(s), slotsPerWorker {slots(spec)}) when the cluster serves its CRD, else the job "
+                f"below and a {headless}"]  # fmt: skip
+    return [headless] if spec.parallelism > 1 else []
 
 
 def slots(spec: TaskSpec) -> int:
