@@ -10,19 +10,15 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from ...spec import SpecError, TaskSpec
-from .common import AwsState, Clients, code, tag_list
+from ..kit.multinode import multi_node
+from .common import AwsState, Clients, code, retry_busy, tag_list
 
 STRATEGY = "cluster"
 PLACEMENT_GONE = ("InvalidPlacementGroup.Unknown", "InvalidPlacementGroup.NotFound")
 OWN_TRAFFIC = "tpi-jupyter: the task's own machines (MPI, NCCL, torch.distributed)"
-
-
-def multi_node(spec: TaskSpec) -> bool:
-    return spec.parallelism > 1
 
 
 def check(spec: TaskSpec) -> None:
@@ -96,14 +92,9 @@ def delete_placement_group(clients: Clients, state: AwsState, wait: float, poll:
     if not state.placement_group:
         return
     ec2 = clients("ec2", state.region)
-    limit = time.monotonic() + wait
-    while True:
-        try:
-            ec2.delete_placement_group(GroupName=state.placement_group)
-            return
-        except Exception as error:
-            if code(error) in PLACEMENT_GONE:
-                return
-            if code(error) != "InvalidPlacementGroup.InUse" or time.monotonic() > limit:
-                raise
-            time.sleep(poll)
+    try:
+        retry_busy(lambda: ec2.delete_placement_group(GroupName=state.placement_group),
+                   "InvalidPlacementGroup.InUse", wait, poll)  # fmt: skip
+    except Exception as error:
+        if code(error) not in PLACEMENT_GONE:
+            raise

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from ...spec import SpecError, TaskSpec
+from ..kit.multinode import multi_node, refuse_placement
 from .common import AzState
 
 SUBNET = "10.70.0.0/20"  # network.py's one subnet
@@ -20,16 +21,8 @@ DENY_PRIORITY = 4096  # the last a user rule may take: above Azure's defaults (6
 MAX_PLACEMENT_GROUP = 100  # Azure's limit for a scale set with singlePlacementGroup
 
 
-def multi_node(spec: TaskSpec) -> bool:
-    return spec.parallelism > 1
-
-
 def check(spec: TaskSpec) -> None:
-    if spec.placement != "none":
-        raise SpecError(
-            f"placement: {spec.placement} is not available on az (a multi-node scale set is one placement "
-            "group already); accepted: none"
-        )
+    refuse_placement(spec, "az", "a multi-node scale set is one placement group already")
     if multi_node(spec) and spec.parallelism > MAX_PLACEMENT_GROUP:
         raise SpecError(
             f"parallelism: {spec.parallelism} machines do not fit one Azure placement group; accepted: "

@@ -11,22 +11,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ...spec import SpecError, TaskSpec
+from ...spec import TaskSpec
+from ..kit.multinode import multi_node, refuse_placement
 from .common import Clients, GcpState, not_found
 
 RANKS_PRIORITY = 850  # lower wins: above the task's deny (900), below the SSH allow (800)
 
 
-def multi_node(spec: TaskSpec) -> bool:
-    return spec.parallelism > 1
-
-
 def check(spec: TaskSpec) -> None:
-    if spec.placement != "none":
-        raise SpecError(
-            f"placement: {spec.placement} is not available on gcp (a zonal group keeps the ranks in one "
-            "zone already); accepted: none"
-        )
+    refuse_placement(spec, "gcp", "a zonal group keeps the ranks in one zone already")
 
 
 def rule_name(state: GcpState) -> str:

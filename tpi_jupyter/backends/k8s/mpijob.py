@@ -16,8 +16,9 @@ import copy
 from types import SimpleNamespace
 from typing import Any
 
-from ...spec import SpecError, TaskSpec
+from ...spec import TaskSpec
 from ..base import GroupState, Machine
+from ..kit.multinode import refuse_placement
 from ..kit.tags import TASK
 from .job import ALIVE_PHASES, Api, not_found, pods
 from .job import _pod_events as pod_events
@@ -31,11 +32,7 @@ ROLE = "training.kubeflow.org/job-role"
 
 def check(spec: TaskSpec) -> None:
     """Before anything exists: a Kubernetes task has no placement to ask for."""
-    if spec.placement != "none":
-        raise SpecError(
-            f"placement: {spec.placement} is not available on k8s (the scheduler places pods; use "
-            "region=label=value to choose nodes); accepted: none"
-        )
+    refuse_placement(spec, "k8s", "the scheduler places pods; region=label=value chooses nodes")
 
 
 def wanted(spec: TaskSpec) -> bool:
