@@ -57,6 +57,22 @@ def _module_dir() -> Path:
     return Path(cache.stdout.strip()) / f"{MODULE}@{version()}"
 
 
+def _compile(tmp: Path) -> None:
+    """The binary and the CRD from the module cache into `tmp`; BuildError (tmp removed) else."""
+    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
+    cmd = ["nice", "-n", "19", "go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", "tool"]
+    crd = None
+    if subprocess.run(cmd, cwd=GO_MODULE, env=env, check=False).returncode == 0:
+        crd = _module_dir() / CRD_IN_MODULE
+        if crd.is_file():
+            pki.write_public(tmp / CRD_FILE, crd.read_bytes())
+            return
+    shutil.rmtree(tmp, ignore_errors=True)
+    if crd is None:
+        raise BuildError("go build of mpi-operator failed (its errors are above)")
+    raise BuildError(f"the module {MODULE}@{version()} has no {CRD_IN_MODULE}")
+
+
 def build() -> Path:
     """Build mpi-operator and take its CRD unless the cache has both; return the directory."""
     target = home()
@@ -70,21 +86,10 @@ def build() -> Path:
     tmp.mkdir(parents=True)
     print(f"k8s-testbed: building {MODULE}/cmd/{BINARY}@{version()} into {target}", file=sys.stderr)
     started = time.monotonic()
-    env = {**os.environ, "GOFLAGS": "-mod=readonly", "CGO_ENABLED": "0"}
-    cmd = ["nice", "-n", "19", "go", "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp}/", "tool"]
-    if subprocess.run(cmd, cwd=GO_MODULE, env=env, check=False).returncode != 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BuildError("go install of mpi-operator failed (its errors are above)")
-    crd = _module_dir() / CRD_IN_MODULE
-    if not crd.is_file():
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise BuildError(f"the module {MODULE}@{version()} has no {CRD_IN_MODULE}")
-    pki.write_public(tmp / CRD_FILE, crd.read_bytes())
-    seconds = round(time.monotonic() - started)
-    size = (tmp / BINARY).stat().st_size
-    pki.write_public(
-        tmp / "build.json", json.dumps({"seconds": seconds, "bytes": size, "go": _go_version()}).encode()
-    )
+    _compile(tmp)
+    seconds, size = round(time.monotonic() - started), (tmp / BINARY).stat().st_size
+    record = {"seconds": seconds, "bytes": size, "go": _go_version()}
+    pki.write_public(tmp / "build.json", json.dumps(record).encode())
     try:
         tmp.rename(target)
     except OSError:  # another build finished first: keep its copy
