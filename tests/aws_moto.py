@@ -10,6 +10,7 @@ request can reach real AWS.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -23,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from . import emulators, played
+from . import aws_placement, emulators, played
 
 REGION = "us-west-1"
 UBUNTU_OWNER = "099720109477"
@@ -56,9 +57,18 @@ if "MOTO_AMIS_PATH" not in os.environ:
     os.environ["MOTO_AMIS_PATH"] = _path
 
 
+# moto's endpoint -> (URL of the placement-group contract server in front of it, its store);
+# aws_env points the AWS tests at the front (tests/aws_placement.py), other users get moto itself.
+FRONTS: dict[str, tuple[str, aws_placement.Store]] = {}
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint() -> Iterator[str]:
-    yield from emulators.moto_server()
+    for url in emulators.moto_server():
+        with contextlib.contextmanager(aws_placement.front)(url) as front:
+            FRONTS[url] = front
+            yield url
+            FRONTS.pop(url, None)
 
 
 @pytest.fixture
@@ -69,7 +79,8 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     from tpi_jupyter.backends.aws import AwsBackend
     from tpi_jupyter.backends.base import Timing
 
-    point_at_moto(monkeypatch, moto_endpoint, tmp_path)
+    endpoint = FRONTS[moto_endpoint][0]  # the placement-group contract in front of moto
+    point_at_moto(monkeypatch, endpoint, tmp_path)
     for name, value in (("POLL", 0.05), ("PROFILE_PROPAGATION", 0.0), ("STOP_WAIT", 10.0),
                         ("GROUP_DELETE_WAIT", 10.0), ("DEPENDENCY_WAIT", 1.0)):  # fmt: skip
         monkeypatch.setattr(AwsBackend, name, value)
@@ -77,12 +88,12 @@ def aws_env(moto_endpoint: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setattr(
         AwsBackend, "capabilities", replace(AwsBackend.capabilities, timing=fast, poll_interval=0.5)
     )
-    _reset(moto_endpoint)  # the server is shared with other test files (the syncer's buckets)
+    _reset(endpoint)  # the server is shared with other test files (the syncer's buckets)
     _clear_s3fs()
     default_vpc_internet()
-    yield moto_endpoint
+    yield endpoint
     _clear_s3fs()
-    _reset(moto_endpoint)
+    _reset(endpoint)
 
 
 def point_at_moto(monkeypatch: pytest.MonkeyPatch, endpoint: str, tmp_path: Path) -> None:
@@ -143,6 +154,10 @@ def tagged(task_id: str) -> list[str]:
         f"security group {g['GroupId']}" for g in ec2.describe_security_groups(Filters=tag)["SecurityGroups"]
     ]
     left += [f"key pair {k['KeyName']}" for k in ec2.describe_key_pairs(Filters=tag)["KeyPairs"]]
+    left += [
+        f"placement group {g['GroupName']}"
+        for g in ec2.describe_placement_groups(Filters=tag)["PlacementGroups"]
+    ]
     for role in iam.list_roles()["Roles"]:
         if {"Key": "tpi-task", "Value": task_id} in iam.list_role_tags(RoleName=role["RoleName"])["Tags"]:
             left.append(f"role {role['RoleName']}")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import re
 import shlex
@@ -54,6 +55,50 @@ def _models() -> dict[str, type]:
         "virtualmachinescalesets": compute.VirtualMachineScaleSet,
         "virtualmachinescalesets/patch": compute.VirtualMachineScaleSetUpdate,
     }  # fmt: skip
+
+
+# Azure's default inbound rules of every network security group, after the user's.
+DEFAULT_INBOUND = [
+    {"name": "AllowVnetInBound", "priority": 65000, "access": "Allow", "source": "VirtualNetwork", "ports": "*"},
+    {"name": "AllowAzureLoadBalancerInBound", "priority": 65001, "access": "Allow", "source": "AzureLoadBalancer",
+     "ports": "*"},
+    {"name": "DenyAllInBound", "priority": 65500, "access": "Deny", "source": "*", "ports": "*"},
+]  # fmt: skip
+
+
+def _in_prefix(address: str, prefix: str, vnet: str) -> bool:
+    if prefix == "*":
+        return True
+    if prefix == "VirtualNetwork":
+        return ipaddress.ip_address(address) in ipaddress.ip_network(vnet)
+    if prefix in ("AzureLoadBalancer", "Internet"):
+        return prefix == "Internet" and not ipaddress.ip_address(address).is_private
+    return ipaddress.ip_address(address) in ipaddress.ip_network(prefix)
+
+
+def _in_ports(port: int, ports: str) -> bool:
+    low, _, high = ports.partition("-")
+    return ports == "*" or int(low) <= port <= int(high or low)
+
+
+def inbound_allowed(
+    nsg: dict[str, Any], source: str, destination: str, port: int, vnet: str = "10.70.0.0/16"
+) -> bool:
+    """Whether a TCP connection from `source` reaches `destination`:`port` through the security
+    group `nsg` (a PUT body), as Azure decides: inbound rules by priority, the first match wins."""
+    found = [
+        {"priority": r["properties"]["priority"], "access": r["properties"]["access"],
+         "source": r["properties"]["sourceAddressPrefix"], "destination": r["properties"]["destinationAddressPrefix"],
+         "ports": r["properties"]["destinationPortRange"], "protocol": r["properties"]["protocol"]}
+        for r in nsg["properties"].get("securityRules", []) if r["properties"]["direction"] == "Inbound"
+    ]  # fmt: skip
+    defaults = [{**rule, "destination": rule["source"] if rule["source"] == "VirtualNetwork" else "*",
+                 "protocol": "*"} for rule in DEFAULT_INBOUND]  # fmt: skip
+    for rule in sorted(found, key=lambda r: r["priority"]) + defaults:
+        if (rule["protocol"] in ("*", "Tcp") and _in_prefix(source, rule["source"], vnet)
+                and _in_prefix(destination, rule["destination"], vnet) and _in_ports(port, rule["ports"])):  # fmt: skip
+            return bool(rule["access"] == "Allow")
+    return False
 
 
 class Played:

@@ -96,12 +96,17 @@ DEFAULT_RULES = [
 ]  # fmt: skip
 
 
-def _matches(rule: dict[str, Any], source: str, port: int, tag: str) -> bool:
+def _matches(rule: dict[str, Any], source: str, port: int, tag: str, source_tag: str = "") -> bool:
     if rule.get("direction", "INGRESS") != "INGRESS" or (
         "targetTags" in rule and tag not in rule["targetTags"]
     ):
         return False
-    if not any(ipaddress.ip_address(source) in ipaddress.ip_network(r) for r in rule.get("sourceRanges", [])):
+    # GCP: a source matches by range or, for a VM of the same network, by its network tag.
+    # With no source at all, GCP applies the rule to every source (0.0.0.0/0).
+    sources = ("sourceRanges", "sourceTags", "sourceServiceAccounts")
+    ranges = rule.get("sourceRanges") or ([] if any(rule.get(key) for key in sources) else ["0.0.0.0/0"])
+    by_range = any(ipaddress.ip_address(source) in ipaddress.ip_network(r) for r in ranges)
+    if not by_range and not (source_tag and source_tag in rule.get("sourceTags", [])):
         return False
     entries = rule.get("allowed") or rule.get("denied") or []
     return any(
@@ -296,12 +301,12 @@ class ContractServer:
             if process.poll() is None:
                 played.vanish(process, mark=str(self.machines / name))
 
-    def ingress_allowed(self, source: str, port: int, tag: str) -> bool:
+    def ingress_allowed(self, source: str, port: int, tag: str, source_tag: str = "") -> bool:
         """Whether a TCP connection reaches a VM with network tag `tag`, as GCP decides: the
         matching rule of lowest priority number wins, and on a tie a deny beats an allow."""
         with self._lock:
             rules = [*self.firewalls.values(), *DEFAULT_RULES]
-        found = [r for r in rules if _matches(r, source, port, tag)]
+        found = [r for r in rules if _matches(r, source, port, tag, source_tag)]
         best = min(found, key=lambda r: (int(r.get("priority", 1000)), "allowed" in r))
         return "allowed" in best
 

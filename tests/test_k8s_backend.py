@@ -61,10 +61,10 @@ def test_every_manifest_validates_strictly(words: list[str], tpi_home: Path) -> 
     spec = build_spec(["cloud=k8s", "container=s3://bucket/runs", "name=val", *words], {})
     backend = K8sBackend()
     sent = backend.manifests(spec, backend.new_state(spec, time.time() + 600))
-    assert [m["kind"] for m in sent] == ["Secret", "Job"]
+    assert [m["kind"] for m in sent] == ["Secret", *(["Service"] if spec.parallelism > 1 else []), "Job"]
     for manifest in sent:
         validate(manifest)
-    job = sent[1]["spec"]
+    job = sent[-1]["spec"]
     pod = job["template"]["spec"]
     assert (job["completionMode"], job["completions"], job["parallelism"]) == ("Indexed", spec.parallelism,
                                                                                 spec.parallelism)  # fmt: skip

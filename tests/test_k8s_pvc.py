@@ -50,10 +50,11 @@ def test_claim_mode_manifests_validate_strictly(
     spec = build_spec(["cloud=k8s", "name=claimed", *words], {})
     backend = K8sBackend()
     sent = backend.manifests(spec, backend.new_state(spec, time.time() + 600))
-    assert [m["kind"] for m in sent] == ["Secret", "PersistentVolumeClaim", "Pod", "Job"]
+    service = ["Service"] if spec.parallelism > 1 else []  # multi-node: the ranks' headless Service
+    assert [m["kind"] for m in sent] == ["Secret", "PersistentVolumeClaim", "Pod", *service, "Job"]
     for manifest in sent:
         validate(manifest)
-    claim, transfer, job = sent[1], sent[2], sent[3]
+    claim, transfer, job = sent[1], sent[2], sent[-1]
     assert claim["spec"] == {"accessModes": [mode], "resources": {"requests": {"storage": size}}}
     assert "storageClassName" not in claim["spec"]  # the cluster's default StorageClass
     assert transfer["metadata"]["labels"][manifests.ROLE] == "transfer"

@@ -29,7 +29,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tests.k8s import pki, podnet
+from tests.k8s import mpi_operator, pki, podnet
 from tests.k8s.build import BuildError, bin_dir, build, built
 from tests.k8s.proc import alive, start_time
 
@@ -453,7 +453,7 @@ def _signal_group(pid: int, sig: signal.Signals) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="k8s-testbed", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="verb", required=True)
-    sub.add_parser("build", help="build (or reuse) the control-plane binaries")
+    sub.add_parser("build", help="build (or reuse) the control-plane binaries and mpi-operator")
     p_up = sub.add_parser("up", help="start a bed in DIR and print its KUBECONFIG")
     p_up.add_argument("dir", type=Path)
     p_up.add_argument("--nodes", type=int, default=1, help="stand-in nodes to register (default 1)")
@@ -466,6 +466,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "build":
             print(build())
+            print(mpi_operator.build())  # issue 16: the MPIJob controller, cached by its own version
         elif args.verb == "up":
             if args.nodes < 0:
                 parser.error("--nodes: accepted values are integers >= 0")

@@ -10,6 +10,9 @@ concurrently where independent:
    boot script (boot.py) without any secret;
 3. an Auto Scaling Group at size 0 across the default VPC's subnets (group.py).
 
+Multi-node tasks (cluster.py) get one availability zone, a cluster placement group when asked
+(`placement=cluster`) and a security group that admits traffic from its own members.
+
 `start` scales the group to `parallelism` once task.py uploaded the workdir. Everything carries
 `tpi-task=<id>`, `tpi-creator=<caller ARN>` and the user's `tags`; `sweep` (sweep.py) finds what
 is left of tasks that are gone. Credentials come from boto3's standard chain, one session per
@@ -33,7 +36,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import checks, group, identity, network, storage
+from . import checks, cluster, group, identity, network, storage
 from . import sweep as aws_sweep
 from .boot import user_data
 from .common import AwsState, Clients, base_name, describe, not_found, tags
@@ -73,6 +76,7 @@ class AwsBackend:
         return f"s3://{bucket}/{prefix}"
 
     def plan(self, spec: TaskSpec, state: AwsState) -> list[str]:
+        cluster.check(spec)
         base, region, machine = state.name or base_name(spec.id), spec.native_region, spec.native_machine
         tag_text = ", ".join(f"{key}={value}" for key, value in tags(spec, "<your ARN>").items())
         storage_line = (
@@ -95,13 +99,16 @@ class AwsBackend:
             f"launch template {base}: {machine}, boot script installs this tpi-jupyter's agent (locked versions)",
             f"machines: Auto Scaling Group {base}, 0 then {spec.parallelism} x {machine}, "
             f"{pricing_text(spec.spot)}, respawned when interrupted",
+            *cluster.plan(spec, base),
             f"tags: {tag_text}",
         ]
 
     # ------------------------------------------------------------ create / start
 
     def create(self, spec: TaskSpec, state: AwsState, steps: Steps) -> None:
+        cluster.check(spec)
         preflight(self.clients, spec, state)  # SpecError before anything exists
+        cluster.pin_zone(self.clients, spec, state)
         storage.choose(spec, state)
         if spec.permission_set:  # needs the bucket's name: still nothing exists
             checks.check_permission_set(
@@ -122,6 +129,7 @@ class AwsBackend:
             "key pair": lambda: identity.create_key_pair(self.clients, spec, state, labels),
             "security group": lambda: network.create_security_group(self.clients, spec, state, labels),
             "IAM role and instance profile": lambda: identity.create_role(self.clients, spec, state, labels),
+            "placement group": lambda: cluster.create_placement_group(self.clients, spec, state, labels),
         })  # fmt: skip
         boot_script = user_data(
             spec.id, self.remote_url(spec, state), state, _boto3_version(), spec.parallelism
@@ -130,6 +138,8 @@ class AwsBackend:
             "agent wheel upload": lambda: wheel.ship(
                 lambda key, data: storage.put(self.clients, state, key, data), MACHINE_EXTRA),
             "launch template": lambda: group.create_launch_template(self.clients, spec, state, labels, boot_script),
+            "security group rule for the task's own machines": lambda: cluster.allow_own_traffic(
+                self.clients, spec, state),
         })  # fmt: skip
         steps.run("auto scaling group", lambda: group.create_group(
             self.clients, spec, state, labels, self.PROFILE_PROPAGATION, self.POLL))  # fmt: skip
@@ -208,6 +218,8 @@ class AwsBackend:
         failures: list[str] = []
         actions: list[tuple[str, Callable[[], object]]] = [
             ("auto scaling group", lambda: group.delete_group(self.clients, state, self.GROUP_DELETE_WAIT, self.POLL)),
+            ("placement group", lambda: cluster.delete_placement_group(
+                self.clients, state, self.DEPENDENCY_WAIT, self.POLL)),
             ("launch template", lambda: group.delete_template(self.clients, state)),
             ("instance profile and role", lambda: identity.delete_role(self.clients, state)),
             ("security group", lambda: network.delete_security_group(

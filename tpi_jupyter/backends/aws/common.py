@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,6 +35,7 @@ class AwsState:
     user: str = ""
     vpc: str = ""
     subnets: list[str] = field(default_factory=list)
+    zone: str = ""  # multi-node tasks: the one availability zone of all their machines
     root_device: str = "/dev/sda1"
     bucket: str = ""
     prefix: str = ""
@@ -49,6 +52,7 @@ class AwsState:
     wheel_key: str = ""  # full S3 keys of the agent wheel and its lock
     lock_key: str = ""
     launch_template: str = ""
+    placement_group: str = ""  # placement=cluster
     group: str = ""
     stopped: bool = False
 
@@ -91,6 +95,19 @@ def not_found(error: BaseException) -> bool:
         return True
     message = str(getattr(error, "response", {}).get("Error", {}).get("Message", "")).lower()
     return found == "ValidationError" and ("not found" in message or "does not exist" in message)
+
+
+def retry_busy(action: Callable[[], object], busy: str, wait: float, poll: float) -> None:
+    """`action` again while AWS answers `busy` (a resource still in use), until `wait` seconds."""
+    limit = time.monotonic() + wait
+    while True:
+        try:
+            action()
+            return
+        except Exception as error:
+            if code(error) != busy or time.monotonic() > limit:
+                raise
+            time.sleep(poll)
 
 
 class Clients:

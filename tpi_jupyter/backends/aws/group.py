@@ -53,7 +53,9 @@ def group_request(spec: TaskSpec, state: AwsState, tags: dict[str, str]) -> dict
         distribution["SpotAllocationStrategy"] = "price-capacity-optimized"
     if spec.spot > 0:
         distribution["SpotMaxPrice"] = fixed_price(spec.spot)  # spot=0: no max price = the on-demand price
+    placement = {"PlacementGroup": state.placement_group} if state.placement_group else {}
     return {
+        **placement,
         "AutoScalingGroupName": state.name, "MinSize": 0, "MaxSize": spec.parallelism, "DesiredCapacity": 0,
         "VPCZoneIdentifier": ",".join(state.subnets),
         "MixedInstancesPolicy": {

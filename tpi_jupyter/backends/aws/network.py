@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import os
-import time
 
 from ...spec import TaskSpec
-from .common import AwsState, Clients, code, tag_list
+from .common import AwsState, Clients, retry_busy, tag_list
 
 SSH_ENV = "TPI_AWS_SSH_CIDR"  # set to a CIDR (e.g. 203.0.113.7/32) to open port 22 from it
 
@@ -30,12 +29,6 @@ def delete_security_group(clients: Clients, state: AwsState, wait: float, poll: 
     if not state.security_group:
         return
     ec2 = clients("ec2", state.region)
-    limit = time.monotonic() + wait
-    while True:
-        try:
-            ec2.delete_security_group(GroupId=state.security_group)
-            return
-        except Exception as error:
-            if code(error) != "DependencyViolation" or time.monotonic() > limit:
-                raise
-            time.sleep(poll)
+    retry_busy(
+        lambda: ec2.delete_security_group(GroupId=state.security_group), "DependencyViolation", wait, poll
+    )

@@ -15,7 +15,8 @@ from ..kit.tags import CREATOR, TASK
 from .common import IAM_PATH, Clients, tag_value
 
 RESOURCE_LABELS = {"group": "group", "launch_template": "launch template", "security_group": "security group",
-                   "key_name": "key name", "role": "role", "profile": "profile", "bucket": "bucket", "queue": "queue"}  # fmt: skip
+                   "key_name": "key name", "placement_group": "placement group", "role": "role",
+                   "profile": "profile", "bucket": "bucket", "queue": "queue"}  # fmt: skip
 
 
 def regions(clients: Clients, region: str | None) -> list[str]:
@@ -66,6 +67,8 @@ def _regional(clients: Clients, where: str, found: Found) -> None:
         found.note(item.get("Tags", []), where, where, security_group=item["GroupId"])
     for item in ec2.describe_key_pairs(Filters=tag_filter)["KeyPairs"]:  # not paginated by AWS
         found.note(item.get("Tags", []), where, where, key_name=item["KeyName"])
+    for item in ec2.describe_placement_groups(Filters=tag_filter)["PlacementGroups"]:  # not paginated
+        found.note(item.get("Tags", []), where, where, placement_group=item["GroupName"])
     _queues(clients("sqs", where), where, found)
 
 

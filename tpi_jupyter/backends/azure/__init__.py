@@ -30,7 +30,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import identity, network, requests, scaleset, storage
+from . import cluster, identity, network, requests, scaleset, storage
 from . import sweep as az_sweep
 from .boot import bootstrap_versions, custom_data
 from .clients import Clients
@@ -68,6 +68,7 @@ class AzureBackend:
         return storage.url(state)
 
     def plan(self, spec: TaskSpec, state: AzState) -> list[str]:
+        cluster.check(spec)
         base, region, size = state.name or base_name(spec.id), spec.native_region, spec.native_machine
         cidr = network.ssh_cidr()
         inbound = (
@@ -86,6 +87,7 @@ class AzureBackend:
             f"network: virtual network {base}, security group {inbound}, no public address",
             f"machines: Uniform scale set {base}, 0 then {spec.parallelism} x {size}, {pricing_text(spec.spot)}, "
             "no overprovisioning, custom data installs this tpi-jupyter's agent (locked versions, no secret)",
+            *cluster.plan(spec),
             f"tags: {tag_text}",
             *requests.lines(spec, state),
         ]
@@ -97,7 +99,9 @@ class AzureBackend:
     # ------------------------------------------------------------ create / start
 
     def create(self, spec: TaskSpec, state: AzState, steps: Steps) -> None:
+        cluster.check(spec)
         preflight(self.clients, spec, state)  # SpecError before anything exists
+        state.ranks_prefix = cluster.ranks_prefix(spec)
         if not state.account:
             storage.choose(spec, state)
         shipped = wheel.keys(MACHINE_EXTRA)

@@ -34,6 +34,7 @@ class AzState:
     identity_principal_id: str = ""
     subnet_id: str = ""
     ssh_from: str = ""  # TPI_AZ_SSH_CIDR: the one range allowed tcp/22; "" for no inbound rule
+    ranks_prefix: str = ""  # multi-node tasks: the subnet whose machines reach each other (cluster.py)
     key_file: str = ""
     ssh_public_key: str = ""
     scale_set: str = ""

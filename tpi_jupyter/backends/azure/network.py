@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..kit import network as kit_network
+from . import cluster
 from .clients import Clients
 from .common import AzState
 
@@ -38,7 +39,9 @@ def security_group_body(state: AzState, labels: dict[str, str]) -> Any:
     return models.NetworkSecurityGroup(
         location=state.region,
         tags=labels,
-        properties=models.NetworkSecurityGroupPropertiesFormat(security_rules=_ssh_rules(state)),
+        properties=models.NetworkSecurityGroupPropertiesFormat(
+            security_rules=[*_ssh_rules(state), *cluster.rules(state)]
+        ),
     )
 
 

@@ -11,7 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from ...spec import TaskSpec
-from . import identity, network, scaleset, storage
+from . import cluster, identity, network, scaleset, storage
 from .boot import bootstrap_versions, custom_data
 from .common import AzState, tags
 from .identity import user_identities
@@ -35,6 +35,7 @@ def planned(spec: TaskSpec, state: AzState) -> list[tuple[str, str, Any]]:
         identity_client_id="IDENTITY-CLIENT-ID", identity_principal_id="IDENTITY-PRINCIPAL-ID",
         subnet_id=f"{PROVIDERS.format(group=state.group)}/Microsoft.Network/virtualNetworks/{state.name}/subnets/machines",
         ssh_public_key="ssh-ed25519 FRESH-KEY", user_identities=user_identities(spec), ssh_from=network.ssh_cidr(),
+        ranks_prefix=cluster.ranks_prefix(spec),
     )  # fmt: skip
     if not shown.account:
         storage.choose(spec, shown)

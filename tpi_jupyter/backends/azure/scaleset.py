@@ -15,6 +15,7 @@ from typing import Any
 
 from ...spec import TaskSpec
 from ..base import GroupState, Machine
+from ..kit.multinode import multi_node
 from .clients import Clients
 from .common import AzState
 
@@ -53,7 +54,7 @@ def body(spec: TaskSpec, state: AzState, labels: dict[str, str], custom_data: st
         **_priority(spec, m),
     )  # fmt: skip
     properties = m.VirtualMachineScaleSetProperties(
-        orchestration_mode="Uniform", overprovision=False, single_placement_group=False,
+        orchestration_mode="Uniform", overprovision=False, single_placement_group=multi_node(spec),
         upgrade_policy=m.UpgradePolicy(mode="Manual"), virtual_machine_profile=profile,
         spot_restore_policy=m.SpotRestorePolicy(enabled=True) if spec.spot >= 0 else None,
     )  # fmt: skip

@@ -32,7 +32,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit import boot_failures, wheel
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
-from . import group, identity, network, storage
+from . import cluster, group, identity, network, storage
 from . import sweep as gcp_sweep
 from . import template as gcp_template
 from .boot import startup_script
@@ -67,6 +67,7 @@ class GcpBackend:
         return f"gs://{bucket}/{prefix}"
 
     def plan(self, spec: TaskSpec, state: GcpState) -> list[str]:
+        cluster.check(spec)
         base, zone, machine = state.name or base_name(spec.id), spec.native_region, spec.native_machine
         label_text = ", ".join(f"{k}={v}" for k, v in labels(spec, "<your account>").items())
         storage_line = (
@@ -86,6 +87,7 @@ class GcpBackend:
             storage_line,
             account,
             network_line(base),
+            *cluster.plan(spec, state, base),
             f"instance template {base}: {machine}, startup script installs this tpi-jupyter's agent (locked "
             "versions), no secret in metadata, terminated at the deadline",
             f"machines: managed instance group {base} in {zone}, 0 then {spec.parallelism} x {machine}, "
@@ -102,6 +104,7 @@ class GcpBackend:
     # ------------------------------------------------------------ create / start
 
     def create(self, spec: TaskSpec, state: GcpState, steps: Steps) -> None:
+        cluster.check(spec)
         preflight(self.clients, spec, state)  # SpecError before anything exists
         storage.choose(spec, state)
         shipped = wheel.keys(MACHINE_EXTRA)
@@ -114,6 +117,9 @@ class GcpBackend:
         parallel: dict[str, Callable[[], object]] = {
             "bucket": lambda: storage.create_bucket(state, found),
             "firewall rule": lambda: network.create_firewall(self.clients, state, spec.id),
+            "firewall rule for the task's own machines": lambda: cluster.create_rule(
+                self.clients, spec, state
+            ),
         }
         if spec.permission_set:
             state.service_account = spec.permission_set.split(",", 1)[0]
@@ -191,6 +197,7 @@ class GcpBackend:
             ("managed instance group", lambda: group.delete_group(self.clients, state)),
             ("instance template", lambda: group.delete_template(self.clients, state)),
             ("firewall rule", lambda: network.delete_firewall(self.clients, state)),
+            ("firewall rule for the task's own machines", lambda: cluster.delete_rule(self.clients, state)),
             ("service account", lambda: identity.delete_account(self.clients, state)),
             ("bucket", lambda: storage.delete_storage(state)),
         ]

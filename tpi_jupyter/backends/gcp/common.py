@@ -44,6 +44,7 @@ class GcpState:
     template: str = ""
     firewall: str = ""
     ssh_firewall: str = ""  # the allow-SSH rule, only with TPI_GCP_SSH_CIDR
+    ranks_firewall: str = ""  # multi-node tasks: traffic between the task's own machines
     ssh_from: str = ""  # the range it allows
     group: str = ""
     stopped: bool = False

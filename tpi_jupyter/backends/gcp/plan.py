@@ -10,6 +10,7 @@ from ...spec import TaskSpec
 from ..kit import boot_failures
 from ..kit.boot import BootPlan, script
 from ..kit.wheel import keys
+from . import cluster
 from .boot import cloud_boot
 from .common import GcpState, base_name, labels, split_machine
 from .identity import CRM, IAM, STORAGE, account_body, bucket_binding, release_binding
@@ -65,7 +66,7 @@ def requests(spec: TaskSpec, deadline: float) -> list[dict[str, Any]]:
         ]  # fmt: skip
     made += [
         {"method": "POST", "url": f"{COMPUTE}/projects/{project}/global/firewalls", "body": rule}
-        for rule in firewall_bodies(state, spec.id)
+        for rule in [*firewall_bodies(state, spec.id), *cluster.bodies(spec, state)]
     ]
     made += [
         {"method": "POST", "url": f"{COMPUTE}/projects/{project}/global/instanceTemplates",

@@ -44,7 +44,12 @@ def orphans(clients: Clients, region: str | None) -> list[Orphan]:
         entry = orphan(found[TASK], found.get(CREATOR, ""), item.name)
         entry.resources["instance template"] = item.name
         # deleting a missing rule is a no-op
-        entry.handle.update(template=item.name, firewall=item.name, ssh_firewall=f"{item.name}-ssh")
+        entry.handle.update(
+            template=item.name,
+            firewall=item.name,
+            ssh_firewall=f"{item.name}-ssh",
+            ranks_firewall=f"{item.name}-ranks",
+        )
         if item.name in groups and (region is None or groups[item.name] == region):
             entry.where = entry.handle["zone"] = groups[item.name]
             entry.resources["managed instance group"] = entry.handle["group"] = item.name

@@ -32,7 +32,7 @@ from ..base import Capabilities, GroupState, Timing, pricing_text
 from ..kit.steps import Steps
 from ..kit.sweep import Orphan
 from ..kit.tags import label_value
-from . import config, job, manifests, storage
+from . import config, job, manifests, mpijob, service, storage
 from . import sweep as k8s_sweep
 from .manifests import PROTOCOL
 
@@ -51,6 +51,8 @@ class K8sState:
     secret: bool = False  # made (so delete knows what to look for)
     job: bool = False
     claim: bool = False  # the PersistentVolumeClaim and its transfer pod
+    service: bool = False  # the headless Service of a multi-node Job (service.py)
+    mpijob: bool = False  # launch=mpi on a cluster with mpi-operator: an MPIJob instead of the Job
 
 
 class K8sBackend:
@@ -112,14 +114,20 @@ class K8sBackend:
                                   creator or "unknown", self.remote_url(spec, state))  # fmt: skip
         left = int(state.deadline - time.time()) if state.deadline else spec.timeout
         found = [manifests.secret(meta, {}, {})]
+        mpi = False
+        if mpijob.wanted(spec):  # the MPIJob only where the kubeconfig's cluster serves it
+            with contextlib.suppress(Exception):
+                mpi = mpijob.installed(self.api(state))
         if storage.on_claim(spec):
             found += [manifests.claim(spec, meta),
                       manifests.transfer_pod(meta, settings.agent_image, settings.agent_runtime)]  # fmt: skip
-        found.append(manifests.job(spec, meta, self.pod_remote(spec, self.remote_url(spec, state)), left,
-                                   settings.agent_image, settings.agent_runtime))  # fmt: skip
+        workload = manifests.job(spec, meta, self.pod_remote(spec, self.remote_url(spec, state)), left,
+                                 settings.agent_image, settings.agent_runtime)  # fmt: skip
+        found += mpijob.workload(spec, meta, workload, mpi)
         return list(json.loads(json.dumps(found)))  # plain data: no shared parts (YAML anchors)
 
     def plan(self, spec: TaskSpec, state: K8sState) -> list[str]:
+        mpijob.check(spec)
         settings = config.Settings.from_environment()
         if storage.on_claim(spec):
             claim = manifests.claim(spec, manifests.metadata(spec, spec.id, "default", ""))["spec"]
@@ -139,6 +147,7 @@ class K8sBackend:
             ),
             f"job {spec.id}: Indexed, {spec.parallelism} rank(s) x {spec.native_machine}, image {spec.native_image}, "
             f"{pricing_text(spec.spot)}, evicted pods respawned",
+            *mpijob.plan(spec),
             f"agent runtime: copied in by an init container from {settings.agent_image} ({settings.agent_runtime})",
             f"labels: tpi-task={spec.id}, tpi-creator=<your kubeconfig user>",
         ]
@@ -147,6 +156,7 @@ class K8sBackend:
 
     def create(self, spec: TaskSpec, state: K8sState, steps: Steps) -> None:
         storage.check(spec)  # SpecError before anything exists
+        mpijob.check(spec)
         settings = config.Settings.from_environment()
         try:
             cluster = config.connect(namespace=state.namespace)
@@ -173,10 +183,12 @@ class K8sBackend:
             self._wait_for_transfer(state)
 
         def make_job() -> None:
-            state.job = True
             left = int(state.deadline - time.time())
-            job.create_job(api, manifests.job(spec, meta, self.pod_remote(spec, state.remote), left,
-                                              settings.agent_image, settings.agent_runtime))  # fmt: skip
+            made = manifests.job(spec, meta, self.pod_remote(spec, state.remote), left,
+                                 settings.agent_image, settings.agent_runtime)  # fmt: skip
+            for item in mpijob.workload(spec, meta, made, mpijob.wanted(spec) and mpijob.installed(api)):
+                setattr(state, item["kind"].lower(), True)  # recorded first: rollback looks for it
+                mpijob.send(api, item)
 
         steps.run("secret", make_secret)
         if storage.on_claim(spec):
@@ -202,14 +214,15 @@ class K8sBackend:
         job.set_environment(self.api(state), state.name, values)
 
     def start(self, spec: TaskSpec, state: K8sState) -> None:
-        job.set_suspended(self.api(state), state.name, False)
+        (mpijob if state.mpijob else job).set_suspended(self.api(state), state.name, False)
 
     # ------------------------------------------------------------ read / stop / preempt
 
     def read(self, spec: TaskSpec, state: K8sState) -> GroupState:
-        if not state.job:
+        if not (state.job or state.mpijob):
             return GroupState(exists=False)
-        found = job.read(self.api(state), state.name, spec.id)
+        reader = mpijob.read if state.mpijob else job.read
+        found = reader(self.api(state), state.name, spec.id)
         for event in found.events:
             self._events.setdefault((event["kind"], event["rank"], event["detail"]), event)
         found.events = sorted(self._events.values(), key=lambda event: event["time"])
@@ -218,7 +231,7 @@ class K8sBackend:
     def stop(self, spec: TaskSpec, state: K8sState) -> None:
         """Through the remote, as on every cloud: agents stop the script, sync back and report;
         then the Job is suspended, which ends the pods that did not."""
-        if not state.job:
+        if not (state.job or state.mpijob):
             return
         fs, root = filesystem(self.remote_url(spec, state))
         with contextlib.suppress(OSError):
@@ -228,7 +241,7 @@ class K8sBackend:
         while time.monotonic() < limit and any(m.alive for m in job.read(api, state.name, spec.id).machines):
             time.sleep(self.POLL)
         with contextlib.suppress(Exception):
-            job.set_suspended(api, state.name, True)
+            (mpijob if state.mpijob else job).set_suspended(api, state.name, True)
 
     def preempt(self, spec: TaskSpec, state: K8sState, rank: int) -> None:
         live = [m for m in self.read(spec, state).machines if m.rank == rank and m.alive]
@@ -246,14 +259,22 @@ class K8sBackend:
     # ------------------------------------------------------------ delete and sweep
 
     def delete(self, spec: TaskSpec, state: K8sState) -> None:
-        if state.secret or state.job or state.claim:
+        if state.secret or state.job or state.claim or state.service or state.mpijob:
             try:
+                self._delete_workload(state, spec.id)
                 job.delete_all(self.api(state), state.name, spec.id, self.DELETE_WAIT, self.POLL)
             except Exception as error:
                 raise RuntimeError(f"k8s: task {spec.id} could not be fully deleted ({job.describe(error)}); "
                                    "destroy again, or `tpi sweep k8s --yes` later") from None  # fmt: skip
         if state.remote:
             storage.delete(state.remote)
+
+    def _delete_workload(self, state: K8sState, task_id: str) -> None:
+        """The MPIJob before its pods (its operator would recreate them), and the Service."""
+        if state.mpijob:
+            mpijob.delete(self.api(state), state.name, task_id)
+        if state.service:
+            service.delete(self.api(state), state.name, task_id)
 
     def caller(self) -> str:
         try:
@@ -269,8 +290,10 @@ class K8sBackend:
     def delete_orphan(self, orphan: Orphan) -> None:
         handle = orphan.handle
         state = K8sState(namespace=handle["namespace"], name=handle["name"] or handle["label"],
-                         remote=handle["remote"], secret=True, job=True, claim=True)  # fmt: skip
+                         remote=handle["remote"], secret=True, job=True, claim=True, service=True,
+                         mpijob=True)  # fmt: skip
         self._api = None
+        self._delete_workload(state, handle["label"])
         job.delete_all(self.api(state), state.name, handle["label"], self.DELETE_WAIT, self.POLL)
         if state.remote:
             storage.delete(state.remote)

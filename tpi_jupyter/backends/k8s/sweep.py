@@ -10,6 +10,7 @@ from typing import Any
 
 from ..kit.sweep import Orphan
 from ..kit.tags import CREATOR, TASK
+from . import mpijob
 from .job import Api
 from .manifests import ID_ANNOTATION, REMOTE_ANNOTATION
 
@@ -19,6 +20,7 @@ def orphans(api: Api) -> list[Orphan]:
     listings: list[tuple[str, Any]] = [
         ("job", api.batch.list_namespaced_job), ("secret", api.core.list_namespaced_secret),
         ("pod", api.core.list_namespaced_pod), ("claim", api.core.list_namespaced_persistent_volume_claim),
+        ("service", api.core.list_namespaced_service), ("mpijob", mpijob.lister(api)),
     ]  # fmt: skip
     for kind, lister in listings:
         for item in lister(api.namespace, label_selector=TASK).items:
@@ -29,7 +31,7 @@ def orphans(api: Api) -> list[Orphan]:
                 task_id, api.namespace, labels.get(CREATOR, ""),
                 handle={"namespace": api.namespace, "label": labels[TASK], "name": "", "remote": ""}))  # fmt: skip
             orphan.resources.setdefault(kind, meta.name)
-            if kind in ("job", "secret", "claim"):
+            if kind in ("job", "secret", "claim", "service", "mpijob"):
                 orphan.handle["name"] = meta.name
             if notes.get(REMOTE_ANNOTATION):
                 orphan.handle["remote"] = notes[REMOTE_ANNOTATION]
