@@ -267,7 +267,8 @@ def test_lifecycle_env_only_in_the_secret_and_nothing_left(k8s: dict[str, Any], 
 @needs_bed
 def test_parallelism_three_every_rank_log_and_status_survive(k8s: dict[str, Any]) -> None:
     script = '#!/bin/bash\necho "hello from rank $TPI_RANK of $TPI_WORLD_SIZE"\nsleep 1\n'
-    task = start(["parallelism=3", "name=k8s-three"], script, k8s["bucket"])
+    # every rank waits for the others' addresses (issue 16): all three must fit on the node at once
+    task = start(["parallelism=3", "machine=2-4000", "name=k8s-three"], script, k8s["bucket"])
     assert finish(task) == "succeeded", task.tail_text()
     snapshot = task.read(fresh=True)
     assert [(r.rank, r.state, r.code) for r in snapshot.ranks] == [(i, "succeeded", 0) for i in range(3)]
