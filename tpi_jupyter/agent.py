@@ -177,13 +177,16 @@ class LogStream:
     def flush(self) -> None:
         with self._lock:
             self._flushed_at = time.monotonic()
-            chunk, self._pending = b"".join(self._pending), []
+            chunk = b"".join(self._pending)
             if not chunk:
                 return
-            with open(self.local_copy, "ab") as handle:
-                handle.write(chunk)
+            # The remote first; the lines stay pending until it has them, so a flaky store loses
+            # none (the next flush sends them again as the same chunk number, a superset).
             self.remote.append(self.key, chunk, self._chunks)
-            self._chunks += 1
+            self._pending, self._chunks = [], self._chunks + 1
+            # a full machine disk: the remote has the lines
+            with contextlib.suppress(OSError), open(self.local_copy, "ab") as handle:
+                handle.write(chunk)
 
     def _loop(self) -> None:
         while not self._stop.is_set():

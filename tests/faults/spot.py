@@ -93,7 +93,9 @@ def setback(boots: dict[int, list[int]]) -> int:
 def synced_epoch(task: Task, rank: int) -> int:
     fs, root = filesystem(task.record["remote"])
     try:
-        return int(bytes(fs.cat_file(layout.join(root, layout.data(f"results/epoch-{rank}.txt")))).strip() or 0)
+        return int(
+            bytes(fs.cat_file(layout.join(root, layout.data(f"results/epoch-{rank}.txt")))).strip() or 0
+        )
     except (FileNotFoundError, ValueError):
         return 0
 
@@ -140,7 +142,9 @@ def soak(
         figures.preemptions += 1
 
     # Every preemption done: name the last epoch, a little beyond what any rank has reached.
-    reached = max([epoch for boots in rank_epochs(task).values() for e in boots.values() for epoch in e] or [0])
+    reached = max(
+        [epoch for boots in rank_epochs(task).values() for e in boots.values() for epoch in e] or [0]
+    )
     figures.last_epoch = reached + allowed_setback(sync_interval) + 10
     partial = go_file.with_suffix(".partial")
     partial.write_text(str(figures.last_epoch))

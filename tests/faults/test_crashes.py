@@ -44,14 +44,24 @@ def leftovers() -> list[str]:
     """Everything of the kinds the AWS backend makes that moto still holds, tagged or not."""
     ec2, s3, iam, autoscaling = client("ec2"), client("s3"), client("iam"), client("autoscaling")
     left = [f"bucket {b['Name']}" for b in s3.list_buckets().get("Buckets", [])]
-    left += [f"group {g['AutoScalingGroupName']}" for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]]
-    left += [f"template {t['LaunchTemplateName']}" for t in ec2.describe_launch_templates()["LaunchTemplates"]]
+    left += [
+        f"group {g['AutoScalingGroupName']}"
+        for g in autoscaling.describe_auto_scaling_groups()["AutoScalingGroups"]
+    ]
+    left += [
+        f"template {t['LaunchTemplateName']}" for t in ec2.describe_launch_templates()["LaunchTemplates"]
+    ]
     left += [f"key {k['KeyName']}" for k in ec2.describe_key_pairs()["KeyPairs"]]
     left += [f"security group {g['GroupName']}" for g in ec2.describe_security_groups()["SecurityGroups"]
              if g["GroupName"] != "default"]  # fmt: skip
     left += [f"role {r['RoleName']}" for r in iam.list_roles(PathPrefix="/tpi/")["Roles"]]
-    left += [f"profile {p['InstanceProfileName']}" for p in iam.list_instance_profiles(PathPrefix="/tpi/")["InstanceProfiles"]]
-    running = ec2.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}])
+    left += [
+        f"profile {p['InstanceProfileName']}"
+        for p in iam.list_instance_profiles(PathPrefix="/tpi/")["InstanceProfiles"]
+    ]
+    running = ec2.describe_instances(
+        Filters=[{"Name": "instance-state-name", "Values": ["pending", "running"]}]
+    )
     left += [f"instance {i['InstanceId']}" for r in running["Reservations"] for i in r["Instances"]]
     return left
 
@@ -71,7 +81,10 @@ def clean_up(name: str) -> dict[str, int]:
 
 
 def test_client_killed_during_launch_and_destroy_leaves_nothing(
-    aws_env: str, tpi_home: Path, workdir: Path, tmp_path: Path  # noqa: F811
+    aws_env: str,  # noqa: F811 - the imported fixture
+    tpi_home: Path,
+    workdir: Path,
+    tmp_path: Path,
 ) -> None:
     seed = figures.seed()
     rng = random.Random(seed)

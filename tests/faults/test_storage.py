@@ -137,7 +137,13 @@ def test_upload_sync_back_logs_and_pull_survive_storage_faults(store: Store, wor
     seed = int(store.bucket.split("-")[1])
     sent = inputs(workdir, seed)
     poison(store)
-    words = ["workdir=.", "output=results", "name=storm", f"container=s3://{store.bucket}/runs", "timeout=600"]
+    words = [
+        "workdir=.",
+        "output=results",
+        "name=storm",
+        f"container=s3://{store.bucket}/runs",
+        "timeout=600",
+    ]
     task = launch(build_spec(words, {"cloud": "local"}), SCRIPT)  # upload through the faults
     assert isinstance(task, Task)
     prefix = f"runs/{task.id}/data/"
@@ -195,7 +201,9 @@ def test_a_store_that_stays_down_fails_in_one_line_and_leaves_nothing_half_writt
     with pytest.raises(TaskError) as raised:
         task.pull()
     message = str(raised.value)
-    assert "\n" not in message and message.startswith("pull of task later: cannot download inputs/in-"), message
+    assert "\n" not in message and message.startswith("pull of task later: cannot download inputs/in-"), (
+        message
+    )
     here = {f"inputs/{p.name}": p.read_bytes() for p in (workdir / "inputs").iterdir()}
     assert whole(here, {k: v for k, v in sent.items() if k in here}, "") == []  # what arrived is whole
     assert not [name for name in os.listdir(workdir / "inputs") if name not in {k[7:] for k in sent}]
