@@ -1,0 +1,86 @@
+"""Kernel restarts (real ipykernels, tests/kernels.py) while a cell uploads, while it streams a
+log, and while it waits: the task survives, `%tpi attach` finds it, and no log line is lost."""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tpi_jupyter import state
+
+from ..conftest import wait_for
+from ..kernels import Kernel
+from . import figures
+
+pytestmark = pytest.mark.slow
+
+LINES = 40
+SCRIPT = f"for i in $(seq 1 {LINES}); do echo \"line $i\"; sleep 0.15; done\nmkdir -p results\necho ok > results/done.txt\n"
+
+
+@pytest.fixture
+def kernel(tpi_home: Path, workdir: Path) -> Iterator[Kernel]:
+    env = {**os.environ, "TPI_JUPYTER_HOME": str(tpi_home), "TPI_JUPYTER_NONINTERACTIVE": "1"}
+    started = Kernel(env, workdir)
+    try:
+        yield started
+    finally:
+        started.shutdown()
+
+
+def restart_during(kernel: Kernel, code: str, after: float) -> None:
+    """Send code, and restart the kernel `after` seconds later, while the cell still runs."""
+    kernel.client.execute(code, store_history=False)
+    time.sleep(after)
+    kernel.restart()
+    kernel.ok("%load_ext tpi_jupyter")
+
+
+def finished_whole(kernel: Kernel, name: str) -> None:
+    """attach finds the task; it succeeds; its log has every line once, in order."""
+    assert name in kernel.ok(f"%tpi attach {name}").text
+    wait_for(lambda: re.search(r"\bsucceeded\b", kernel.ok(f"%tpi status {name}").text), timeout=90, interval=0.5)
+    logs = kernel.ok(f"%tpi logs {name}").text.splitlines()
+    assert [line for line in logs if line.startswith("line ")] == [f"line {i}" for i in range(1, LINES + 1)]
+
+
+def test_restarts_while_streaming_and_while_waiting(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:
+    rng = random.Random(figures.seed())
+    kernel.ok("%load_ext tpi_jupyter")
+    kernel.ok(f"%%tpi name=streamed workdir=. output=results timeout=300\n{SCRIPT}")
+    restart_during(kernel, "%tpi logs streamed --follow", rng.uniform(1.0, 3.0))
+    finished_whole(kernel, "streamed")
+
+    restart_during(kernel, f"%%tpi name=waited workdir=. output=results timeout=300 --wait\n{SCRIPT}",
+                   rng.uniform(1.5, 3.5))  # fmt: skip
+    assert state.find("waited") is not None  # launched before the restart, and kept
+    finished_whole(kernel, "waited")
+    for name in ("streamed", "waited"):
+        assert "destroyed" in kernel.ok(f"%tpi destroy {name}").text
+    assert (workdir / "results" / "done.txt").read_text() == "ok\n"
+
+
+def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:
+    """The upload runs in the kernel: a restart midway ends it. The task must not be left half
+    made and invisible: attach shows it, and destroy removes all of it; a new launch works."""
+    rng = random.Random(figures.seed())
+    data = workdir / "data"
+    data.mkdir()
+    for number in range(3000):
+        (data / f"f{number}.bin").write_bytes(rng.randbytes(2048))
+    kernel.ok("%load_ext tpi_jupyter")
+    restart_during(kernel, f"%%tpi name=uploading workdir=. output=results timeout=300\n{SCRIPT}", 0.8)
+    record = state.find("uploading")
+    assert record is not None, "the launch ended before the restart: more files are needed"
+    shown = kernel.ok("%tpi attach uploading").text
+    assert "uploading" in shown
+    print(shown, kernel.ok("%tpi status uploading").text)
+    destroyed = kernel.ok("%tpi destroy uploading").text
+    assert "destroyed" in destroyed, destroyed
+    assert state.records() == [] and not (tpi_home / "local" / record["id"]).exists()
