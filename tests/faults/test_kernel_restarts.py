@@ -21,7 +21,7 @@ from . import figures
 pytestmark = pytest.mark.slow
 
 LINES = 40
-SCRIPT = f"for i in $(seq 1 {LINES}); do echo \"line $i\"; sleep 0.15; done\nmkdir -p results\necho ok > results/done.txt\n"
+SCRIPT = f'for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.15; done\nmkdir -p results\necho ok > results/done.txt\n'
 
 
 @pytest.fixture
@@ -45,7 +45,9 @@ def restart_during(kernel: Kernel, code: str, after: float) -> None:
 def finished_whole(kernel: Kernel, name: str) -> None:
     """attach finds the task; it succeeds; its log has every line once, in order."""
     assert name in kernel.ok(f"%tpi attach {name}").text
-    wait_for(lambda: re.search(r"\bsucceeded\b", kernel.ok(f"%tpi status {name}").text), timeout=90, interval=0.5)
+    wait_for(
+        lambda: re.search(r"\bsucceeded\b", kernel.ok(f"%tpi status {name}").text), timeout=90, interval=0.5
+    )
     logs = kernel.ok(f"%tpi logs {name}").text.splitlines()
     assert [line for line in logs if line.startswith("line ")] == [f"line {i}" for i in range(1, LINES + 1)]
 
