@@ -12,12 +12,20 @@ import random
 from dataclasses import asdict, is_dataclass
 from typing import Any
 
+import pytest
+
 
 def seed() -> int:
     """The run's seed: TPI_FAULT_SEED, else a fresh one. Printed, so a failure can be replayed."""
     value = int(os.environ.get("TPI_FAULT_SEED") or random.SystemRandom().randrange(1, 10**6))
     print(f"fault seed {value} (replay with TPI_FAULT_SEED={value})")
     return value
+
+
+# The long forms (benchmarks/soak.py sets TPI_FAULT_SOAK=1); CI covers those paths in short.
+soak_only = pytest.mark.skipif(
+    not os.environ.get("TPI_FAULT_SOAK"), reason="long form: benchmarks/soak.py runs it"
+)
 
 
 def preemptions(ci_default: int) -> int:

@@ -66,6 +66,7 @@ def test_restarts_while_streaming_and_while_waiting(kernel: Kernel, tpi_home: Pa
     for name in ("streamed", "waited"):
         assert "destroyed" in kernel.ok(f"%tpi destroy {name}").text
     assert (workdir / "results" / "done.txt").read_text() == "ok\n"
+    figures.record("kernel", "local", {"restarts": 2, "survived": 2, "lost": 0})
 
 
 def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:
@@ -86,3 +87,4 @@ def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) ->
     destroyed = kernel.ok("%tpi destroy uploading").text
     assert "destroyed" in destroyed, destroyed
     assert state.records() == [] and not (tpi_home / "local" / record["id"]).exists()
+    figures.record("kernel-upload", "local", {"restarts": 1, "survived": 0, "cleaned": 1, "lost": 0})

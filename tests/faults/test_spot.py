@@ -83,11 +83,13 @@ def test_aws_soak(aws_env: str, tpi_home: Path, workdir: Path, tmp_path: Path) -
             machine.kill()
 
 
+@figures.soak_only  # one GCP preemption is in CI already (tests/test_gcp.py)
 def test_gcp_soak(gcp: object, workdir: Path, tmp_path: Path) -> None:  # noqa: F811
     task = start("gcp", tmp_path / "go")
     finish(task, workdir, run_soak(task, tmp_path / "go", 2))
 
 
+@figures.soak_only  # one Azure eviction is in CI already (tests/test_azure.py)
 def test_azure_soak(arm: object, workdir: Path, tmp_path: Path) -> None:  # noqa: F811
     task = start("az", tmp_path / "go")
     finish(task, workdir, run_soak(task, tmp_path / "go", 2))
