@@ -26,6 +26,11 @@ FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_kernel_rest
          "test_disk_full.py", "test_secrets.py"]  # fmt: skip
 
 
+def revision() -> str:
+    found = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    return found.stdout.strip() or "unknown"
+
+
 def run_file(name: str, env: dict[str, str]) -> tuple[int, float, str]:
     command = [sys.executable, "-m", "pytest", f"tests/faults/{name}", "-q", "-p", "no:cacheprovider", "-s"]
     began = time.monotonic()
@@ -103,7 +108,7 @@ def main() -> int:
     figures_file.unlink()
     lines = [
         "# Fault soak (`benchmarks/soak.py`)", "",
-        f"Seed {args.seed}; {sizes}; storage rounds {args.storage_rounds}; "
+        f"Seed {args.seed}; {sizes}; storage rounds {args.storage_rounds}; commit {revision()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores.", "",
         "| fault | backend | injected | survived | lost | reproduce |", "|---|---|---|---|---|---|",
         *[f"| {' | '.join(row(item, args.seed, sizes))} |" for item in items], "",

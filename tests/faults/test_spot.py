@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,14 +22,15 @@ from ..aws_moto import PlayedMachine, aws_env, moto_endpoint  # noqa: F401 - fix
 from ..test_aws import play_all
 from ..test_azure import arm, azurite, imds  # noqa: F401 - fixtures
 from ..test_gcp import contract, gcp, gcs_url  # noqa: F401 - fixtures
+from ..test_k8s_backend import cluster, k8s, needs_bed  # noqa: F401 - fixtures
 from . import figures
 from .spot import SCRIPT, SoakFigures, soak
 
 pytestmark = pytest.mark.slow
 
 
-def start(cloud: str, go_file: Path) -> Task:
-    words = ["workdir=.", "output=results", "spot=0", "parallelism=2", "timeout=1800",
+def start(cloud: str, go_file: Path, *extra: str) -> Task:
+    words = [*extra, "workdir=.", "output=results", "spot=0", "parallelism=2", "timeout=1800",
              f"name=soak-{cloud}", f"environment=GO_FILE={go_file}"]  # fmt: skip
     task = launch(build_spec(words, {"cloud": cloud}), SCRIPT)
     assert isinstance(task, Task)
@@ -92,4 +94,11 @@ def test_gcp_soak(gcp: object, workdir: Path, tmp_path: Path) -> None:  # noqa: 
 @figures.soak_only  # one Azure eviction is in CI already (tests/test_azure.py)
 def test_azure_soak(arm: object, workdir: Path, tmp_path: Path) -> None:  # noqa: F811
     task = start("az", tmp_path / "go")
+    finish(task, workdir, run_soak(task, tmp_path / "go", 2))
+
+
+@needs_bed
+@figures.soak_only  # one eviction is in CI already (tests/test_k8s_backend.py)
+def test_k8s_soak(k8s: dict[str, Any], workdir: Path, tmp_path: Path) -> None:  # noqa: F811
+    task = start("k8s", tmp_path / "go", f"container=s3://{k8s['bucket']}/runs")
     finish(task, workdir, run_soak(task, tmp_path / "go", 2))
