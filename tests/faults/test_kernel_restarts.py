@@ -82,8 +82,9 @@ def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) ->
     record = state.find("uploading")
     assert record is not None, "the launch ended before the restart: more files are needed"
     shown = kernel.ok("%tpi attach uploading").text
-    assert "uploading" in shown
-    print(shown, kernel.ok("%tpi status uploading").text)
+    assert "uploading" in shown and "[failed]" in shown, shown
+    status = kernel.ok("%tpi status uploading").text  # not queued forever: failed, saying why
+    assert "status failed: rank 0 failed (launch interrupted: the client ended before the machines" in status
     destroyed = kernel.ok("%tpi destroy uploading").text
     assert "destroyed" in destroyed, destroyed
     assert state.records() == [] and not (tpi_home / "local" / record["id"]).exists()
