@@ -141,11 +141,14 @@ def soak(
             continue  # the machine went between the read and the preempt
         figures.preemptions += 1
 
-    # Every preemption done: name the last epoch, a little beyond what any rank has reached.
+    # Every preemption done: name the last epoch, a little beyond what any rank has reached. The
+    # ranks go on while their logs are read (seconds, for many boots on a loaded machine): add that.
+    reading = time.monotonic()
     reached = max(
         [epoch for boots in rank_epochs(task).values() for e in boots.values() for epoch in e] or [0]
     )
-    figures.last_epoch = reached + allowed_setback(sync_interval) + 10
+    late = math.ceil((time.monotonic() - reading + 2 * task.poll_interval) / EPOCH_PERIOD)
+    figures.last_epoch = reached + allowed_setback(sync_interval) + late + 10
     partial = go_file.with_suffix(".partial")
     partial.write_text(str(figures.last_epoch))
     partial.rename(go_file)  # the script never reads half a number
