@@ -31,11 +31,15 @@ def revision() -> str:
     return found.stdout.strip() or "unknown"
 
 
-def run_file(name: str, env: dict[str, str]) -> tuple[int, float, str]:
-    command = [sys.executable, "-m", "pytest", f"tests/faults/{name}", "-q", "-p", "no:cacheprovider", "-s"]
+def run_file(name: str, env: dict[str, str], select: str = "") -> tuple[int, float, str]:
+    # The long forms outlast the suite's per-test limit (pytest-timeout, 300 s).
+    command = [sys.executable, "-m", "pytest", f"tests/faults/{name}", "-q", "-p", "no:cacheprovider", "-s",
+               "-o", "timeout=3600", *(["-k", select] if select else [])]  # fmt: skip
     began = time.monotonic()
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    tail = "\n".join(done.stdout.strip().splitlines()[-3:])
+    log = Path(tempfile.gettempdir()) / f"soak-{name}-{env['TPI_FAULT_SEED']}.log"
+    log.write_text(done.stdout + done.stderr)
+    tail = "\n".join([*done.stdout.strip().splitlines()[-3:], f"(whole output: {log})"])
     return done.returncode, time.monotonic() - began, tail
 
 
@@ -89,6 +93,7 @@ def main() -> int:
     parser.add_argument("--crashes", type=int, default=10)
     parser.add_argument("--storage-rounds", type=int, default=3)
     parser.add_argument("--files", default=",".join(FILES))
+    parser.add_argument("-k", dest="select", default="", help="pytest -k expression (e.g. 'gcp or az')")
     args = parser.parse_args()
     print(f"soak seed {args.seed}", flush=True)
     sizes = f"TPI_FAULT_PREEMPTIONS={args.preemptions} TPI_FAULT_CRASHES={args.crashes}"
@@ -101,7 +106,7 @@ def main() -> int:
     for name in args.files.split(","):
         for round_ in range(args.storage_rounds if name == "test_storage.py" else 1):
             env["TPI_FAULT_SEED"] = str(args.seed + round_)
-            code, seconds, tail = run_file(name, env)
+            code, seconds, tail = run_file(name, env, args.select)
             runs.append((name, code, seconds, tail))
             print(f"{name} (seed {args.seed + round_}): exit {code} in {seconds:.0f} s\n{tail}", flush=True)
     items = [json.loads(line) for line in figures_file.read_text().splitlines() if line.strip()]
