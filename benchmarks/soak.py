@@ -93,12 +93,16 @@ def main() -> int:
     parser.add_argument("--crashes", type=int, default=10)
     parser.add_argument("--storage-rounds", type=int, default=3)
     parser.add_argument("--files", default=",".join(FILES))
+    parser.add_argument("--figures", default="", help="a JSON-lines file to add this run's figures to")
     parser.add_argument("-k", dest="select", default="", help="pytest -k expression (e.g. 'gcp or az')")
     args = parser.parse_args()
     print(f"soak seed {args.seed}", flush=True)
     sizes = f"TPI_FAULT_PREEMPTIONS={args.preemptions} TPI_FAULT_CRASHES={args.crashes}"
-    with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as handle:
-        figures_file = Path(handle.name)
+    if args.figures:  # kept: rows of earlier runs (other -k selections) join the table
+        figures_file = Path(args.figures)
+    else:
+        with tempfile.NamedTemporaryFile(suffix=".jsonl", delete=False) as handle:
+            figures_file = Path(handle.name)
     env = {**os.environ, "TPI_FAULT_SOAK": "1", "TPI_FAULT_PREEMPTIONS": str(args.preemptions),
            "TPI_FAULT_CRASHES": str(args.crashes), "TPI_FAULT_FIGURES": str(figures_file),
            "TPI_FAULT_SEED": str(args.seed)}  # fmt: skip
@@ -110,7 +114,8 @@ def main() -> int:
             runs.append((name, code, seconds, tail))
             print(f"{name} (seed {args.seed + round_}): exit {code} in {seconds:.0f} s\n{tail}", flush=True)
     items = [json.loads(line) for line in figures_file.read_text().splitlines() if line.strip()]
-    figures_file.unlink()
+    if not args.figures:
+        figures_file.unlink()
     lines = [
         "# Fault soak (`benchmarks/soak.py`)", "",
         f"Seed {args.seed}; {sizes}; storage rounds {args.storage_rounds}; commit {revision()}; "
