@@ -107,7 +107,7 @@ def main() -> int:
            "TPI_FAULT_CRASHES": str(args.crashes), "TPI_FAULT_FIGURES": str(figures_file),
            "TPI_FAULT_SEED": str(args.seed)}  # fmt: skip
     runs = []
-    for name in args.files.split(","):
+    for name in args.files.split(",") if args.files else []:
         for round_ in range(args.storage_rounds if name == "test_storage.py" else 1):
             env["TPI_FAULT_SEED"] = str(args.seed + round_)
             code, seconds, tail = run_file(name, env, args.select)
@@ -127,7 +127,7 @@ def main() -> int:
     ]  # fmt: skip
     RESULTS.write_text("\n".join(lines))
     print("\n".join(lines))
-    return max(code for _, code, _, _ in runs)
+    return max([code for _, code, _, _ in runs] or [0])
 
 
 if __name__ == "__main__":
