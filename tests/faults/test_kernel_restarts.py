@@ -3,11 +3,9 @@ log, and while it waits: the task survives, `%tpi attach` finds it, and no log l
 
 from __future__ import annotations
 
-import os
 import random
 import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from tpi_jupyter import state
 
 from ..conftest import wait_for
 from ..kernels import Kernel
+from ..test_kernel import kernel  # noqa: F401 - fixture (text mode, its own TPI_JUPYTER_HOME)
 from . import figures
 
 pytestmark = pytest.mark.slow
@@ -24,35 +23,29 @@ LINES = 40
 SCRIPT = f'for i in $(seq 1 {LINES}); do echo "line $i"; sleep 0.15; done\nmkdir -p results\necho ok > results/done.txt\n'
 
 
-@pytest.fixture
-def kernel(tpi_home: Path, workdir: Path) -> Iterator[Kernel]:
-    env = {**os.environ, "TPI_JUPYTER_HOME": str(tpi_home), "TPI_JUPYTER_NONINTERACTIVE": "1"}
-    started = Kernel(env, workdir)
-    try:
-        yield started
-    finally:
-        started.shutdown()
-
-
-def restart_during(kernel: Kernel, code: str, after: float) -> None:
+def restart_during(session: Kernel, code: str, after: float) -> None:
     """Send code, and restart the kernel `after` seconds later, while the cell still runs."""
-    kernel.client.execute(code, store_history=False)
+    session.client.execute(code, store_history=False)
     time.sleep(after)
-    kernel.restart()
-    kernel.ok("%load_ext tpi_jupyter")
+    session.restart()
+    session.ok("%load_ext tpi_jupyter")
 
 
-def finished_whole(kernel: Kernel, name: str) -> None:
+def finished_whole(session: Kernel, name: str) -> None:
     """attach finds the task; it succeeds; its log has every line once, in order."""
-    assert name in kernel.ok(f"%tpi attach {name}").text
+    assert name in session.ok(f"%tpi attach {name}").text
     wait_for(
-        lambda: re.search(r"\bsucceeded\b", kernel.ok(f"%tpi status {name}").text), timeout=90, interval=0.5
+        lambda: re.search(r"\bsucceeded\b", session.ok(f"%tpi status {name}").text), timeout=90, interval=0.5
     )
-    logs = kernel.ok(f"%tpi logs {name}").text.splitlines()
+    logs = session.ok(f"%tpi logs {name}").text.splitlines()
     assert [line for line in logs if line.startswith("line ")] == [f"line {i}" for i in range(1, LINES + 1)]
 
 
-def test_restarts_while_streaming_and_while_waiting(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:
+def test_restarts_while_streaming_and_while_waiting(
+    kernel: Kernel,  # noqa: F811 - the imported fixture
+    tpi_home: Path,
+    workdir: Path,
+) -> None:
     rng = random.Random(figures.seed())
     kernel.ok("%load_ext tpi_jupyter")
     kernel.ok(f"%%tpi name=streamed workdir=. output=results timeout=300\n{SCRIPT}")
@@ -69,7 +62,7 @@ def test_restarts_while_streaming_and_while_waiting(kernel: Kernel, tpi_home: Pa
     figures.record("kernel", "local", {"restarts": 2, "survived": 2, "lost": 0})
 
 
-def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:
+def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) -> None:  # noqa: F811
     """The upload runs in the kernel: a restart midway ends it. The task must not be left half
     made and invisible: attach shows it, and destroy removes all of it; a new launch works."""
     rng = random.Random(figures.seed())
