@@ -98,7 +98,7 @@ def test_client_killed_during_launch_and_destroy_leaves_nothing(
     clean_up("crash-ref")
 
     rows = []
-    for round_ in range(int(os.environ.get("TPI_FAULT_CRASHES") or 3)):
+    for round_ in range(int(os.environ.get("TPI_FAULT_CRASHES") or 2)):
         name, verb = f"crash-{round_}", rng.choice(["run", "destroy"])
         point = rng.uniform(0.2, launch_time)
         if verb == "run":
