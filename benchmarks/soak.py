@@ -39,7 +39,9 @@ def run_file(name: str, env: dict[str, str], select: str = "") -> tuple[int, flo
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     log = Path(tempfile.gettempdir()) / f"soak-{name}-{env['TPI_FAULT_SEED']}.log"
     log.write_text(done.stdout + done.stderr)
-    tail = "\n".join([*done.stdout.strip().splitlines()[-3:], f"(whole output: {log})"])
+    lines = done.stdout.strip().splitlines()
+    failed = [line for line in lines if line.startswith("FAILED")]
+    tail = "\n".join([*failed, *lines[-1:], f"(whole output: {log})"])
     return done.returncode, time.monotonic() - began, tail
 
 
@@ -68,7 +70,7 @@ def row(item: dict[str, Any], seed: int, sizes: str) -> tuple[str, str, str, str
         killed = sum(1 for r in rounds if r["killed"])
         swept = sum(1 for r in rounds if r["left_for_sweep"])
         return ("client SIGKILL (tpi run / tpi destroy)", backend, f"{killed} kills in {len(rounds)} rounds",
-                f"{len(rounds)} (destroy finished {len(rounds) - swept}; sweep found the rest of {swept})",
+                f"{len(rounds)} (destroy alone: {len(rounds) - swept}; destroy then sweep: {swept})",
                 "0", replay + "test_crashes.py`")  # fmt: skip
     if kind.startswith("kernel"):
         what = (
@@ -84,6 +86,16 @@ def row(item: dict[str, Any], seed: int, sizes: str) -> tuple[str, str, str, str
                 str(item["lost"]), replay + "test_disk_full.py`")  # fmt: skip
     return ("secret scan", backend, f"{item['secrets']} planted values", f"{item['artefacts']} artefacts scanned",
             f"{len(item['leaks'])} leaks", replay + "test_secrets.py`")  # fmt: skip
+
+
+def failed_row(name: str, seed: int, tail: str, sizes: str) -> str:
+    """A run that failed records no figures: it still gets a row, with what pytest said."""
+    failed = [line for line in tail.splitlines() if line.startswith("FAILED")] or tail.splitlines()[:1]
+    said = "; ".join(line.split(" - ")[0].removeprefix("FAILED ") for line in failed)
+    return (
+        f"| **run failed**: {said} | - | - | - | not measured | `TPI_FAULT_SOAK=1 TPI_FAULT_SEED={seed} "
+        f"{sizes} .venv/bin/python -m pytest tests/faults/{name}` |"
+    )
 
 
 def main() -> int:
@@ -111,7 +123,7 @@ def main() -> int:
         for round_ in range(args.storage_rounds if name == "test_storage.py" else 1):
             env["TPI_FAULT_SEED"] = str(args.seed + round_)
             code, seconds, tail = run_file(name, env, args.select)
-            runs.append((name, code, seconds, tail))
+            runs.append((name, code, seconds, tail, int(env["TPI_FAULT_SEED"])))
             print(f"{name} (seed {args.seed + round_}): exit {code} in {seconds:.0f} s\n{tail}", flush=True)
     items = [json.loads(line) for line in figures_file.read_text().splitlines() if line.strip()]
     if not args.figures:
@@ -121,13 +133,14 @@ def main() -> int:
         f"Seed {args.seed}; {sizes}; storage rounds {args.storage_rounds}; commit {revision()}; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {os.cpu_count()} cores.", "",
         "| fault | backend | injected | survived | lost | reproduce |", "|---|---|---|---|---|---|",
-        *[f"| {' | '.join(row(item, args.seed, sizes))} |" for item in items], "",
+        *[f"| {' | '.join(row(item, args.seed, sizes))} |" for item in items],
+        *[failed_row(name, seed, tail, sizes) for name, code, _, tail, seed in runs if code != 0], "",
         "| test file | exit | seconds |", "|---|---|---|",
-        *[f"| {name} | {code} | {seconds:.0f} |" for name, code, seconds, _ in runs], "",
+        *[f"| {name} | {code} | {seconds:.0f} |" for name, code, seconds, _, _ in runs], "",
     ]  # fmt: skip
     RESULTS.write_text("\n".join(lines))
     print("\n".join(lines))
-    return max([code for _, code, _, _ in runs] or [0])
+    return max([code for _, code, _, _, _ in runs] or [0])
 
 
 if __name__ == "__main__":
