@@ -135,10 +135,10 @@ def soak(
         if task.read(fresh=True).ranks[rank].state != "running":
             continue  # its machine is being replaced: pick again later
         try:
-            kill(rank)
             task.preempt(rank)
         except TaskError:
             continue  # the machine went between the read and the preempt
+        kill(rank)  # a played machine's processes go with its instance
         figures.preemptions += 1
 
     # Every preemption done: name the last epoch, a little beyond what any rank has reached. The
