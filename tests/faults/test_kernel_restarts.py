@@ -68,12 +68,20 @@ def test_restart_during_upload(kernel: Kernel, tpi_home: Path, workdir: Path) ->
     rng = random.Random(figures.seed())
     data = workdir / "data"
     data.mkdir()
-    for number in range(3000):
-        (data / f"f{number}.bin").write_bytes(rng.randbytes(2048))
+    for number in range(6000):
+        (data / f"f{number}.bin").write_bytes(rng.randbytes(1024))
     kernel.ok("%load_ext tpi_jupyter")
-    restart_during(kernel, f"%%tpi name=uploading workdir=. output=results timeout=300\n{SCRIPT}", 0.8)
+    kernel.client.execute(f"%%tpi name=uploading workdir=. output=results timeout=300\n{SCRIPT}")
+
+    def uploading() -> bool:  # the first files are on the remote: the upload runs
+        found = state.find("uploading")
+        return bool(found and found.get("remote") and any((Path(found["remote"]) / "data").glob("data/*")))
+
+    wait_for(uploading, timeout=60, interval=0.02)
+    kernel.restart()
+    kernel.ok("%load_ext tpi_jupyter")
     record = state.find("uploading")
-    assert record is not None, "the launch ended before the restart: more files are needed"
+    assert record is not None and "started" not in record, "the launch ended before the restart"
     shown = kernel.ok("%tpi attach uploading").text
     assert "uploading" in shown and "[failed]" in shown, shown
     status = kernel.ok("%tpi status uploading").text  # not queued forever: failed, saying why
