@@ -178,13 +178,16 @@ class LogStream:
     def flush(self) -> None:
         with self._lock:
             self._flushed_at = time.monotonic()
-            chunk, self._pending = b"".join(self._pending), []
+            chunk = b"".join(self._pending)
             if not chunk:
                 return
-            with open(self.local_copy, "ab") as handle:
-                handle.write(chunk)
+            # The remote first; the lines stay pending until it has them, so a flaky store loses
+            # none (the next flush sends them again as the same chunk number, a superset).
             self.remote.append(self.key, chunk, self._chunks)
-            self._chunks += 1
+            self._pending, self._chunks = [], self._chunks + 1
+            # a full machine disk: the remote has the lines
+            with contextlib.suppress(OSError), open(self.local_copy, "ab") as handle:
+                handle.write(chunk)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
@@ -331,7 +334,7 @@ class Agent:
         self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
-    def push(self, settle: float = 0.0) -> None:
+    def push(self, settle: float = 0.0) -> bool:
         """Sync the work directory back; files it cannot sync are skipped and logged once each.
 
         The pushes while the script runs settle (see sync.upload); the final one takes everything."""
@@ -353,6 +356,7 @@ class Agent:
             if warning not in self.reported:
                 self.reported.add(warning)
                 self.log.line(f"[tpi] {warning}")
+        return bool(result.deferred)
 
     def run(self) -> dict[str, Any]:
         timing = Timing(**self.task.get("timing", {}))  # the backend's cadence, written at launch
@@ -410,7 +414,7 @@ class Agent:
         reader.start()
         write_atomic(self.machine_dir / "script.pid", str(self.process.pid).encode(), durable=False)
         result, restart_why = "success", ""
-        next_sync = time.time() + sync_interval
+        next_sync, quick = time.time() + sync_interval, False
         while self.process.poll() is None:
             now = time.time()
             if now >= deadline:
@@ -436,8 +440,10 @@ class Agent:
                 result = "restart"
                 break
             if now >= next_sync:
-                self._push_quietly()
-                next_sync = time.time() + sync_interval
+                # A file deferred as too young is taken by the next round: run that round as soon
+                # as it has settled, once, so a file rewritten often still syncs every interval.
+                quick = self._push_quietly() and not quick
+                next_sync = time.time() + (2 * SETTLE if quick else sync_interval)
             time.sleep(min(0.05, max(0.01, deadline - now)))
         code = self.process.wait()
         # The task ends with the script, not when its background children close the pipe.
@@ -490,11 +496,13 @@ class Agent:
         self._stop_outcome = {"reason": f"stopped: rank {failed} failed", "stopped_by": failed}
         return f"rank {failed} failed; policy: a failed rank stops the others"
 
-    def _push_quietly(self) -> None:
+    def _push_quietly(self) -> bool:
+        """One push while the script runs; whether it deferred a file that was still being written."""
         try:
-            self.push(settle=SETTLE)
+            return self.push(settle=SETTLE)
         except Exception as error:  # try again at the next interval; the final push is strict
             self.log.line(f"[tpi] sync back failed, will retry: {error}")
+            return False
 
     def _read_output(self, exited: threading.Event, wake_fd: int) -> None:
         assert self.process is not None and self.process.stdout is not None

@@ -70,7 +70,8 @@ class TransferError(Exception):
             if isinstance(error, OSError) and error.strerror
             else str(error) or type(error).__name__
         )
-        super().__init__(f"{relpath}: {reason}")
+        # One line: obstore's messages go on with a blank line and a multi-line debug dump.
+        super().__init__(f"{relpath}: {' '.join(reason.split(chr(10) * 2)[0].split())}")
 
 
 def temp_path(target: str) -> str:

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from fsspec.utils import get_protocol
 
-from . import layout, state
+from . import launcher, layout, state
 from .backends.base import Backend, EnvironmentHolder, GroupState, Sweepable, get_backend
 from .backends.base import pricing_text as pricing_text  # the faces' one pricing label
 from .backends.kit import sweep as kit_sweep
@@ -339,6 +339,8 @@ class Task:
                                        finished, stopped_by if isinstance(stopped_by, int) else None))  # fmt: skip
             elif rank in alive:
                 ranks.append(RankState(rank, "running" if count else "provisioning", count))
+            elif launcher.interrupted(self.record):  # before the group: it exists from create on
+                ranks.append(RankState(rank, "failed", count, reason=launcher.INTERRUPTED))
             elif group.exists:
                 ranks.append(RankState(rank, "preempted" if count else "queued", count))
             else:
@@ -634,7 +636,7 @@ def launch(
     record: dict[str, Any] = {
         "id": spec.id, "name": spec.name, "cloud": spec.cloud, "spec": spec.public_dict(),
         "workdir": spec.workdir, "created": now, "deadline": now + spec.timeout,
-        "shebang": script.startswith("#!"), "status": "provisioning",
+        "shebang": script.startswith("#!"), "status": "provisioning", "launcher": launcher.mark(),
         # imported from the local environment (likely credentials): masked in logs by the agent
         "masked": masked, "warnings": short_secrets(masked, values) + price_warnings(spec),
         "events": [{"time": now, "kind": "created", "rank": None, "detail": ""}],
