@@ -237,7 +237,10 @@ def test_negative_log_tail_lines(shell, caplog: pytest.LogCaptureFixture) -> Non
             setattr(magics, setting, -1)
         check_message(str(error.value), setting)
         assert error.value._render_traceback_() == [f"SettingError: {error.value}"]  # no traceback
-    result = shell.run_cell("%config TpiMagics.log_tail_lines = -5")
+    try:
+        result = shell.run_cell("%config TpiMagics.log_tail_lines = -5")
+    finally:  # %config keeps the value in the shell's config: later loads in this process would read it
+        shell.config.TpiMagics.pop("log_tail_lines", None)
     assert magics.log_tail_lines == 20  # refused; the default stays
     shown = [record.getMessage() for record in caplog.records]
     assert result.error_in_exec is None  # %config reports it as one logged line, no traceback

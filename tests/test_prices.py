@@ -272,6 +272,7 @@ def test_magic_prints_the_table_and_refuses_bad_queries_as_usage_errors(
 ) -> None:
     ip = start_ipython() or get_ipython()
     ip.run_line_magic("load_ext", "tpi_jupyter")
+    capsys.readouterr()  # "already loaded" when an earlier test of this process loaded it
     ip.run_line_magic("tpi", "prices m+t4")
     assert rows(capsys.readouterr().out)[0][2] in {MACHINES[c]["m+t4"] for c in catalogue.PRICED_CLOUDS}
     with pytest.raises(UsageError, match=r"^QUERY: 'cpu>>1' is not a condition"):
