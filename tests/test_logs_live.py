@@ -257,3 +257,32 @@ def test_the_magic_shows_the_short_value_warning_and_refuses_an_unset_import(
     assert "123" not in out
     assert isinstance(task, Task)
     task.destroy()
+
+
+def test_follow_reads_again_after_failed_reads_and_loses_no_line(
+    tpi_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read of the remote that fails after its client's retries (issue 18's storage faults) is
+    read again at the next poll; the lines of that round are neither lost nor given twice."""
+    from tpi_jupyter import task as task_module
+
+    task = start(["name=flaky-read"], "for i in $(seq 1 40); do echo line-$i; sleep 0.02; done")
+    real_read, calls = task_module.LogTail._read, {"n": 0}
+
+    def flaky_read(self: task_module.LogTail, key: str, start: int, end: int) -> bytes:
+        calls["n"] += 1
+        if calls["n"] % 3 == 2:  # every third read fails, as a 503 after retries would
+            raise OSError("503 SlowDown")
+        return real_read(self, key, start, end)
+
+    monkeypatch.setattr(task_module.LogTail, "_read", flaky_read)
+    texts = [text for _, _, text in task.follow(poll=0.05)]
+    assert texts == [f"line-{i}" for i in range(1, 41)]
+    assert calls["n"] >= 3  # the failure path ran
+
+    # from now on every read fails: five in a row give up with the error
+    monkeypatch.setattr(task_module.LogTail, "_read", lambda *_: (_ for _ in ()).throw(OSError("down")))
+    monkeypatch.setattr(task_module.time, "sleep", lambda _: None)
+    with pytest.raises(OSError, match="down"):
+        list(task.follow())  # a new follow reads every log from its start
+    task.destroy()

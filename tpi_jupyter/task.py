@@ -116,6 +116,9 @@ def human_bytes(count: int) -> str:
     return f"{count} B"
 
 
+READ_ATTEMPTS = 5  # consecutive failed reads of the remote before a follow or wait gives up
+
+
 class LogTail:
     """Reads only the new bytes of every rank's logs since the last call.
 
@@ -143,6 +146,7 @@ class LogTail:
         if sizes is None:
             sizes = self.task.read(fresh=True).log_sizes
         lines: list[tuple[int, str, str]] = []
+        moved: dict[str, int] = {}  # offsets move only once every read succeeded: a retry loses nothing
         for key, size in sorted(sizes.items()):
             offset = self.offsets.get(key, 0)
             parsed = layout.parse_report(key)
@@ -155,11 +159,12 @@ class LogTail:
             complete = chunk[: chunk.rfind(b"\n") + 1]
             if not complete:
                 continue  # a line still being written: read it whole next time
-            self.offsets[key] = offset + len(complete)
+            moved[key] = offset + len(complete)
             rank = parsed.rank
             for raw in complete[:-1].split(b"\n"):
                 stamp, _, text = raw.decode("utf-8", "replace").partition(" ")
                 lines.append((rank, stamp, text))
+        self.offsets.update(moved)
         lines.sort(key=lambda line: line[1])
         return lines
 
@@ -391,11 +396,25 @@ class Task:
         `until` (a time.monotonic() value) ends the stream early, even while the script is silent.
         """
         tail = LogTail(self)
+        failures, lines = 0, []  # lines read but not yet given out (kept across a failed read)
         while True:
-            snapshot = self.read()
-            yield from tail.poll(snapshot.log_sizes)
+            try:
+                snapshot = self.read()
+                lines += tail.poll(snapshot.log_sizes)
+                if snapshot.status in FINAL:
+                    lines += tail.poll()  # whatever was flushed before the status
+            except TaskError:
+                raise
+            except Exception:  # a storage read failed after its client's own retries: read again
+                failures += 1
+                if failures >= READ_ATTEMPTS:
+                    raise
+                time.sleep(min(0.5 * 2**failures, 8.0))
+                continue
+            failures, given = 0, lines
+            lines = []
+            yield from given
             if snapshot.status in FINAL:
-                yield from tail.poll()  # whatever was flushed before the status
                 return
             left = None if until is None else until - time.monotonic()
             if left is not None and left <= 0:
