@@ -327,9 +327,8 @@ export class TaskPanel extends Widget {
       changed = true;
     }
     this.renderList();
-    if (tasks.length) {
-      changed = (await this.pollMaps()) || changed;
-    }
+    // Every map run is a task: none left means no map run to ask for (the last one destroyed).
+    changed = (tasks.length ? await this.pollMaps() : this.maps.render([])) || changed;
     changed = (await this.machines.refresh()) || changed;
     if (this.selectedId) {
       changed = (await this.pollSelected(this.selectedId)) || changed;
