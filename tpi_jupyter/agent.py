@@ -30,6 +30,7 @@ from typing import Any
 from . import layout
 from .agent_watch import Check, Watch, shutting_down, stop_requested
 from .backends.base import Timing
+from .fanout.layout import MAP_JSON
 from .output import MASK_MIN as MASK_MIN  # documented in the README
 from .output import Lines, mask, mask_values, read_output
 
@@ -260,6 +261,19 @@ def script_environment(task: dict[str, Any], values: dict[str, str], rank: int) 
     return env
 
 
+# The agent's own way to its cloud: endpoints, the metadata service, the credential chain.
+CLOUD_ACCESS = ("AWS_", "GOOGLE_", "GCE_", "GCSFS_", "CLOUDSDK_", "AZURE_", "MSI_", "IDENTITY_",
+                "STORAGE_EMULATOR_HOST", "PUBSUB_EMULATOR_HOST", "NO_GCE_CHECK")  # fmt: skip
+
+
+def cloud_access_environment() -> dict[str, str]:
+    """What the agent itself uses to reach the remote and the queue, for a map run's worker (our
+    code, not the user's script). On a cloud machine these name the machine's own identity, which
+    any process there reaches through the metadata service anyway; on Kubernetes they are the
+    store's credentials the task's Secret gives the agent."""
+    return {name: value for name, value in os.environ.items() if name.startswith(CLOUD_ACCESS)}
+
+
 def script_command(script: Path) -> list[str]:
     shebang = script.read_bytes().startswith(b"#!")
     if private_agent():  # a login shell: the image's profile (conda, CUDA paths) applies
@@ -403,6 +417,8 @@ class Agent:
         env = {**script_environment(self.task, self.values, self.rank), **(extra_env or {})}
         env["TPI_REMOTE"] = self.remote.url  # where a map run's worker finds its config (no secret)
         env["TPI_AGENT_PYTHON"] = sys.executable  # the interpreter that has tpi_jupyter (map runs)
+        if self.remote.exists(MAP_JSON):  # the script is our map worker: it reads remote and queue
+            env = {**cloud_access_environment(), **env}
         self.process = subprocess.Popen(
             command, cwd=self.work, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
