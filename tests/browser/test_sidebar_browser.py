@@ -140,6 +140,8 @@ def test_sidebar_lists_watches_opens_and_destroys(
     expect(demo.locator(".tpi-sidebar-badge")).to_have_text("succeeded", timeout=60_000)
     expect(detail.locator(".tpi-sidebar-detail-title .tpi-sidebar-badge")).to_have_text("succeeded")
     mark("succeeded")
+    # cost so far (issue 17): the backend's figure from GET /tpi/tasks/<id>, here local's
+    expect(detail.locator('dt:text-is("cost") + dd')).to_have_text("$0.00 (local)")
     for rank in (0, 1):
         for i in range(1, 11):
             expect(log).to_contain_text(f"[{rank}] sidebar-line-{i}")
