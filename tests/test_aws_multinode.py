@@ -8,6 +8,7 @@ placement group, capacity errors of a full zone) is stated in the README.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -67,8 +68,10 @@ def placement_groups(task_id: str) -> list[dict[str, Any]]:
 
 
 def contract_store() -> Any:
-    (front,) = FRONTS.values()
-    return front[1]
+    """The placement-group store behind this test's endpoint (every module that imports the
+    session fixture `moto_endpoint` has its own moto server and front)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    return next(store for front, store in FRONTS.values() if front == endpoint)
 
 
 def test_multi_node_task_one_zone_placement_group_and_own_traffic(home: Path) -> None:
