@@ -5,18 +5,22 @@ environment, with dummy credentials, so no request can reach a real cloud."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from . import emulators
+from . import aws_placement, emulators
 from .aws_moto import _reset, point_at_moto
 
 
 @pytest.fixture(scope="module")
 def moto_server_url() -> Iterator[str]:
-    yield from emulators.moto_server()
+    # through the placement-group contract front, as the AWS tests: `sweep` asks for placement groups
+    for url in emulators.moto_server():
+        with contextlib.contextmanager(aws_placement.front)(url) as (front, _store):
+            yield front
 
 
 @pytest.fixture(scope="module")
