@@ -86,14 +86,18 @@ def build() -> Path:
     if result.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         raise BuildError(f"go build failed with exit status {result.returncode} (its errors are above)")
-    seconds, size = round(time.monotonic() - started), _tree_size(tmp)
+    return publish(tmp, target, "k8s-testbed", round(time.monotonic() - started), _tree_size(tmp))
+
+
+def publish(tmp: Path, target: Path, what: str, seconds: int, size: int) -> Path:
+    """Record what a build cost beside it, then move it into the cache in one rename."""
     record = {"seconds": seconds, "bytes": size, "go": _go_version()}
     pki.write_public(tmp / "build.json", json.dumps(record).encode())
     try:
         tmp.rename(target)
     except OSError:  # another build finished first: keep its copy
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"k8s-testbed: built in {seconds} s, {size >> 20} MiB", file=sys.stderr)
+    print(f"k8s-testbed: {what} built in {seconds} s, {size >> 20} MiB", file=sys.stderr)
     return target
 
 

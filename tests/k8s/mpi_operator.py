@@ -10,7 +10,6 @@ module; never committed here) and a build.json (seconds, bytes, Go version).
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -20,7 +19,7 @@ import time
 from pathlib import Path
 
 from tests.k8s import pki
-from tests.k8s.build import BuildError, _go_version
+from tests.k8s.build import BuildError, publish
 
 MODULE = "github.com/kubeflow/mpi-operator"
 GO_MODULE = Path(__file__).resolve().parent / "mpioperator"
@@ -88,11 +87,4 @@ def build() -> Path:
     started = time.monotonic()
     _compile(tmp)
     seconds, size = round(time.monotonic() - started), (tmp / BINARY).stat().st_size
-    record = {"seconds": seconds, "bytes": size, "go": _go_version()}
-    pki.write_public(tmp / "build.json", json.dumps(record).encode())
-    try:
-        tmp.rename(target)
-    except OSError:  # another build finished first: keep its copy
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"k8s-testbed: mpi-operator built in {seconds} s, {size >> 20} MiB", file=sys.stderr)
-    return target
+    return publish(tmp, target, "mpi-operator", seconds, size)
