@@ -34,8 +34,10 @@ def test_ranks_reach_each_other_and_nothing_else_reaches_them(gcp: ContractServe
     ]
     assert len(inserts) == 1 and "/zones/us-west1-b/" in inserts[0] and "/regions/" not in inserts[0]
     assert wait_for(lambda: len(gcp.instances(backend["group"])) == 3)
-    deny, ranks = posts(gcp, "/global/firewalls")
-    assert ranks["name"] == backend["ranks_firewall"] == f"{tag}-ranks"
+    # The rules are created side by side: their order is not fixed.
+    rules = {body["name"]: body for body in posts(gcp, "/global/firewalls")}
+    assert sorted(rules) == [tag, f"{tag}-ranks"] and backend["ranks_firewall"] == f"{tag}-ranks"
+    deny, ranks = rules[tag], rules[f"{tag}-ranks"]
     assert ranks["sourceTags"] == [tag] and ranks["targetTags"] == [tag] and "sourceRanges" not in ranks
     assert ranks["allowed"] == [{"IPProtocol": "all"}] and ranks["priority"] < deny["priority"]
     # As GCP evaluates the rules: any port from a machine of the task, nothing from anyone else.

@@ -20,7 +20,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tpi_jupyter import layout, multinode, state
+from tpi_jupyter import layout, mpi_launch, multinode, state
 from tpi_jupyter.agent import Remote
 from tpi_jupyter.backends import local_net
 from tpi_jupyter.backends.base import default_address, machine_address
@@ -227,6 +227,30 @@ def test_a_stale_address_of_an_earlier_boot_does_not_count(tmp_path: Path) -> No
     ]
 
 
+@needs_mpi
+def test_rank_0_logs_in_to_every_worker_before_the_script_or_names_the_one_it_cannot(tmp_path: Path) -> None:
+    directory = tmp_path / "ssh"
+    directory.mkdir(mode=0o700)
+    key = directory / "id_ed25519"
+    mpi_launch.write_private(key, mpi_launch.make_key())
+    port, closed = multinode.free_port(), multinode.free_port()
+    server = mpi_launch.start_sshd(key, "127.0.0.1", port)
+    try:
+        worker = {"address": "127.0.0.1", "ssh_port": port}
+        mpi_launch.reach_workers(mpi_launch.client_config(key, [{}, worker]), [{}, worker], timeout=10)
+        gone = {"address": "127.0.0.1", "ssh_port": closed}  # a worker whose sshd is not there
+        config = mpi_launch.client_config(key, [{}, gone])
+        with pytest.raises(mpi_launch.LaunchError) as raised:
+            mpi_launch.reach_workers(config, [{}, gone], timeout=1)
+    finally:
+        server.kill()
+        server.wait()
+    message = str(raised.value)
+    assert message.startswith("launch=mpi: rank 0 cannot log in to worker 127.0.0.1 by SSH: ")
+    assert "Connection refused" in message and "\n" not in message
+    assert "PRIVATE KEY" not in message and key.read_text() not in message
+
+
 def tpi_run(workdir: Path, *words: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tpi_jupyter.cli", "run", *words], cwd=workdir, capture_output=True, text=True,
@@ -289,7 +313,7 @@ def test_mpi_job_result_is_rank_0s_and_a_failure_stops_the_workers(tpi_home: Pat
     task = start(["parallelism=3", "launch=mpi", "workdir=.", "timeout=120"], ALLREDUCE_RUN + "exit 3\n")
     assert finished(task) == "failed"
     outcomes = statuses(task)
-    assert (outcomes[0]["result"], outcomes[0]["code"]) == ("failure", 3)
+    assert (outcomes[0]["result"], outcomes[0]["code"]) == ("failure", 3), task.tail_text(60)
     assert [o.get("stopped_by") for o in outcomes[1:]] == [0, 0]
     assert len([line for line in rank_lines(task, 0) if "sum 6 ok" in line]) == 3
     assert not [e for e in task.events() if e["kind"] == "job-restarted"]  # a failure of its own

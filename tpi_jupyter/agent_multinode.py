@@ -120,7 +120,9 @@ def _launch_mpi(agent: Agent, deadline: float, sync_interval: float) -> Outcome:
     while True:
         records = _wait(agent, deadline, world)
         env = multinode.script_variables(records, 0, agent.private / "hostfile")
-        env |= mpi_launch.launcher_variables(mpi_launch.client_config(key, records))
+        config = mpi_launch.client_config(key, records)
+        mpi_launch.reach_workers(config, records)
+        env |= mpi_launch.launcher_variables(config)
         boots = {rank: int(record["boot"]) for rank, record in enumerate(records) if rank > 0}
         check = _throttled(
             functools.partial(mpi_launch.lost_worker, agent.remote, boots, heartbeat), _interval(agent)

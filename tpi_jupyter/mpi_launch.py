@@ -6,6 +6,8 @@ kept as private as `.tpi/env`. Each worker writes it 0600 into its private direc
 (its own config, no PAM, key only, on port 22 in a network of its own, else a free port). Rank 0
 gets an `ssh_config` naming every worker's port and the key, passed to `mpirun` through
 `OMPI_MCA_plm_rsh_args`, so `mpirun --hostfile $TPI_HOSTFILE` reaches the workers with no setup.
+Before the script, rank 0 logs in to every worker once: one that cannot be reached fails the task
+with a line naming it. SSH sessions get the worker's PATH rather than the user's ~/.bashrc.
 
 Nothing here prints the key; no log line names its path's content.
 
@@ -29,6 +31,11 @@ from .multinode import RemoteLike, netns_prefix
 
 SSHD = "/usr/sbin/sshd"  # sshd must be started by its absolute path
 READY_TIMEOUT = 20.0
+# OpenMPI 4.1's daemon now and then crashes writing its hardware topology into a shared-memory
+# hole (hwloc_shmem_topology_write); that segment only saves each process a topology scan.
+OPENMPI_FIXES = {"OMPI_MCA_rtc_hwloc_vmhole": "none"}
+SESSION_PATHS = ("PATH", "LD_LIBRARY_PATH")  # where mpirun's daemons are found on a worker
+LOGIN_TIMEOUT = 30.0  # rank 0's first log-in to every worker, retried until then
 LOST_HEARTBEATS = 3  # a worker whose heartbeat is this many intervals old is lost
 MAX_RESTARTS = 5  # whole-job restarts before the task fails (a paid machine never loops)
 
@@ -77,6 +84,11 @@ def _keygen(*argv: str) -> str:
     return done.stdout
 
 
+def _session_variables() -> list[tuple[str, str]]:
+    found = [(name, os.environ.get(name, "")) for name in SESSION_PATHS] + list(OPENMPI_FIXES.items())
+    return [(name, value) for name, value in found if value and '"' not in value and "\n" not in value]
+
+
 def sshd_config(directory: Path, address: str, port: int) -> Path:
     user = getpass.getuser()
     lines = [
@@ -85,6 +97,10 @@ def sshd_config(directory: Path, address: str, port: int) -> Path:
         "PasswordAuthentication no", "KbdInteractiveAuthentication no", "PubkeyAuthentication yes",
         "UsePAM no", "StrictModes no", "PermitRootLogin prohibit-password", f"AllowUsers {user}",
         "PermitUserEnvironment no", "X11Forwarding no", "LogLevel ERROR",
+        # bash reads ~/.bashrc for a command over SSH unless it is nested: a user's rc file that
+        # stalls (pyenv's rehash lock) or prints would hold or break mpirun's daemons. Sessions
+        # get this rank's PATH instead, the one its script would get.
+        "SetEnv SHLVL=1" + "".join(f' "{name}={value}"' for name, value in _session_variables()),
     ]  # fmt: skip
     config = directory / "sshd_config"
     config.write_text("\n".join(lines) + "\n")
@@ -141,9 +157,43 @@ def client_config(key: Path, records: list[dict[str, Any]]) -> Path:
     return config
 
 
+def _login(config: Path, address: str) -> str:
+    """One log-in to a worker as mpirun will make it: "" if it worked, else ssh's last line."""
+    argv = [*netns_prefix(), "ssh", "-F", str(config), "-o", "ConnectTimeout=5", address, "true"]
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                              timeout=LOGIN_TIMEOUT, check=False)  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return f"no answer within {LOGIN_TIMEOUT:g} s"
+    if done.returncode == 0:
+        return ""
+    lines = done.stderr.strip().splitlines()
+    return lines[-1] if lines else f"ssh exited with code {done.returncode}"
+
+
+def reach_workers(config: Path, records: list[dict[str, Any]], timeout: float = LOGIN_TIMEOUT) -> None:
+    """Log in to every worker before the script runs, so that a worker out of reach fails the task
+    with one line naming it and ssh's reason (rather than OpenMPI's page of possible causes)."""
+    if not shutil.which("ssh"):
+        raise LaunchError("launch=mpi needs the OpenSSH client on rank 0's machine (Debian: openssh-client)")
+    pending = [str(record["address"]) for record in records[1:]]
+    give_up = time.monotonic() + timeout
+    while True:
+        errors = {address: _login(config, address) for address in pending}
+        pending = [address for address, error in errors.items() if error]
+        if not pending:
+            return
+        if time.monotonic() >= give_up:
+            address = pending[0]
+            raise LaunchError(
+                f"launch=mpi: rank 0 cannot log in to worker {address} by SSH: {errors[address]}"
+            )
+        time.sleep(0.5)
+
+
 def launcher_variables(config: Path) -> dict[str, str]:
     """What rank 0's script needs so that a plain `mpirun` uses the task's SSH setup."""
-    variables = {"OMPI_MCA_plm_rsh_args": f"-F {config}", "TPI_SSH_CONFIG": str(config)}
+    variables = {"OMPI_MCA_plm_rsh_args": f"-F {config}", "TPI_SSH_CONFIG": str(config), **OPENMPI_FIXES}
     if os.geteuid() == 0:  # machines run the agent as root; OpenMPI refuses root unless told
         variables |= {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
     return variables
