@@ -1,0 +1,97 @@
+"""What the client-crash tests share: `tpi` as a subprocess killed at a random point, and the
+clean-up that must always finish the job (destroy, sweep, a second destroy that ends clean).
+
+A backend under test is a `Target`: its cloud, the extra `tpi run` words it needs, and a
+`leftovers()` that lists everything of the kinds the backend makes that the server (or this
+machine) still holds, tagged or not.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tpi_jupyter import state
+
+from . import figures
+
+
+def tpi(*words: str, kill_after: float | None = None) -> subprocess.CompletedProcess[str] | None:
+    """Run the CLI; with kill_after, SIGKILL it then (None if it was killed before it ended)."""
+    command = [sys.executable, "-m", "tests.faults.fast_cli", *words]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               stdin=subprocess.DEVNULL, env=os.environ.copy())  # fmt: skip
+    try:
+        out, err = process.communicate(timeout=kill_after if kill_after is not None else 240)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGKILL)
+        process.communicate()
+        return None
+    return subprocess.CompletedProcess(command, process.returncode, out, err)
+
+
+def ended_clean(done: subprocess.CompletedProcess[str] | None, what: str) -> None:
+    """Exit 0; on failure the message names the step and shows what the CLI said."""
+    assert done is not None, f"{what}: did not end"
+    assert done.returncode == 0, f"{what}: exit {done.returncode}: {done.stderr.strip()}"
+
+
+@dataclass
+class Target:
+    cloud: str
+    leftovers: Callable[[], list[str]]
+    words: list[str] = field(default_factory=list)
+    sweep: bool = True  # the local backend has nothing to sweep (its resources are processes)
+
+
+def clean_up(target: Target, name: str) -> dict[str, Any]:
+    """destroy, then sweep, then destroy again; what each step found to do."""
+    recorded = 1 if any(r["name"] == name for r in state.records()) else 0
+    ended_clean(tpi("destroy", name), f"destroy {name}")
+    after_destroy = target.leftovers()
+    if target.sweep:
+        ended_clean(tpi("sweep", target.cloud, "--yes"), f"sweep {target.cloud}")
+    left = target.leftovers()
+    assert left == [], f"{target.cloud}: left {left} (after destroy: {after_destroy})"
+    ended_clean(tpi("destroy", name), f"second destroy {name}")
+    assert state.records() == []
+    return {"recorded": recorded, "left_for_sweep": after_destroy}
+
+
+def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[str, Any]]:
+    """A whole `tpi run` (to time it), then rounds of `run` or `destroy` killed at random points
+    of that time; each round is cleaned up and must leave nothing. Records the soak's figures."""
+    seed = figures.seed()
+    rng = random.Random(seed)
+
+    def run(name: str, kill_after: float | None = None) -> subprocess.CompletedProcess[str] | None:
+        words = [f"cloud={target.cloud}", *target.words, "spot=0", "workdir=.", f"name={name}"]
+        return tpi("run", *words, "--script", str(script), kill_after=kill_after)
+
+    began = time.monotonic()
+    ended_clean(run(f"crash-{target.cloud}-ref"), "the uncut run")
+    launch_time = time.monotonic() - began
+    assert target.leftovers(), "the listing sees nothing of a running task: it could not fail"
+    clean_up(target, f"crash-{target.cloud}-ref")
+    rows = []
+    for round_ in range(int(os.environ.get("TPI_FAULT_CRASHES") or ci_rounds)):
+        name, verb = f"crash-{target.cloud}-{round_}", rng.choice(["run", "destroy"])
+        point = rng.uniform(0.2, launch_time)
+        if verb == "run":
+            killed = run(name, kill_after=point)
+        else:
+            ended_clean(run(name), f"run {name}")
+            killed = tpi("destroy", name, kill_after=point / 2)
+        row = {"verb": verb, "kill_at": round(point, 2), "killed": killed is None, **clean_up(target, name)}
+        rows.append(row)
+        print(row)
+    figures.record("crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows})
+    return rows

@@ -1,0 +1,148 @@
+"""Client crashes on GCP, Azure, Kubernetes and the local backend (AWS: test_crashes.py).
+
+`tpi run` and `tpi destroy` are killed with SIGKILL at random (seeded) points; then `tpi destroy`
+finishes what the registry recorded, `tpi sweep <cloud> --yes` removes what only labels and tags
+tell, a second destroy ends clean, and the server (or this machine) holds nothing of any kind
+the backend makes: GCP's contract server and fake-gcs-server, Azure's contract server and
+Azurite, the Kubernetes test bed and its moto bucket, the local backend's processes (psutil).
+The script runs long, so every kill finds machines running. CI runs 2 rounds per backend;
+benchmarks/soak.py runs 10 (TPI_FAULT_CRASHES).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from tpi_jupyter.agent import PROCESS_MARK
+
+from ..aws_moto import client, moto_endpoint  # noqa: F401 - fixtures
+from ..azure_contract import ContractServer as ArmServer
+from ..gcp_contract import ContractServer as GcpServer
+from ..test_azure import arm, azurite, imds  # noqa: F401 - fixtures
+from ..test_gcp import buckets, contract, gcp, gcs_url  # noqa: F401 - fixtures
+from ..test_k8s_backend import cluster, k8s, needs_bed  # noqa: F401 - fixtures
+from .crashes import Target, kill_rounds
+
+pytestmark = pytest.mark.slow
+
+LONG = "#!/bin/bash\necho started\nsleep 600\n"
+
+
+@pytest.fixture
+def script(tmp_path: Path, workdir: Path) -> Path:
+    (workdir / "input.txt").write_text("x" * 1000)
+    path = tmp_path / "script"
+    path.write_text(LONG)
+    return path
+
+
+def check(rows: list[dict[str, Any]]) -> None:
+    assert any(row["killed"] for row in rows) or not rows  # the kills landed inside the commands
+
+
+def alive(process: Any) -> bool:
+    return process is not None and process.poll() is None
+
+
+# ---------------------------------------------------------------- local: real processes
+
+
+def local_leftovers(home: Path) -> list[str]:
+    """Every live process of any task under this home (by its mark or its command line), and
+    every task directory."""
+    left = []
+    for process in psutil.process_iter():
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            mark = process.environ().get(PROCESS_MARK, "")
+            words = " ".join(process.cmdline())
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+        if mark.startswith(str(home)) or str(home / "local") in words:
+            left.append(f"process {process.pid} ({process.name()})")
+    where = home / "local"
+    left += [f"directory {p.name}" for p in where.iterdir()] if where.exists() else []
+    return left
+
+
+def test_local(tpi_home: Path, script: Path) -> None:
+    check(kill_rounds(Target("local", lambda: local_leftovers(tpi_home), sweep=False), script))
+
+
+# ---------------------------------------------------------------- GCP: contract server + fake-gcs-server
+
+
+def gcp_leftovers(server: GcpServer) -> list[str]:
+    with server._lock:
+        left = [f"template {n}" for n in server.templates]
+        left += [f"group {n}" for n in server.groups]
+        left += [f"firewall {n}" for n in server.firewalls]
+        left += [f"account {e}" for e in server.accounts]
+        left += [f"grant {b['role']}" for b in server.policy.get("bindings", [])]
+        left += [f"bucket policy {n}" for n in server.bucket_policies]
+        left += [f"machine {i.name}" for i in server._leaving if alive(i.process)]
+    left += [f"bucket {b['name']}" for b in buckets()]
+    return left
+
+
+def test_gcp(gcp: GcpServer, script: Path) -> None:  # noqa: F811
+    check(kill_rounds(Target("gcp", lambda: gcp_leftovers(gcp)), script))
+
+
+# ---------------------------------------------------------------- Azure: contract server + Azurite
+
+
+def azure_leftovers(server: ArmServer, azurite: str) -> list[str]:  # noqa: F811
+    from azure.storage.blob import BlobServiceClient
+
+    with server.lock:
+        left = [f"resource {body.get('name', rid)}" for rid, body in server.resources.items()]
+        left += [f"scale set {s.name}" for s in server.scale_sets.values()]
+    left += [f"machine {p.name}" for p in server.played() if alive(p.process)]
+    service = BlobServiceClient.from_connection_string(azurite)
+    left += [f"container {c.name}" for c in service.list_containers()]
+    return left
+
+
+def test_azure(arm: ArmServer, azurite: str, script: Path) -> None:  # noqa: F811
+    for container in azure_leftovers(arm, azurite):  # other test files share the session's Azurite
+        assert container.startswith("container "), container
+    before = set(azure_leftovers(arm, azurite))
+    check(kill_rounds(Target("az", lambda: sorted(set(azure_leftovers(arm, azurite)) - before)), script))
+
+
+# ---------------------------------------------------------------- Kubernetes: the test bed
+
+
+def k8s_leftovers(kubeconfig: Path, bucket: str) -> list[str]:
+    from kubernetes import client as kube
+    from kubernetes import config
+
+    api = config.new_client_from_config(str(kubeconfig))
+    core, batch = kube.CoreV1Api(api), kube.BatchV1Api(api)
+    try:
+        left = [f"job {j.metadata.name}" for j in batch.list_namespaced_job("default").items]
+        left += [f"pod {p.metadata.name}" for p in core.list_namespaced_pod("default").items]
+        left += [f"secret {s.metadata.name}" for s in core.list_namespaced_secret("default").items]
+        left += [f"service {s.metadata.name}" for s in core.list_namespaced_service("default").items
+                 if s.metadata.name != "kubernetes"]  # fmt: skip
+        left += [f"claim {c.metadata.name}"
+                 for c in core.list_namespaced_persistent_volume_claim("default").items]  # fmt: skip
+    finally:
+        api.close()
+    found = client("s3").list_objects_v2(Bucket=bucket).get("Contents", [])
+    return left + [f"object {o['Key']}" for o in found]
+
+
+@needs_bed
+def test_k8s(k8s: dict[str, Any], script: Path) -> None:  # noqa: F811
+    kubeconfig = k8s["bed"].kubeconfig
+    target = Target("k8s", lambda: k8s_leftovers(kubeconfig, k8s["bucket"]),
+                    [f"container=s3://{k8s['bucket']}/runs"])  # fmt: skip
+    check(kill_rounds(target, script))
+
