@@ -19,8 +19,8 @@ from tpi_jupyter.cli import main
 FAST = {"POLL": 0.05, "PROFILE_PROPAGATION": 0.0, "STOP_WAIT": 2.0, "GROUP_DELETE_WAIT": 10.0,
         "DEPENDENCY_WAIT": 1.0}  # fmt: skip
 TIMING = Timing(log_interval=0.25, heartbeat_interval=1, sync_interval=1)
-# The other clouds: what their test fixtures set (GCP's fixture sets nothing; its stop would
-# wait 5 s a poll for machines the contract server plays in a second).
+# The other clouds: what their test fixtures set (GCP's fixture sets nothing: its tests' machines
+# end by themselves; here a destroy stops running ones, which a 10 s heartbeat would slow).
 OTHERS = {
     ("tpi_jupyter.backends.gcp", "GcpBackend"): {"POLL": 0.2, "STOP_WAIT": 20.0},
     ("tpi_jupyter.backends.azure", "AzureBackend"): {"POLL": 0.05, "STOP_WAIT": 20.0},
@@ -35,8 +35,7 @@ def fast_others() -> None:
         backend = getattr(importlib.import_module(module), name)
         for key, value in waits.items():
             setattr(backend, key, value)
-        if name != "GcpBackend":
-            backend.capabilities = replace(backend.capabilities, timing=TIMING, poll_interval=0.3)
+        backend.capabilities = replace(backend.capabilities, timing=TIMING, poll_interval=0.3)
     if os.environ.get("TPI_AZURE_RESOURCE_MANAGER", "").startswith("http://127.0.0.1:"):
         from tests.test_azure import StandInCredential
         from tpi_jupyter.backends.azure import clients

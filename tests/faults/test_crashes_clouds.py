@@ -84,7 +84,7 @@ def gcp_leftovers(server: GcpServer) -> list[str]:
         left += [f"firewall {n}" for n in server.firewalls]
         left += [f"account {e}" for e in server.accounts]
         left += [f"grant {b['role']}" for b in server.policy.get("bindings", [])]
-        left += [f"bucket policy {n}" for n in server.bucket_policies]
+        # (a bucket's IAM policy, which the server keeps for fake-gcs-server, goes with the bucket)
         left += [f"machine {i.name}" for i in server._leaving if alive(i.process)]
     left += [f"bucket {b['name']}" for b in buckets()]
     return left
