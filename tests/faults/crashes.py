@@ -38,6 +38,21 @@ def tpi(*words: str, kill_after: float | None = None) -> subprocess.CompletedPro
     return subprocess.CompletedProcess(command, process.returncode, out, err)
 
 
+def tpi_killed_when(*words: str, when: Callable[[], bool], limit: float = 120) -> bool:
+    """Run the CLI and SIGKILL it as soon as `when()` holds (a request reached the server);
+    whether the kill came before the CLI ended by itself."""
+    command = [sys.executable, "-m", "tests.faults.fast_cli", *words]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               stdin=subprocess.DEVNULL, env=os.environ.copy())  # fmt: skip
+    deadline = time.monotonic() + limit
+    while process.poll() is None and not when() and time.monotonic() < deadline:
+        time.sleep(0.002)
+    killed = process.poll() is None
+    process.kill()
+    process.wait()
+    return killed
+
+
 def ended_clean(done: subprocess.CompletedProcess[str] | None, what: str) -> None:
     """Exit 0; on failure the message names the step and shows what the CLI said."""
     assert done is not None, f"{what}: did not end"
@@ -64,6 +79,20 @@ def clean_up(target: Target, name: str) -> dict[str, Any]:
     ended_clean(tpi("destroy", name), f"second destroy {name}")
     assert state.records() == []
     return {"recorded": recorded, "left_for_sweep": after_destroy}
+
+
+def named_kills(target: Target, script: Path, points: dict[str, Callable[[], bool]]) -> list[dict[str, Any]]:
+    """`tpi run` killed the moment each named request reached the server (`when()` holds): the
+    narrow windows between a create request and the registry's next save, which random points
+    seldom hit. Each is cleaned up and must leave nothing."""
+    rows = []
+    for point, when in points.items():
+        name = f"crash-{target.cloud}-at-{len(rows)}"
+        words = [f"cloud={target.cloud}", *target.words, "spot=0", "workdir=.", f"name={name}"]
+        killed = tpi_killed_when("run", *words, "--script", str(script), when=when)
+        rows.append({"verb": "run", "kill_at": point, "killed": killed, **clean_up(target, name)})
+        print(rows[-1])
+    return rows
 
 
 def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[str, Any]]:
@@ -93,5 +122,7 @@ def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[s
         row = {"verb": verb, "kill_at": round(point, 2), "killed": killed is None, **clean_up(target, name)}
         rows.append(row)
         print(row)
-    figures.record("crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows})
+    figures.record(
+        "crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows}
+    )
     return rows

@@ -11,6 +11,7 @@ benchmarks/soak.py runs 10 (TPI_FAULT_CRASHES).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from ..gcp_contract import ContractServer as GcpServer
 from ..test_azure import arm, azurite, imds  # noqa: F401 - fixtures
 from ..test_gcp import buckets, contract, gcp, gcs_url  # noqa: F401 - fixtures
 from ..test_k8s_backend import cluster, k8s, needs_bed  # noqa: F401 - fixtures
-from .crashes import Target, kill_rounds
+from .crashes import Target, kill_rounds, named_kills
 
 pytestmark = pytest.mark.slow
 
@@ -94,6 +95,20 @@ def test_gcp(gcp: GcpServer, script: Path) -> None:  # noqa: F811
     check(kill_rounds(Target("gcp", lambda: gcp_leftovers(gcp)), script))
 
 
+def posted(server: GcpServer, fragment: str) -> Callable[[], bool]:
+    return lambda: any(m == "POST" and p.endswith(fragment) for m, p, _ in list(server.calls))
+
+
+def test_gcp_killed_right_after_each_create_request(gcp: GcpServer, script: Path) -> None:  # noqa: F811
+    """Regression: a client killed after the firewall rule's insert (or the account's, the
+    group's) reached GCP, before the registry saved it, left that resource for good: destroy did
+    not know it and sweep finds rules, accounts and groups only through the template."""
+    points = {f"after POST {f}": posted(gcp, f) for f in
+              ("/global/firewalls", "/serviceAccounts", "/instanceGroupManagers")}  # fmt: skip
+    rows = named_kills(Target("gcp", lambda: gcp_leftovers(gcp)), script, points)
+    assert all(row["killed"] and row["recorded"] for row in rows), rows
+
+
 # ---------------------------------------------------------------- Azure: contract server + Azurite
 
 
@@ -145,4 +160,3 @@ def test_k8s(k8s: dict[str, Any], script: Path) -> None:  # noqa: F811
     target = Target("k8s", lambda: k8s_leftovers(kubeconfig, k8s["bucket"]),
                     [f"container=s3://{k8s['bucket']}/runs"])  # fmt: skip
     check(kill_rounds(target, script))
-

@@ -37,6 +37,7 @@ from . import sweep as gcp_sweep
 from . import template as gcp_template
 from .boot import startup_script
 from .common import ENDPOINT_VARIABLE, Clients, GcpState, base_name, describe, labels, not_found
+from .intent import record_names
 from .preflight import preflight
 
 MACHINE_EXTRA = "gcp"
@@ -114,6 +115,8 @@ class GcpBackend:
         )
         found = labels(spec, state.creator)
         steps.explain = describe
+        record_names(spec, state)  # saved before the first request: a crash leaves them named
+        steps.checkpoint()
         parallel: dict[str, Callable[[], object]] = {
             "bucket": lambda: storage.create_bucket(state, found),
             "firewall rule": lambda: network.create_firewall(self.clients, state, spec.id),

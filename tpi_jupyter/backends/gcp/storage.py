@@ -52,7 +52,12 @@ def create_bucket(state: GcpState, labels: dict[str, str]) -> None:
     if state.user_bucket:
         return
     fs = gcs(state.project)
-    fs.call("POST", "b", project=state.project, json=bucket_body(state, labels), json_out=True)
+    try:
+        fs.call("POST", "b", project=state.project, json=bucket_body(state, labels), json_out=True)
+    except Exception as error:
+        if int(getattr(error, "code", 0) or 0) == 409:  # the name is someone else's: never delete it
+            state.bucket_created = False
+        raise
     state.bucket_created = True
 
 
