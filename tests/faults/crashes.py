@@ -81,15 +81,18 @@ def clean_up(target: Target, name: str) -> dict[str, Any]:
     return {"recorded": recorded, "left_for_sweep": after_destroy}
 
 
-def named_kills(target: Target, script: Path, points: dict[str, Callable[[], bool]]) -> list[dict[str, Any]]:
+Point = Callable[[], Callable[[], bool]]  # called as a round starts: `when()` for that round
+
+
+def named_kills(target: Target, script: Path, points: dict[str, Point]) -> list[dict[str, Any]]:
     """`tpi run` killed the moment each named request reached the server (`when()` holds): the
     narrow windows between a create request and the registry's next save, which random points
     seldom hit. Each is cleaned up and must leave nothing."""
     rows = []
-    for point, when in points.items():
+    for point, arm in points.items():
         name = f"crash-{target.cloud}-at-{len(rows)}"
         words = [f"cloud={target.cloud}", *target.words, "spot=0", "workdir=.", f"name={name}"]
-        killed = tpi_killed_when("run", *words, "--script", str(script), when=when)
+        killed = tpi_killed_when("run", *words, "--script", str(script), when=arm())
         rows.append({"verb": "run", "kill_at": point, "killed": killed, **clean_up(target, name)})
         print(rows[-1])
     return rows

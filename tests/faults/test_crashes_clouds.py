@@ -22,11 +22,12 @@ from tpi_jupyter.agent import PROCESS_MARK
 
 from ..aws_moto import client, moto_endpoint  # noqa: F401 - fixtures
 from ..azure_contract import ContractServer as ArmServer
+from ..azure_contract import _kind
 from ..gcp_contract import ContractServer as GcpServer
 from ..test_azure import arm, azurite, imds  # noqa: F401 - fixtures
 from ..test_gcp import buckets, contract, gcp, gcs_url  # noqa: F401 - fixtures
 from ..test_k8s_backend import cluster, k8s, needs_bed  # noqa: F401 - fixtures
-from .crashes import Target, kill_rounds, named_kills
+from .crashes import Point, Target, kill_rounds, named_kills
 
 pytestmark = pytest.mark.slow
 
@@ -95,8 +96,14 @@ def test_gcp(gcp: GcpServer, script: Path) -> None:  # noqa: F811
     check(kill_rounds(Target("gcp", lambda: gcp_leftovers(gcp)), script))
 
 
-def posted(server: GcpServer, fragment: str) -> Callable[[], bool]:
-    return lambda: any(m == "POST" and p.endswith(fragment) for m, p, _ in list(server.calls))
+def posted(server: GcpServer, fragment: str) -> Point:
+    """When a POST to that path arrives, of those from now on."""
+
+    def arm() -> Callable[[], bool]:
+        start = len(server.calls)
+        return lambda: any(m == "POST" and p.endswith(fragment) for m, p, _ in server.calls[start:])
+
+    return arm
 
 
 def test_gcp_killed_right_after_each_create_request(gcp: GcpServer, script: Path) -> None:  # noqa: F811
@@ -129,6 +136,26 @@ def test_azure(arm: ArmServer, azurite: str, script: Path) -> None:  # noqa: F81
         assert container.startswith("container "), container
     before = set(azure_leftovers(arm, azurite))
     check(kill_rounds(Target("az", lambda: sorted(set(azure_leftovers(arm, azurite)) - before)), script))
+
+
+def put(server: ArmServer, kind: str) -> Point:
+    """When a PUT of that kind arrives, of those from now on."""
+
+    def arm() -> Callable[[], bool]:
+        start = len(server.calls)
+        return lambda: any(m == "PUT" and _kind(p.lower()) == kind for m, p, _ in server.calls[start:])
+
+    return arm
+
+
+def test_azure_killed_right_after_each_create_request(arm: ArmServer, azurite: str, script: Path) -> None:  # noqa: F811
+    """The same narrow windows on Azure: the client dies as each kind's PUT reaches the server."""
+    before = set(azure_leftovers(arm, azurite))
+    kinds = ("resourcegroups", "userassignedidentities", "storageaccounts", "roledefinitions",
+             "roleassignments", "virtualnetworks", "networksecuritygroups", "virtualmachinescalesets")  # fmt: skip
+    target = Target("az", lambda: sorted(set(azure_leftovers(arm, azurite)) - before))
+    rows = named_kills(target, script, {f"after PUT {kind}": put(arm, kind) for kind in kinds})
+    assert all(row["killed"] and row["recorded"] for row in rows), rows
 
 
 # ---------------------------------------------------------------- Kubernetes: the test bed

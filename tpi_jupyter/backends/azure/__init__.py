@@ -235,6 +235,10 @@ class AzureBackend:
     def _delete(self, state: AzState, task_id: str, spec: TaskSpec | None = None) -> None:
         """The resource group (everything in it); our prefix of a user's container. Idempotent."""
         try:
+            if spec is not None and state.group_asked and state.account:  # a destroy, not a sweep
+                identity.complete(
+                    self.clients, state, storage.container_id(state), scaleset.scale_set_id(state)
+                )
             if state.user_container and spec is not None:
                 fs, root = filesystem(self.remote_url(spec, state))
                 with contextlib.suppress(FileNotFoundError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -128,6 +129,16 @@ def recover(clients: Clients, state: AzState, container_scope: str, scale_set_id
         filter=f"principalId eq '{state.identity_principal_id}'"
     )
     state.assignments = list(dict.fromkeys([*derived, *(str(found.id) for found in listed)]))
+
+
+def complete(clients: Clients, state: AzState, container_scope: str, scale_set_id: str) -> None:
+    """Before a destroy: add the role objects derived from the task's names to those recorded. A
+    client killed between a role request and the registry's next save left them unrecorded, and
+    once the group is gone a sweep can no longer derive them."""
+    found = replace(state, assignments=[])
+    recover(clients, found, container_scope, scale_set_id)
+    state.release_role = state.release_role or found.release_role
+    state.assignments = list(dict.fromkeys([*state.assignments, *found.assignments]))
 
 
 def create_release_role(clients: Clients, state: AzState, scale_set_id: str) -> None:
