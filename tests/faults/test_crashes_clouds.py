@@ -11,6 +11,7 @@ benchmarks/soak.py runs 10 (TPI_FAULT_CRASHES).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,12 @@ def local_leftovers(home: Path) -> list[str]:
 
 
 def test_local(tpi_home: Path, script: Path) -> None:
-    check(kill_rounds(Target("local", lambda: local_leftovers(tpi_home), sweep=False), script))
+    target = Target("local", lambda: local_leftovers(tpi_home), sweep=False)
+    check(kill_rounds(target, script))
+    # the moment the group process (the machines' supervisor) exists, before the registry knows
+    running = lambda: lambda: any(item.startswith("process") for item in local_leftovers(tpi_home))  # noqa: E731
+    started = named_kills(target, script, {"group started": running})
+    assert all(row["killed"] for row in started), started
 
 
 # ---------------------------------------------------------------- GCP: contract server + fake-gcs-server
@@ -99,11 +105,11 @@ def test_gcp(gcp: GcpServer, script: Path) -> None:  # noqa: F811
 def posted(server: GcpServer, fragment: str) -> Point:
     """When a POST to that path arrives, of those from now on."""
 
-    def arm() -> Callable[[], bool]:
+    def armed() -> Callable[[], bool]:
         start = len(server.calls)
         return lambda: any(m == "POST" and p.endswith(fragment) for m, p, _ in server.calls[start:])
 
-    return arm
+    return armed
 
 
 def test_gcp_killed_right_after_each_create_request(gcp: GcpServer, script: Path) -> None:  # noqa: F811
@@ -141,11 +147,11 @@ def test_azure(arm: ArmServer, azurite: str, script: Path) -> None:  # noqa: F81
 def put(server: ArmServer, kind: str) -> Point:
     """When a PUT of that kind arrives, of those from now on."""
 
-    def arm() -> Callable[[], bool]:
+    def armed() -> Callable[[], bool]:
         start = len(server.calls)
         return lambda: any(m == "PUT" and _kind(p.lower()) == kind for m, p, _ in server.calls[start:])
 
-    return arm
+    return armed
 
 
 def test_azure_killed_right_after_each_create_request(arm: ArmServer, azurite: str, script: Path) -> None:  # noqa: F811
@@ -187,3 +193,27 @@ def test_k8s(k8s: dict[str, Any], script: Path) -> None:  # noqa: F811
     target = Target("k8s", lambda: k8s_leftovers(kubeconfig, k8s["bucket"]),
                     [f"container=s3://{k8s['bucket']}/runs"])  # fmt: skip
     check(kill_rounds(target, script))
+    points = {f"{kind} made": made(kubeconfig, kind) for kind in ("secret", "job", "pod")}
+    rows = named_kills(target, script, points)
+    assert all(row["killed"] and row["recorded"] for row in rows), rows
+
+
+def made(kubeconfig: Path, kind: str) -> Point:
+    """When the first object of that kind labelled tpi-task exists (polled every 20 ms)."""
+
+    def armed() -> Callable[[], bool]:
+        from kubernetes import client as kube
+        from kubernetes import config
+
+        api = config.new_client_from_config(str(kubeconfig))
+        core, batch = kube.CoreV1Api(api), kube.BatchV1Api(api)
+        lister = {"secret": core.list_namespaced_secret, "pod": core.list_namespaced_pod,
+                  "job": batch.list_namespaced_job}[kind]  # fmt: skip
+
+        def when() -> bool:
+            time.sleep(0.02)
+            return bool(lister("default", label_selector="tpi-task").items)
+
+        return when
+
+    return armed
