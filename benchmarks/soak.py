@@ -22,8 +22,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS-soak.md"
-FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_kernel_restarts.py",
-         "test_disk_full.py", "test_secrets.py"]  # fmt: skip
+FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_crashes_clouds.py",
+         "test_kernel_restarts.py", "test_disk_full.py", "test_secrets.py"]  # fmt: skip
 
 
 def revision() -> str:
@@ -71,7 +71,7 @@ def row(item: dict[str, Any], seed: int, sizes: str) -> tuple[str, str, str, str
         swept = sum(1 for r in rounds if r["left_for_sweep"])
         return ("client SIGKILL (tpi run / tpi destroy)", backend, f"{killed} kills in {len(rounds)} rounds",
                 f"{len(rounds)} (destroy alone: {len(rounds) - swept}; destroy then sweep: {swept})",
-                "0", replay + "test_crashes.py`")  # fmt: skip
+                "0", replay + item.get("file", "test_crashes.py") + "`")  # fmt: skip
     if kind.startswith("kernel"):
         what = (
             "during upload (cleaned by destroy)"

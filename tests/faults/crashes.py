@@ -65,6 +65,7 @@ class Target:
     leftovers: Callable[[], list[str]]
     words: list[str] = field(default_factory=list)
     sweep: bool = True  # the local backend has nothing to sweep (its resources are processes)
+    file: str = "test_crashes.py"  # how the soak's table says to replay it
 
 
 def clean_up(target: Target, name: str) -> dict[str, Any]:
@@ -95,12 +96,14 @@ def named_kills(target: Target, script: Path, points: dict[str, Point]) -> list[
         killed = tpi_killed_when("run", *words, "--script", str(script), when=arm())
         rows.append({"verb": "run", "kill_at": point, "killed": killed, **clean_up(target, name)})
         print(rows[-1])
+    figures.record("crash", f"{target.cloud} (named requests)", {"rounds": rows, "file": target.file})
     return rows
 
 
 def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[str, Any]]:
-    """A whole `tpi run` (to time it), then rounds of `run` or `destroy` killed at random points
-    of that time; each round is cleaned up and must leave nothing. Records the soak's figures."""
+    """Rounds of `run` or `destroy` killed at random points; each is cleaned up and must leave
+    nothing. The first round's run is whole, to time a launch (the span kill points are drawn
+    from), and its destroy is killed. Records the soak's figures."""
     seed = figures.seed()
     rng = random.Random(seed)
 
@@ -108,24 +111,24 @@ def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[s
         words = [f"cloud={target.cloud}", *target.words, "spot=0", "workdir=.", f"name={name}"]
         return tpi("run", *words, "--script", str(script), kill_after=kill_after)
 
-    began = time.monotonic()
-    ended_clean(run(f"crash-{target.cloud}-ref"), "the uncut run")
-    launch_time = time.monotonic() - began
-    assert target.leftovers(), "the listing sees nothing of a running task: it could not fail"
-    clean_up(target, f"crash-{target.cloud}-ref")
-    rows = []
+    rows, launch_time = [], 0.0
     for round_ in range(int(os.environ.get("TPI_FAULT_CRASHES") or ci_rounds)):
-        name, verb = f"crash-{target.cloud}-{round_}", rng.choice(["run", "destroy"])
-        point = rng.uniform(0.2, launch_time)
+        name = f"crash-{target.cloud}-{round_}"
+        verb = rng.choice(["run", "destroy"]) if round_ else "destroy"
+        point = rng.uniform(0.2, launch_time) if round_ else 0.0
         if verb == "run":
             killed = run(name, kill_after=point)
         else:
+            began = time.monotonic()
             ended_clean(run(name), f"run {name}")
+            if not round_:
+                launch_time = time.monotonic() - began
+                point = rng.uniform(0.2, launch_time)
+                assert target.leftovers(), "the listing sees nothing of a running task: it could not fail"
             killed = tpi("destroy", name, kill_after=point / 2)
         row = {"verb": verb, "kill_at": round(point, 2), "killed": killed is None, **clean_up(target, name)}
         rows.append(row)
         print(row)
-    figures.record(
-        "crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows}
-    )
+    figures.record("crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows,
+                                           "file": target.file})  # fmt: skip
     return rows
