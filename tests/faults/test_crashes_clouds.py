@@ -6,7 +6,9 @@ tell, a second destroy ends clean, and the server (or this machine) holds nothin
 the backend makes: GCP's contract server and fake-gcs-server, Azure's contract server and
 Azurite, the Kubernetes test bed and its moto bucket, the local backend's processes (psutil).
 The script runs long, so every kill finds machines running. CI runs 2 rounds per backend;
-benchmarks/soak.py runs 10 (TPI_FAULT_CRASHES).
+benchmarks/soak.py runs 10 (TPI_FAULT_CRASHES). Random points seldom hit the gap between a
+create request and the registry's next save, so `tpi run` is also killed the moment named
+requests reach the server: the regression tests of the two defects these found (GCP, Azure).
 """
 
 from __future__ import annotations
