@@ -18,9 +18,15 @@ from tpi_jupyter.backends.local_group import kill_marked
 
 
 def spawn(command: list[str], env: dict[str, str], log: Path, mark: str) -> subprocess.Popen[bytes]:
-    """Start a played machine's agent, its output to `log`, every descendant marked `mark`."""
+    """Start a played machine's agent, its output to `log`, every descendant marked `mark`.
+
+    The machine gets a HOME of its own, as a fresh instance's root has: this host's rc files are
+    not the machine's (a login shell reading ~/.bashrc here waited 60 s on a stale pyenv lock)."""
+    home = Path(mark) / "home"
+    home.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        return subprocess.Popen(command, env={**env, PROCESS_MARK: mark}, stdout=out, stderr=subprocess.STDOUT,
+        return subprocess.Popen(command, env={**env, PROCESS_MARK: mark, "HOME": str(home)}, stdout=out,
+                                stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)  # fmt: skip
 
 
