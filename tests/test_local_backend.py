@@ -197,6 +197,27 @@ def test_stop_syncs_back_and_reports(tpi_home: Path, workdir: Path) -> None:
     assert (workdir / "results" / "n.txt").read_text().strip() == last
 
 
+TORN_AT_STOP = """#!/bin/bash
+mkdir -p results
+echo 41 > results/epoch.txt
+until [ -s "$TPI_REMOTE/data/results/epoch.txt" ]; do sleep 0.05; done  # epoch 41 is synced
+: > results/epoch.txt  # the rewrite of the next epoch has emptied the file...
+kill -TERM $PPID  # ...when the stop comes (the agent is this script's parent)
+sleep 30
+"""
+
+
+def test_a_file_torn_by_the_stop_keeps_its_last_synced_copy(tpi_home: Path, workdir: Path) -> None:
+    task = start(["name=torn", "workdir=.", "output=results"], TORN_AT_STOP)
+    assert task.wait(timeout=60) == "failed"
+    assert remote_path(task, layout.data("results/epoch.txt")).read_text() == "41\n"
+    assert any(
+        "kept as last synced" in line and "results/epoch.txt" in line for line in task.logs()[0].splitlines()
+    )
+    task.pull()
+    assert (workdir / "results" / "epoch.txt").read_text() == "41\n"
+
+
 def test_destroy_is_idempotent_and_works_from_a_new_handle(tpi_home: Path, workdir: Path) -> None:
     (workdir / "data.txt").write_text("input")
     script = "#!/bin/bash\nmkdir -p out\ncp data.txt out/copy.txt\nsleep 30\n"

@@ -623,6 +623,32 @@ def test_a_settling_push_leaves_a_file_written_just_now_for_the_next_round(tmp_p
     assert upload(str(source), remote.fs, remote.root, manifest=manifest).files == ["epoch.txt"]
 
 
+def test_the_last_push_after_a_kill_keeps_the_synced_copy_of_a_file_torn_by_it(tmp_path: Path) -> None:
+    """The script was killed at t; a file last written within the window around t may be torn
+    (emptied by `tee`, not yet rewritten): the remote keeps the copy synced before."""
+    source = tmp_path / "src"
+    (tmp_path / "remote").mkdir()
+    remote = Remote(fsspec.filesystem("file"), str(tmp_path / "remote" / "data"))
+    manifest = Manifest(tmp_path / "manifest.json")
+    write(source, "epoch.txt", "41\n")
+    write(source, "done.txt", "old")
+    up(source, remote, manifest=manifest)
+    killed = 50_000_000_000
+    write(source, "epoch.txt", "")  # torn at the kill
+    os.utime(source / "epoch.txt", ns=(killed - 1000, killed - 1000))
+    write(source, "done.txt", "written long before the kill")
+    os.utime(source / "done.txt", ns=(killed - 10**9, killed - 10**9))
+    write(source, "trap.txt", "a trap's checkpoint, after the window")
+    os.utime(source / "trap.txt", ns=(killed + 10**9, killed + 10**9))
+    write(source, "new.txt", "never synced: it goes as it is")
+    os.utime(source / "new.txt", ns=(killed, killed))
+    result = upload(
+        str(source), remote.fs, remote.root, manifest=manifest, torn=(killed - 10**8, killed + 10**8)
+    )
+    assert result.held == ["epoch.txt"] and sorted(result.files) == ["done.txt", "new.txt", "trap.txt"]
+    assert remote.cat("epoch.txt") == b"41\n" and remote.cat("done.txt") == b"written long before the kill"
+
+
 def test_a_file_changed_while_sent_is_not_recorded_as_synced(tmp_path: Path) -> None:
     path = tmp_path / "f.txt"
     path.write_text("one")

@@ -295,6 +295,7 @@ class Agent:
         self.stopping = threading.Event()  # a user stop: report "stopped", release
         self.interrupted = threading.Event()  # the cloud takes the machine: push, no status, no release
         self.notice = notice  # the cloud's interruption notice, when it has one
+        self._signalled_ns = 0  # when the script was last told to stop (its files may be torn)
         self.interruption = ""
         self.process: subprocess.Popen[bytes] | None = None
         self.command: Callable[[Path], list[str]] = script_command  # a machine hook may choose another
@@ -348,10 +349,11 @@ class Agent:
         self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
-    def push(self, settle: float = 0.0) -> bool:
+    def push(self, settle: float = 0.0, torn: tuple[int, int] | None = None) -> bool:
         """Sync the work directory back; files it cannot sync are skipped and logged once each.
 
-        The pushes while the script runs settle (see sync.upload); the final one takes everything."""
+        The pushes while the script runs settle (see sync.upload); the final one takes everything
+        but what the script may have been halfway through writing when it was killed (`torn`)."""
         self.remote.check()
         sync = _sync()
         if self.manifest is None:  # what local_manifest says of an empty directory
@@ -365,7 +367,11 @@ class Agent:
             exclude=self.exclude,
             manifest=self.manifest,
             settle=settle,
+            torn=torn,
         )
+        if result.held:
+            self.log.line(f"[tpi] kept as last synced (being written when the script was stopped): "
+                          f"{', '.join(result.held[:5])}{' ...' if len(result.held) > 5 else ''}")  # fmt: skip
         for warning in result.warnings:
             if warning not in self.reported:
                 self.reported.add(warning)
@@ -473,7 +479,7 @@ class Agent:
             code = 128 - code  # shell convention for a signal
         if result == "success" and code != 0:
             result = "failure"
-        self.push()  # the last sync completes before the machine releases itself
+        self.push(torn=self._torn_window())  # the last sync completes before the machine releases itself
         if result == "interrupted":
             return {"result": None, "interrupted": True}
         if result == "restart":
@@ -532,8 +538,17 @@ class Agent:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGTERM)
 
+    def _torn_window(self) -> tuple[int, int] | None:
+        """Around the moment the script was signalled: a file it wrote then may be half-written
+        (`echo 7 | tee epoch.txt` empties the file first); what a trap writes after that is taken."""
+        if not self._signalled_ns:
+            return None
+        margin = int(SETTLE * 1e9)
+        return self._signalled_ns - margin, self._signalled_ns + margin
+
     def _kill_script(self) -> None:
         assert self.process is not None
+        self._signalled_ns = time.time_ns()
         for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
                 os.killpg(self.process.pid, sig)

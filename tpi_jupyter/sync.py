@@ -121,6 +121,7 @@ class SyncResult:
     dirs: list[str] = field(default_factory=list)  # empty directories created on the target
     engine: str = ""
     deferred: list[str] = field(default_factory=list)  # written just now: left for the next round
+    held: list[str] = field(default_factory=list)  # written as the script was killed: left as synced
 
 
 # ---------------------------------------------------------------- excludes
@@ -459,6 +460,7 @@ def upload(
     writer: str | None = None,
     engine: str | Engine | None = None,
     settle: float = 0.0,
+    torn: tuple[int, int] | None = None,
 ) -> SyncResult:
     """Send new and changed files from local_root to remote_root.
 
@@ -471,7 +473,10 @@ def upload(
     `settle` (seconds, with a manifest: the pushes of a running script) leaves a file written
     less than that long ago for the next round, once: a script rewriting a file (`tee` truncates,
     then writes) must not have its half-written state mirrored. A file that changed while it was
-    sent is not recorded as synced, so the next round sends it again.
+    sent is not recorded as synced, so the next round sends it again. `torn` (nanosecond mtimes,
+    open at both ends) leaves the files last written inside it as the remote has them, in the
+    result's `held`: the last push after a script was killed then, halfway through a write (a file
+    the remote has no copy of goes as it is: something beats nothing).
     """
     remote_root = remote_root.rstrip("/")
     mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
@@ -505,6 +510,9 @@ def upload(
     for relpath, local in sorted(files.items()):
         if known.get(relpath) == [local.size, local.mtime_ns]:
             result.skipped += 1
+            continue
+        if torn is not None and relpath in known and torn[0] < local.mtime_ns < torn[1]:
+            result.held.append(relpath)
             continue
         if manifest is not None and local.mtime_ns > young and relpath not in manifest.deferred:
             result.deferred.append(relpath)
