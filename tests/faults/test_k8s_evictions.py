@@ -98,7 +98,7 @@ def test_evictions_never_count_against_the_budget_and_wait_the_controllers_backo
         assert gone is not None, old.status
         backoff = 10.0 * 2 ** (n - 1)
         created = new.metadata.creation_timestamp.timestamp()
-        print(f"eviction {n}: the agent ended in {gone - stop:.1f} s; replaced {created - gone:.1f} s later "
+        print(f"eviction {n}: the agent ended in {max(0.0, gone - stop):.0f} s; replaced {created - gone:.1f} s later "
               f"(the controller's back-off {backoff:.0f} s)")  # fmt: skip
         # the wait is the controller's (one-second timestamps), not the agent's: it synced and left
         assert backoff - 1.5 <= created - gone <= backoff + 30
