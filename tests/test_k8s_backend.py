@@ -38,6 +38,9 @@ from .k8s import bed
 
 SECRET = "k8s-s3cr3t-value-that-must-not-leak"
 VERSION = "1.37.0"  # the bed's Kubernetes minor; kubernetes-validate's newest schemas
+# The Job controller's counts on each pod of an index: failures (the budget) and ignored ones.
+INDEX_FAILURES = "batch.kubernetes.io/job-index-failure-count"
+INDEX_IGNORED = "batch.kubernetes.io/job-index-ignored-failure-count"
 
 
 def validate(manifest: dict[str, Any]) -> None:
@@ -336,6 +339,10 @@ def test_an_evicted_pod_respawns_and_resumes_from_synced_data(k8s: dict[str, Any
     assert finish(task) == "succeeded", task.tail_text()
     assert "resumed from first boot" in log_of(task, 0, boot=1)
     assert [e["kind"] for e in task.events()].count("machine-started") == 2  # evicted pod, then its successor
+    api = api_of(task)
+    pods = api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
+    (notes,) = [p.metadata.annotations for p in pods if p.status.phase == "Succeeded"]
+    assert (notes[INDEX_FAILURES], notes[INDEX_IGNORED]) == ("0", "1")  # the failure budget is whole
     task.destroy()
     assert labelled(api_of(task), task.id) == []
 

@@ -23,11 +23,10 @@ from tpi_jupyter.sync import filesystem
 
 from ..aws_moto import moto_endpoint  # noqa: F401 - fixture
 from ..conftest import wait_for
-from ..test_k8s_backend import api_of, cluster, finish, k8s, needs_bed, start  # noqa: F401 - fixtures
+from ..test_k8s_backend import INDEX_FAILURES, INDEX_IGNORED, api_of, cluster, finish, k8s, needs_bed, start  # noqa: F401 - fixtures
+from . import figures
 
 pytestmark = pytest.mark.slow
-FAILURES = "batch.kubernetes.io/job-index-failure-count"
-IGNORED = "batch.kubernetes.io/job-index-ignored-failure-count"
 BOOTS = 3  # the script ends on its third boot: two evictions
 SCRIPT = f"""#!/bin/bash
 mkdir -p results
@@ -56,6 +55,7 @@ def ended(pod: Any) -> float | None:
 
 
 @needs_bed
+@figures.soak_only  # 40 s; CI checks the failure count after one eviction (test_k8s_backend.py)
 def test_evictions_never_count_against_the_budget_and_wait_the_controllers_backoff(
     k8s: dict[str, Any],  # noqa: F811 - the imported fixture
     workdir: Path,
@@ -89,8 +89,8 @@ def test_evictions_never_count_against_the_budget_and_wait_the_controllers_backo
     assert len(pods) == BOOTS, [p.metadata.name for p in pods]
     notes = [p.metadata.annotations or {} for p in pods]
     # the failure budget is untouched; the evictions are counted as ignored, one per replacement
-    assert [n.get(FAILURES) for n in notes] == ["0"] * BOOTS
-    assert [n.get(IGNORED) for n in notes] == [None, *[str(k) for k in range(1, BOOTS)]]
+    assert [n.get(INDEX_FAILURES) for n in notes] == ["0"] * BOOTS
+    assert [n.get(INDEX_IGNORED) for n in notes] == [None, *[str(k) for k in range(1, BOOTS)]]
     job = api.batch.read_namespaced_job(task.id, api.namespace)
     assert not job.status.failed and not job.status.failed_indexes, job.status
     for n, (old, new) in enumerate(itertools.pairwise(pods), start=1):
