@@ -25,7 +25,7 @@ import pytest
 
 from tpi_jupyter import cli, layout, state
 from tpi_jupyter.backends.base import Timing
-from tpi_jupyter.backends.k8s import K8sBackend, manifests
+from tpi_jupyter.backends.k8s import K8sBackend, backoff, manifests
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.spec import SpecError, TaskSpec
 from tpi_jupyter.sync import filesystem
@@ -38,9 +38,6 @@ from .k8s import bed
 
 SECRET = "k8s-s3cr3t-value-that-must-not-leak"
 VERSION = "1.37.0"  # the bed's Kubernetes minor; kubernetes-validate's newest schemas
-# The Job controller's counts on each pod of an index: failures (the budget) and ignored ones.
-INDEX_FAILURES = "batch.kubernetes.io/job-index-failure-count"
-INDEX_IGNORED = "batch.kubernetes.io/job-index-ignored-failure-count"
 
 
 def validate(manifest: dict[str, Any]) -> None:
@@ -341,8 +338,10 @@ def test_an_evicted_pod_respawns_and_resumes_from_synced_data(k8s: dict[str, Any
     assert [e["kind"] for e in task.events()].count("machine-started") == 2  # evicted pod, then its successor
     api = api_of(task)
     pods = api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
-    (notes,) = [p.metadata.annotations for p in pods if p.status.phase == "Succeeded"]
-    assert (notes[INDEX_FAILURES], notes[INDEX_IGNORED]) == ("0", "1")  # the failure budget is whole
+    (notes,) = [p.metadata.annotations for p in pods if p.metadata.deletion_timestamp is None]
+    assert (notes[backoff.FAILURES], notes[backoff.IGNORED]) == ("0", "1")  # the failure budget is whole
+    (evicted,) = [e["detail"] for e in task.events() if e["kind"] == "preempted"]
+    assert evicted.endswith("the Job controller recreates it after its back-off, 10 s"), evicted
     task.destroy()
     assert labelled(api_of(task), task.id) == []
 

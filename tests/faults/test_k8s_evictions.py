@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 
 from tpi_jupyter import layout
+from tpi_jupyter.backends.k8s.backoff import FAILURES, IGNORED
 from tpi_jupyter.backends.k8s.manifests import INDEX_ANNOTATION
 from tpi_jupyter.sync import filesystem
 
 from ..aws_moto import moto_endpoint  # noqa: F401 - fixture
 from ..conftest import wait_for
-from ..test_k8s_backend import INDEX_FAILURES, INDEX_IGNORED, api_of, cluster, finish, k8s, needs_bed, start  # noqa: F401 - fixtures
+from ..test_k8s_backend import api_of, cluster, finish, k8s, needs_bed, start  # noqa: F401 - fixtures
 from . import figures
 
 pytestmark = pytest.mark.slow
@@ -77,20 +78,25 @@ def test_evictions_never_count_against_the_budget_and_wait_the_controllers_backo
 
     evicted_at: list[float] = []
     seen: dict[str, Any] = {}
+
+    def replaced(boot: int) -> bool:
+        task.read(fresh=True)  # as a face polls: the evicted pod's event is seen before it goes
+        return len(rank_pods(api, task.id, seen)) > boot
+
     for boot in range(1, BOOTS):
         wait_for(lambda: synced(boot), timeout=120, interval=0.3)  # noqa: B023 - used at once
         wait_for(lambda: task.read(fresh=True).ranks[0].state == "running", timeout=60, interval=0.3)
         evicted_at.append(time.time())
         task.preempt(0)  # the Eviction API
-        wait_for(lambda: len(rank_pods(api, task.id, seen)) > boot, timeout=300, interval=0.3)  # noqa: B023
+        wait_for(lambda: replaced(boot), timeout=300, interval=0.3)  # noqa: B023
     assert finish(task, timeout=180) == "succeeded", task.tail_text()
 
     pods = rank_pods(api, task.id, seen)
     assert len(pods) == BOOTS, [p.metadata.name for p in pods]
     notes = [p.metadata.annotations or {} for p in pods]
     # the failure budget is untouched; the evictions are counted as ignored, one per replacement
-    assert [n.get(INDEX_FAILURES) for n in notes] == ["0"] * BOOTS
-    assert [n.get(INDEX_IGNORED) for n in notes] == [None, *[str(k) for k in range(1, BOOTS)]]
+    assert [n.get(FAILURES) for n in notes] == ["0"] * BOOTS
+    assert [n.get(IGNORED) for n in notes] == [None, *[str(k) for k in range(1, BOOTS)]]
     job = api.batch.read_namespaced_job(task.id, api.namespace)
     assert not job.status.failed and not job.status.failed_indexes, job.status
     for n, (old, new) in enumerate(itertools.pairwise(pods), start=1):
@@ -103,4 +109,7 @@ def test_evictions_never_count_against_the_budget_and_wait_the_controllers_backo
         # the wait is the controller's (one-second timestamps), not the agent's: it synced and left
         assert backoff - 1.5 <= created - gone <= backoff + 30
         assert gone - stop < 30
+    # the events name each wait before it happens
+    waits = [e["detail"].rsplit(", ", 1)[1] for e in task.events() if e["kind"] == "preempted"]
+    assert waits == [f"{10 * 2 ** (n - 1)} s" for n in range(1, BOOTS)], waits
     task.destroy()
