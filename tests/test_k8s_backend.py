@@ -25,7 +25,7 @@ import pytest
 
 from tpi_jupyter import cli, layout, state
 from tpi_jupyter.backends.base import Timing
-from tpi_jupyter.backends.k8s import K8sBackend, manifests
+from tpi_jupyter.backends.k8s import K8sBackend, backoff, manifests
 from tpi_jupyter.commands import build_spec
 from tpi_jupyter.spec import SpecError, TaskSpec
 from tpi_jupyter.sync import filesystem
@@ -336,6 +336,12 @@ def test_an_evicted_pod_respawns_and_resumes_from_synced_data(k8s: dict[str, Any
     assert finish(task) == "succeeded", task.tail_text()
     assert "resumed from first boot" in log_of(task, 0, boot=1)
     assert [e["kind"] for e in task.events()].count("machine-started") == 2  # evicted pod, then its successor
+    api = api_of(task)
+    pods = api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
+    (notes,) = [p.metadata.annotations for p in pods if p.metadata.deletion_timestamp is None]
+    assert (notes[backoff.FAILURES], notes[backoff.IGNORED]) == ("0", "1")  # the failure budget is whole
+    (evicted,) = [e["detail"] for e in task.events() if e["kind"] == "preempted"]
+    assert evicted.endswith("the Job controller recreates it after its back-off, 10 s"), evicted
     task.destroy()
     assert labelled(api_of(task), task.id) == []
 

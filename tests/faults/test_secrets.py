@@ -23,6 +23,7 @@ from ..kernels import Kernel
 from ..test_aws import play_all
 from ..test_azure import arm, azurite, imds  # noqa: F401 - fixtures
 from ..test_gcp import contract, gcp, gcs_url  # noqa: F401 - fixtures
+from ..test_k8s_backend import cluster, k8s, needs_bed  # noqa: F401 - fixtures
 from . import figures
 from .secrets_scan import CREDENTIAL, PLANTED, as_bytes, files, leaks
 
@@ -45,11 +46,14 @@ def planted(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GLOB_SECRET_A", PLANTED["GLOB_SECRET_A"])
 
 
-def remote_files(task: Task) -> dict[str, bytes]:
-    """Every object of the task's remote but the private environment file, which must hold them."""
+def remote_files(task: Task, env_file: bool = True) -> dict[str, bytes]:
+    """Every object of the task's remote but the private environment file, which must hold them
+    (Kubernetes keeps them in a Secret: `env_file=False`, and the whole remote is scanned)."""
     fs, root = filesystem(task.record["remote"])
     fs.invalidate_cache()
     found = {path: bytes(fs.cat_file(path)) for path in fs.find(root)}
+    if not env_file:
+        return {f"remote {path}": content for path, content in found.items()}
     (env_path,) = [path for path in found if path.endswith("/" + layout.ENV)]
     # the values reached the machines this way only, and the scan finds them where they are
     assert leaks({"env": found.pop(env_path)}, SECRETS) == [f"env: {v[:4]}..." for v in PLANTED.values()]
@@ -155,3 +159,43 @@ def test_gcp_requests_labels_and_bucket(gcp: Any, planted: None, workdir: Path) 
 
 def test_azure_requests_tags_and_container(arm: Any, planted: None, workdir: Path) -> None:  # noqa: F811
     contract_scan("az", arm.calls)
+
+
+@needs_bed
+def test_k8s_live_objects_logs_registry_and_remote(
+    k8s: dict[str, Any],  # noqa: F811 - the imported fixture
+    planted: None,
+    tpi_home: Path,
+    workdir: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A two-rank task on the test bed; then every object of its namespace, read back."""
+    from tpi_jupyter.backends.k8s.manifests import CONTAINER, ENV_KEY, SECRET_DIR, STORAGE_KEY
+
+    from .k8s_objects import namespace_objects, secret_references
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", CREDENTIAL)  # moto takes any key; forwarded to the pods
+    words = ["name=scan-k8s", "parallelism=2", f"container=s3://{k8s['bucket']}/runs", *WORDS]
+    task = launch(build_spec(words, {"cloud": "k8s"}), SCRIPT)
+    assert isinstance(task, Task) and task.wait(timeout=120) == "succeeded", task.tail_text()
+    api = task.backend.api(task.backend_state)  # type: ignore[attr-defined]
+    artefacts, own = namespace_objects(api, task.backend_state.name)  # type: ignore[attr-defined]
+    # the values are in the task's Secret, each in the key meant for it, and nowhere else
+    assert leaks({ENV_KEY: own.pop(ENV_KEY)}, SECRETS) == [f"{ENV_KEY}: {v[:4]}..." for v in PLANTED.values()]
+    assert leaks({STORAGE_KEY: own.pop(STORAGE_KEY)}, SECRETS) == [f"{STORAGE_KEY}: {CREDENTIAL[:4]}..."]
+    assert own == {}, sorted(own)
+    pods = api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
+    assert len(pods) == 2
+    for pod in pods:  # the agent's container mounts it; no init container, no environment variable
+        assert secret_references(pod, task.backend_state.name) == [
+            f"volume tpi-secret -> {CONTAINER}:{SECRET_DIR}"
+        ]  # type: ignore[attr-defined]
+    artefacts.update(remote_files(task, env_file=False))
+    artefacts.update({f"registry {k}": v for k, v in files(tpi_home).items()})
+    check(
+        artefacts, ["k8s job", "k8s pod", "k8s log", "k8s service", "k8s event", "remote", "registry"], "k8s"
+    )
+    # what the script printed was scanned, masked at the source (the remote's log; the pods' own
+    # logs, read through pods/log, hold only the agent's lines: none on a clean run)
+    assert any(b"imported: *** glob: ***" in v for k, v in artefacts.items() if "/log." in k)
+    task.destroy()

@@ -16,6 +16,7 @@ from typing import Any
 
 from ..base import GroupState, Machine
 from ..kit.tags import TASK
+from . import backoff
 from .manifests import ENV_KEY, INDEX_ANNOTATION, ROLE
 
 ALIVE_PHASES = ("Pending", "Running")
@@ -101,13 +102,15 @@ def _stamp(value: datetime | None) -> float:
     return value.timestamp() if value else time.time()
 
 
-def _pod_events(pod: Any, rank: int, boot: int) -> list[dict[str, Any]]:
+def _pod_events(pod: Any, rank: int, boot: int, after: str = "") -> list[dict[str, Any]]:
+    """`after`: what follows an eviction (the Job's replacement wait), added to its event."""
     found = [{"time": _stamp(pod.metadata.creation_timestamp), "kind": "machine-started", "rank": rank,
               "detail": f"pod {pod.metadata.name}"}]  # fmt: skip
     for condition in (pod.status.conditions or []) if pod.status else []:
         if condition.type == "DisruptionTarget" and condition.status == "True":
+            detail = f"pod {pod.metadata.name}: {condition.reason}: {condition.message or ''}".strip()
             found.append({"time": _stamp(condition.last_transition_time), "kind": "preempted", "rank": rank,
-                          "detail": f"pod {pod.metadata.name}: {condition.reason}: {condition.message or ''}".strip()})  # fmt: skip
+                          "detail": f"{detail}; {after}" if after else detail})  # fmt: skip
     for status in (pod.status.container_statuses or []) if pod.status else []:
         ended = status.state.terminated if status.state else None
         if ended is not None and ended.exit_code:
@@ -142,7 +145,7 @@ def read(api: Api, name: str, task_id: str) -> GroupState:
                 rank=rank, boot=boot, alive=alive, address=(pod.status.pod_ip or "") if pod.status else ""
             )
         )
-        events += _pod_events(pod, rank, boot)
+        events += _pod_events(pod, rank, boot, backoff.note(pod))
     suspended = bool(job.spec.suspend)
     return GroupState(exists=(not finished and not suspended) or any(m.alive for m in machines),
                       machines=machines, events=sorted(events, key=lambda e: e["time"]))  # fmt: skip
