@@ -45,6 +45,8 @@ def error_answer(service: str, code: int, name: str, message: str) -> tuple[byte
     text = (f'<?xml version="1.0" encoding="UTF-8"?><Error><Code>{name}</Code>'
             f"<Message>{message}</Message><RequestId>fault</RequestId></Error>")  # fmt: skip
     return text.encode(), {"Content-Type": "application/xml"}
+
+
 HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te", "upgrade"}
 
 
@@ -60,6 +62,7 @@ class FaultInjectingHttpProxy:
         parsed = urlparse(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.share = share
+        self.limit: int | None = None  # at most this many injected answers (None: no cap)
         self.service = service
         self.errors = SERVICES[service]
         self.injected: dict[int, int] = {code: 0 for code, _, _ in self.errors}
@@ -124,10 +127,10 @@ class FaultInjectingHttpProxy:
 
     def _pick(self) -> tuple[int, str, str] | None:
         with self._lock:
-            if self._rng.random() >= self.share:
+            if self._rng.random() >= self.share or sum(self.injected.values()) == self.limit:
                 return None
             fault = self.errors[self._rng.randrange(len(self.errors))]
-            self.injected[fault[0]] += 1
+            self.injected[fault[0]] = self.injected.get(fault[0], 0) + 1
             return fault
 
     def close(self) -> None:

@@ -79,7 +79,9 @@ def read_all(fs: Any, root: str, prefix: str) -> dict[str, bytes]:
 
 
 @contextlib.contextmanager
-def faulted(name: str, upstream: str, service: str) -> Iterator[tuple[int, Toxiproxy, FaultInjectingHttpProxy, str]]:
+def faulted(
+    name: str, upstream: str, service: str
+) -> Iterator[tuple[int, Toxiproxy, FaultInjectingHttpProxy, str]]:
     """Toxiproxy and the HTTP fault proxy in front of upstream: (seed, toxi, http, listen host:port).
     On exit the faults are healed first, then every task left is torn down while the store answers."""
     seed = figures.seed()
@@ -111,9 +113,9 @@ def inputs(workdir: Path, seed: int, sizes: Sizes = FULL) -> dict[str, str]:
     return hashes
 
 
-def poison(store: Store) -> None:
+def poison(store: Store, http_limit: int | None = None) -> None:
     """Faults on every path, each on a share of connections or requests (seeded)."""
-    store.http.share = 0.15  # the service's error answers instead of the real one
+    store.http.share, store.http.limit = 0.15, http_limit  # the service's errors instead of the answer
     store.toxi.toxic(store.name, "latency", "downstream", 1.0, latency=30, jitter=30)
     store.toxi.toxic(store.name, "reset_peer", "upstream", 0.05, timeout=50)
     store.toxi.toxic(store.name, "timeout", "downstream", 0.03, timeout=400)
@@ -133,10 +135,12 @@ def sums(text: str) -> dict[str, str]:
     return {f"results/{name}": digest for digest, name in (line.split("  ", 1) for line in text.splitlines())}
 
 
-def survive(store: Store, workdir: Path, backend: str, sizes: Sizes = FULL) -> None:
+def survive(
+    store: Store, workdir: Path, backend: str, sizes: Sizes = FULL, http_limit: int | None = None
+) -> None:
     """Upload, sync-back, log streaming, pull and destroy through the faults: nothing lost."""
     sent = inputs(workdir, store.seed, sizes)
-    poison(store)
+    poison(store, http_limit)
     words = ["workdir=.", "output=results", "name=storm", f"container={store.container}/runs", "timeout=600"]
     task = launch(build_spec(words, {"cloud": "local"}), script(sizes))  # upload through the faults
     assert isinstance(task, Task)

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from ..aws_moto import moto_endpoint  # noqa: F401 - fixture
-from .storage_faults import Store, read_all, stays_down, survive, faulted
+from .storage_faults import Store, faulted, read_all, stays_down, survive
 
 
 @pytest.fixture
@@ -33,7 +33,9 @@ def store(moto_endpoint: str, tpi_home: Path, monkeypatch: pytest.MonkeyPatch) -
 
         s3fs.S3FileSystem.clear_instance_cache()
         bucket = f"faults-{seed}"
-        direct = s3fs.S3FileSystem(endpoint_url=moto_endpoint, skip_instance_cache=True, use_listings_cache=False)
+        direct = s3fs.S3FileSystem(
+            endpoint_url=moto_endpoint, skip_instance_cache=True, use_listings_cache=False
+        )
         direct.mkdir(bucket)
         yield Store("s3", f"s3://{bucket}", seed, toxi, http, lambda prefix: read_all(direct, bucket, prefix))
 
