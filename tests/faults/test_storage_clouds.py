@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,7 +50,7 @@ def _gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Ite
         monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "test")
         monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
         gcsfs.GCSFileSystem.clear_instance_cache()
-        bucket = f"faults-{seed}"
+        bucket = f"faults-{seed}-{uuid.uuid4().hex[:6]}"  # the emulator serves the whole module
         direct = gcsfs.GCSFileSystem(endpoint_url=url, token="anon", project="test", skip_instance_cache=True,
                                      use_listings_cache=False)  # fmt: skip
         direct.mkdir(bucket)
@@ -67,7 +68,7 @@ def _azure(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> I
         for name in ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY", "AZURE_STORAGE_SAS_TOKEN"):
             monkeypatch.delenv(name, raising=False)
         adlfs.AzureBlobFileSystem.clear_instance_cache()
-        container = f"faults-{seed}"
+        container = f"faults-{seed}-{uuid.uuid4().hex[:6]}"
         direct = adlfs.AzureBlobFileSystem(connection_string=connection, skip_instance_cache=True)
         direct.mkdir(container)
         yield Store(
