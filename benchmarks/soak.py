@@ -22,8 +22,16 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS-soak.md"
-FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_crashes_clouds.py",
-         "test_kernel_restarts.py", "test_disk_full.py", "test_secrets.py", "test_k8s_evictions.py"]  # fmt: skip
+FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_kernel_restarts.py",
+         "test_disk_full.py", "test_secrets.py", "test_storage_clouds.py",
+         "test_crashes_clouds.py", "test_k8s_evictions.py"]  # fmt: skip
+STORAGE_FILES = {
+    "local+s3": "test_storage.py",
+    "local+gcs": "test_storage_clouds.py",
+    "local+az": "test_storage_clouds.py",
+}
+STORAGE_ERRORS = {"local+s3": "500/503 SlowDown", "local+gcs": "GCS 503/429/500 (JSON)",
+                  "local+az": "Azure 503 ServerBusy/500 InternalError (XML, x-ms-error-code)"}  # fmt: skip
 
 
 def revision() -> str:
@@ -61,10 +69,11 @@ def row(item: dict[str, Any], seed: int, sizes: str) -> tuple[str, str, str, str
                 str(lost), replay + f"test_spot.py -k {backend}`")  # fmt: skip
     if kind == "storage":
         errors = sum(item["http_errors"].values())
-        return ("storage: 500/503 SlowDown + resets, stalls, cut connections, latency", backend,
+        which = "" if backend == "local+s3" else f" and {backend.removeprefix('local+')}"
+        return (f"storage: {STORAGE_ERRORS[backend]} + resets, stalls, cut connections, latency", backend,
                 f"{errors} HTTP errors ({item['http_errors']}) + TCP toxics on a share of connections",
                 f"all ({item['files']} files whole by sha256, {item['log_lines']} log lines in order)",
-                str(item["lost"]), replay + "test_storage.py -k survive`")  # fmt: skip
+                str(item["lost"]), replay + f"{STORAGE_FILES[backend]} -k 'survive{which}'`")  # fmt: skip
     if kind == "crash":
         rounds = item["rounds"]
         killed = sum(1 for r in rounds if r["killed"])
@@ -120,7 +129,7 @@ def main() -> int:
            "TPI_FAULT_SEED": str(args.seed)}  # fmt: skip
     runs = []
     for name in args.files.split(",") if args.files else []:
-        for round_ in range(args.storage_rounds if name == "test_storage.py" else 1):
+        for round_ in range(args.storage_rounds if name in STORAGE_FILES.values() else 1):
             env["TPI_FAULT_SEED"] = str(args.seed + round_)
             code, seconds, tail = run_file(name, env, args.select)
             runs.append((name, code, seconds, tail, int(env["TPI_FAULT_SEED"])))

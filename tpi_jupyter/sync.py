@@ -71,7 +71,7 @@ import pathspec
 from fsspec.implementations.local import LocalFileSystem
 from fsspec.utils import get_protocol
 
-from . import sync_meta
+from . import storage_logs, sync_meta
 from .sync_engines import (
     WORKERS,
     Engine,
@@ -339,6 +339,7 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
 
 def filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and root path for a remote URL (a plain path means the local disk)."""
+    storage_logs.quiet()
     if get_protocol(url) not in ("file", "local", "memory"):
         # Machines write keys the client polls for: a cached parent listing would hide them.
         options.setdefault("use_listings_cache", False)

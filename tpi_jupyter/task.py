@@ -713,7 +713,7 @@ def _create(
         if isinstance(error, SpecError):
             raise
         if isinstance(error, Exception):
-            raise TaskError(f"launch of {spec.name} failed: {error}; {cleaned}") from error
+            raise TaskError(f"launch of {spec.name} failed: {_one_line(error)}; {cleaned}") from error
         raise
     return Task(record, backend)
 
@@ -782,9 +782,14 @@ def _rollback(backend: Backend[Any], spec: TaskSpec, backend_state: Any, record:
         record["backend"] = asdict(backend_state)
         with contextlib.suppress(OSError):
             state.save(record)
-        return f"rollback incomplete ({error}); the task stays listed: destroy it to retry"
+        return f"rollback incomplete ({_one_line(error)}); the task stays listed: destroy it to retry"
     state.delete(record["id"])
     return "everything created so far was removed"
+
+
+def _one_line(error: BaseException) -> str:
+    """A storage client's message on one line (gcsfs puts the server's message on a second)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _generic_plan(spec: TaskSpec) -> list[str]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from ... import storage_logs
 from ...spec import TaskSpec
 from .common import GcpState
 
@@ -14,6 +15,7 @@ from .common import GcpState
 def gcs(project: str = "") -> Any:
     import gcsfs
 
+    storage_logs.quiet()
     return gcsfs.GCSFileSystem(project=project or None, skip_instance_cache=True, use_listings_cache=False)
 
 
