@@ -208,11 +208,16 @@ def test_widget_updates_while_kernel_busy(lab_server: LabServer, page: Any) -> N
     """A later cell keeps the kernel busy; the widget still streams log lines and reaches succeeded."""
     notebook = "busy.ipynb"
     script = 'for i in 1 2 3 4 5 6; do echo "busy-line-$i"; sleep 0.5; done'
-    cells = ["%load_ext tpi_jupyter", f"%%tpi name=busy timeout=300\n{script}", "import time\ntime.sleep(10)"]
+    # The last cell keeps the kernel busy until the task has ended, and a while after: a fixed
+    # sleep ended before a slow start under load reached "running".
+    busy_cell = (
+        "import time\nfrom tpi_jupyter.task import Task\nTask.find('busy').wait(timeout=120)\ntime.sleep(5)"
+    )
+    cells = ["%load_ext tpi_jupyter", f"%%tpi name=busy timeout=300\n{script}", busy_cell]
     open_and_run_all(page, lab_server, notebook, cells)
     log = page.locator(".tpi-log pre")
     seen: list[tuple[str | None, str, int]] = []  # kernel status, badge, log lines, as the browser saw them
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         status = kernel_state(page, notebook).get("status")
         badge = page.locator(".tpi-badge")
