@@ -337,12 +337,21 @@ def is_local(fs: fsspec.AbstractFileSystem) -> bool:
     return isinstance(fs, LocalFileSystem)
 
 
+AZURE_CREDENTIALS = {"connection_string", "account_name", "account_key", "sas_token", "credential", "anon"}
+
+
 def filesystem(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
     """The filesystem and root path for a remote URL (a plain path means the local disk)."""
     storage_logs.quiet()
-    if get_protocol(url) not in ("file", "local", "memory"):
+    protocol = get_protocol(url)
+    if protocol not in ("file", "local", "memory"):
         # Machines write keys the client polls for: a cached parent listing would hide them.
         options.setdefault("use_listings_cache", False)
+    connection = os.environ.get("AZURE_STORAGE_CONNECTION_STRING", "")
+    if protocol in ("az", "abfs", "abfss") and connection and not options.keys() & AZURE_CREDENTIALS:
+        # fsspec reuses a filesystem made with the same arguments, whatever the environment was
+        # then: named, another connection (another account, a new emulator) gets its own.
+        options["connection_string"] = connection
     fs, path = fsspec.core.url_to_fs(url, **options)
     return fs, path.rstrip("/")
 
