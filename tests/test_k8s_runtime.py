@@ -25,7 +25,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from tpi_jupyter.task import FINAL, Task, launch
 from . import emulators
 from .aws_moto import moto_endpoint  # noqa: F401 - fixture
 from .conftest import wait_for
+from .emulator_fixtures import azurite_connection, gcs_url  # noqa: F401 - fixtures
 from .k8s import bed, images
 from .test_k8s_backend import everything_but_the_secret, labelled
 from .test_k8s_pvc import cluster, k8s, needs_bed  # noqa: F401 - fixtures: a bed per module, fast cadences
@@ -236,16 +236,6 @@ def test_environment_values_are_never_written_to_the_remote(bucket: str, workdir
     assert SECRET not in everything_but_the_secret(api, task.id)
     task.destroy()
     assert labelled(api, task.id) == []
-
-
-@pytest.fixture(scope="module")
-def gcs_url() -> Iterator[str]:
-    yield from emulators.fake_gcs_server()
-
-
-@pytest.fixture(scope="module")
-def azurite_connection() -> Iterator[str]:
-    yield from emulators.azurite()
 
 
 def _store(kind: str, request: pytest.FixtureRequest, gateway: str, monkeypatch: pytest.MonkeyPatch) -> str:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from .. import emulators
+from ..emulator_fixtures import azurite_connection, gcs_url  # noqa: F401 - fixtures
 from . import figures
 from .http_faults import FaultInjectingHttpProxy
 from .storage_faults import FULL, SHORT, Sizes, Store, faulted, read_all, stays_down, survive
@@ -30,16 +31,6 @@ from .storage_faults import FULL, SHORT, Sizes, Store, faulted, read_all, stays_
 SOAK = bool(os.environ.get("TPI_FAULT_SOAK"))
 SIZES: Sizes = FULL if SOAK else SHORT
 HTTP_LIMIT = {"gcs": None if SOAK else 8, "az": None if SOAK else 3}  # injected errors, CI's time budget
-
-
-@pytest.fixture(scope="module")
-def gcs_url() -> Iterator[str]:
-    yield from emulators.fake_gcs_server()
-
-
-@pytest.fixture(scope="module")
-def azurite_connection() -> Iterator[str]:
-    yield from emulators.azurite()
 
 
 def _gcs(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[Store]:
@@ -95,7 +86,10 @@ def test_a_store_that_stays_down_fails_in_one_line_and_leaves_nothing_half_writt
 
 
 def test_a_gcs_error_of_two_lines_fails_the_launch_in_one_line(
-    gcs_url: str, tpi_home: Path, workdir: Path, tmp_path: Path
+    gcs_url: str,  # noqa: F811 - the fixture
+    tpi_home: Path,
+    workdir: Path,
+    tmp_path: Path,
 ) -> None:
     """gcsfs logs a traceback (`logger.exception`) before it raises; `tpi` printed it (40 lines)."""
     denied = FaultInjectingHttpProxy(gcs_url, seed=1, share=1.0, service="gcs")
@@ -125,7 +119,7 @@ def test_a_gcs_error_of_two_lines_fails_the_launch_in_one_line(
         denied.close()
 
 
-def test_gcsfs_out_of_retries_report_is_not_printed_by_the_last_resort_handler(gcs_url: str) -> None:
+def test_gcsfs_out_of_retries_report_is_not_printed_by_the_last_resort_handler(gcs_url: str) -> None:  # noqa: F811
     """What gcsfs logs when a request runs out of retries (its `logger.exception`, as in
     gcsfs.retry) stays off stderr once the product made its filesystem; the store that stays down
     (soak form above) shows it end to end, after gcsfs's 30 s of retries."""
