@@ -2,7 +2,8 @@
 HTTP errors, so this one forwards requests to an object store's emulator and, for a seeded share
 of them, answers without forwarding as the store does when it sheds load or fails, in its own
 shape (`service_errors`): S3 `503 SlowDown` / `500 InternalError` (XML), GCS 503/429/500 (JSON
-error body), Azure Blob `503 ServerBusy` / `500 InternalError` (XML and `x-ms-error-code`).
+error body), Azure Blob `503 ServerBusy` / `500 InternalError` (XML and `x-ms-error-code`), the
+Kubernetes API server's pod proxy 503/429/500 (a `Status` object; 429 with `Retry-After`).
 Every injected answer is counted.
 """
 
@@ -28,7 +29,12 @@ AZURE_ERRORS = (
     (503, "ServerBusy", "The server is currently unable to receive requests. Please retry your request."),
     (500, "InternalError", "The server encountered an internal error. Please retry the request."),
 )
-SERVICES = {"s3": ERRORS, "gcs": GCS_ERRORS, "azure": AZURE_ERRORS}
+K8S_ERRORS = (  # the API server's pod proxy: the pod unreachable, priority and fairness, its own failure
+    (503, "ServiceUnavailable", "error trying to reach service: dial tcp: connect: connection refused"),
+    (429, "TooManyRequests", "Too many requests, please try again later."),
+    (500, "InternalError", 'an error on the server ("") has prevented the request from succeeding'),
+)
+SERVICES = {"s3": ERRORS, "gcs": GCS_ERRORS, "azure": AZURE_ERRORS, "k8s": K8S_ERRORS}
 
 
 def error_answer(service: str, code: int, name: str, message: str) -> tuple[bytes, dict[str, str]]:
@@ -37,6 +43,11 @@ def error_answer(service: str, code: int, name: str, message: str) -> tuple[byte
         error = {"code": code, "message": message, "errors": [{"message": message, "domain": "global",
                                                                "reason": name}]}  # fmt: skip
         return json.dumps({"error": error}).encode(), {"Content-Type": "application/json; charset=UTF-8"}
+    if service == "k8s":  # a metav1.Status, as the API server answers
+        status = {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": message,
+                  "reason": name, "code": code}  # fmt: skip
+        return json.dumps(status).encode(), {"Content-Type": "application/json",
+                                             **({"Retry-After": "1"} if code == 429 else {})}  # fmt: skip
     if service == "azure":
         text = (f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{name}</Code><Message>{message}\n'
                 "RequestId:fault\nTime:2026-01-01T00:00:00.0000000Z</Message></Error>")  # fmt: skip
@@ -58,7 +69,8 @@ class _QuietServer(ThreadingHTTPServer):
 class FaultInjectingHttpProxy:
     """Forward to upstream (http://host:port); answer `share` of requests with the service's errors."""
 
-    def __init__(self, upstream: str, seed: int, share: float = 0.0, service: str = "s3"):
+    def __init__(self, upstream: str, seed: int, share: float = 0.0, service: str = "s3",
+                 listen: tuple[str, int] = ("127.0.0.1", 0)):  # fmt: skip
         parsed = urlparse(upstream)
         self.upstream = (parsed.hostname or "127.0.0.1", parsed.port or 80)
         self.share = share
@@ -119,7 +131,7 @@ class FaultInjectingHttpProxy:
                 with proxy._lock:
                     proxy.forwarded += 1
 
-        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.server = _QuietServer(listen, Handler)
         self.server.daemon_threads = True
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)

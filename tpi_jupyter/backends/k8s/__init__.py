@@ -200,7 +200,7 @@ class K8sBackend:
         limit, last = time.monotonic() + self.TRANSFER_WAIT, ""
         while time.monotonic() < limit:
             try:
-                filesystem(state.remote)[0].ls("")
+                filesystem(state.remote, patient=False)[0].ls("")
                 return
             except Exception as error:  # not scheduled, not running, not listening yet
                 last = job.describe(error)

@@ -19,7 +19,9 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from fsspec.spec import AbstractFileSystem
+from urllib3.exceptions import HTTPError
 
+from . import proxy_retry
 from .manifests import PROTOCOL, TRANSFER_KEY, TRANSFER_PORT, transfer_name
 from .transfer import FILE, LIST, TOKEN_HEADER
 
@@ -79,8 +81,10 @@ class ProxyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
     cachable = False  # one per transfer pod; never shared through fsspec's instance cache
 
     def __init__(self, base: str = "", pool: Any = None, headers: dict[str, str] | None = None, token: str = "",
-                 context: str = "", namespace: str = "", task: str = "", **kwargs: Any) -> None:  # fmt: skip
+                 context: str = "", namespace: str = "", task: str = "", patient: bool = True,
+                 **kwargs: Any) -> None:  # fmt: skip
         super().__init__()
+        self.patient = patient  # False: one attempt per request (create's readiness probe polls itself)
         if not base:  # opened from a URL: the kubeconfig says how to reach the API server
             found = connect(context, namespace, task)
             base, pool, headers, token = found["base"], found["pool"], found["headers"], found["token"]
@@ -102,8 +106,15 @@ class ProxyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
     def _request(self, method: str, route: str, path: str, body: bytes | None = None,
                  headers: dict[str, str] | None = None, query: str = "") -> Any:  # fmt: skip
         url = f"{self.base}{route}{quote(self._strip_protocol(path).strip('/'))}{query}"
-        response = self.pool.request(method, url, body=body, headers={**self.headers, **(headers or {})},
-                                     retries=False, preload_content=True)  # fmt: skip
+        headers = {**self.headers, **(headers or {})}
+        try:
+            response = self.pool.request(method, url, body=body, headers=headers, preload_content=True,
+                                         retries=proxy_retry.policy("If-None-Match" in headers, self.patient),
+                                         timeout=proxy_retry.TIMEOUT)  # fmt: skip
+        except HTTPError as error:  # out of retries: one line, without the proxy's URL
+            raise OSError(f"transfer pod: {method} {path}: {proxy_retry.reason(error)}") from None
+        if response.status == MISSING and method == "DELETE" and proxy_retry.retried(response):
+            return response  # an earlier attempt deleted it; its answer was lost
         if response.status == MISSING:
             raise FileNotFoundError(path)
         if response.status == EXISTS:

@@ -120,7 +120,10 @@ class Handler(BaseHTTPRequestHandler):
             return target.read_bytes()
         if prefix == FILE and method == "PUT":
             length = int(self.headers.get("Content-Length", "0"))
-            write(target, self.rfile.read(length), self.headers.get("If-None-Match") == "*")
+            data = self.rfile.read(length)
+            if len(data) != length:  # the connection was cut: never put part of a file in place
+                raise Refused(400, f"incomplete body: {len(data)} of {length} bytes")
+            write(target, data, self.headers.get("If-None-Match") == "*")
             return b""
         if prefix == FILE and method == "DELETE":
             if target == self.root:

@@ -1,0 +1,44 @@
+"""How the client retries a request to the transfer pod through the API server's pod proxy.
+
+The path crosses two hops (client -> API server -> pod), and either can drop a connection or
+answer 429/5xx (the API server's priority and fairness, a pod that is restarting, a proxy
+error); the object-store clients retry such failures themselves, so proxyfs does too, with
+urllib3's own policy: exponential back-off, `Retry-After` honoured, about 10 s in all.
+An exclusive create is retried only when the connection could not be made (a retry after a
+lost answer could find its own file and report it as someone else's). Every request has a
+timeout, so a stalled connection is retried rather than waited on for ever.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from urllib3.util import Retry, Timeout
+
+ATTEMPTS = 6
+TRANSIENT = frozenset({429, 500, 502, 503, 504})
+TIMEOUT = Timeout(connect=10.0, read=60.0)
+POLICY = Retry(
+    total=ATTEMPTS, backoff_factor=0.2, backoff_max=4.0, status_forcelist=TRANSIENT,
+    allowed_methods=frozenset({"GET", "PUT", "DELETE"}), raise_on_status=False, raise_on_redirect=False,
+    respect_retry_after_header=True,
+)  # fmt: skip
+CREATE_POLICY = POLICY.new(read=0, status=0, other=0)
+
+
+def policy(exclusive: bool, patient: bool = True) -> Retry | bool:
+    if not patient:
+        return False
+    return CREATE_POLICY if exclusive else POLICY
+
+
+def retried(response: Any) -> bool:
+    """Whether the answer came after a retry (so a 404 to a DELETE may be its own earlier success)."""
+    history = getattr(getattr(response, "retries", None), "history", ())
+    return bool(history)
+
+
+def reason(error: BaseException) -> str:
+    """A failed connection as one short line: the last cause, without the URL and pool details."""
+    cause = getattr(error, "reason", None) or error
+    return " ".join(f"{cause.__class__.__name__}: {cause}".split())[:200]
