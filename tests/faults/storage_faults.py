@@ -19,7 +19,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 
@@ -57,19 +57,37 @@ for i in $(seq 1 {sizes.lines}); do echo "line $i"; sleep 0.01; done
 """
 
 
+class HttpFaults(Protocol):
+    """The HTTP error answers: FaultInjectingHttpProxy, or one that runs elsewhere (a pod)."""
+
+    share: float
+    limit: int | None
+
+    @property
+    def injected(self) -> dict[int, int]: ...
+
+
 @dataclass
 class Store:
-    """The faulted path to one emulator; `read(prefix)` reads the emulator itself, no faults."""
+    """The faulted path to one emulator; `read(prefix)` reads the emulator itself, no faults.
+
+    Keys are `runs/<task id>/...`: the container's `runs/` prefix, or (no container: the
+    backend's own storage, a Kubernetes claim) the task's remote as `cloud` keeps it."""
 
     name: str  # the Toxiproxy proxy's name
-    container: str  # the task's container URL, e.g. s3://faults-1
+    container: str  # the task's container URL, e.g. s3://faults-1; "" for the cloud's own storage
     seed: int
     toxi: Toxiproxy
-    http: FaultInjectingHttpProxy
+    http: HttpFaults
     read: Callable[[str], dict[str, bytes]]
+    cloud: str = "local"
 
     def objects(self, prefix: str) -> dict[str, bytes]:
         return self.read(prefix)
+
+    def place(self) -> list[str]:
+        """The `tpi run` words that put a task's remote behind the faults."""
+        return [f"cloud={self.cloud}", *([f"container={self.container}/runs"] if self.container else [])]
 
 
 def read_all(fs: Any, root: str, prefix: str) -> dict[str, bytes]:
@@ -92,11 +110,16 @@ def faulted(
         finally:
             toxi.heal(name)
             http.share = 0.0
-            for record in state.records():
-                task = Task(record)
-                task.backend.delete(task.task_spec, task.backend_state)
-                state.delete(record["id"])
+            delete_tasks()
             http.close()
+
+
+def delete_tasks() -> None:
+    """Every task the test left, torn down (once the faults are healed: the store answers)."""
+    for record in state.records():
+        task = Task(record)
+        task.backend.delete(task.task_spec, task.backend_state)
+        state.delete(record["id"])
 
 
 def inputs(workdir: Path, seed: int, sizes: Sizes = FULL) -> dict[str, str]:
@@ -141,8 +164,8 @@ def survive(
     """Upload, sync-back, log streaming, pull and destroy through the faults: nothing lost."""
     sent = inputs(workdir, store.seed, sizes)
     poison(store, http_limit)
-    words = ["workdir=.", "output=results", "name=storm", f"container={store.container}/runs", "timeout=600"]
-    task = launch(build_spec(words, {"cloud": "local"}), script(sizes))  # upload through the faults
+    words = ["workdir=.", "output=results", "name=storm", *store.place(), "timeout=600"]
+    task = launch(build_spec(words, {}), script(sizes))  # upload through the faults
     assert isinstance(task, Task)
     prefix = f"runs/{task.id}/data/"
     assert whole(store.objects(prefix), sent, prefix) == []  # every uploaded file whole
@@ -179,7 +202,7 @@ def stays_down(store: Store, workdir: Path, tmp_path: Path, sizes: Sizes = FULL)
     sent = inputs(workdir, 7, sizes)
     (tmp_path / "script").write_text("#!/bin/bash\ntrue\n")
     store.toxi.toxic(store.name, "reset_peer", "upstream", 1.0, timeout=0)  # every connection cut
-    launched = tpi("run", "workdir=.", "output=inputs", "name=down", f"container={store.container}/runs",
+    launched = tpi("run", "workdir=.", "output=inputs", "name=down", *store.place(),
                    "--script", str(tmp_path / "script"))  # fmt: skip
     assert launched.returncode != 0, launched.stderr
     (line,) = launched.stderr.strip().splitlines()  # one line, no traceback, naming what to do
@@ -189,8 +212,9 @@ def stays_down(store: Store, workdir: Path, tmp_path: Path, sizes: Sizes = FULL)
     assert tpi("destroy", "down").returncode == 0  # the store is back: destroy finishes the job
     assert state.records() == [] and tpi("destroy", "down").returncode == 0
 
-    task = launch(build_spec(["workdir=.", "output=inputs", "name=later", f"container={store.container}/runs"],
-                             {"cloud": "local"}), "#!/bin/bash\ntrue\n")  # fmt: skip
+    task = launch(
+        build_spec(["workdir=.", "output=inputs", "name=later", *store.place()], {}), "#!/bin/bash\ntrue\n"
+    )
     assert isinstance(task, Task) and task.wait(timeout=120) == "succeeded"
     for path in (workdir / "inputs").iterdir():
         path.unlink()

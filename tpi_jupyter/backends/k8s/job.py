@@ -50,6 +50,9 @@ def describe(error: BaseException) -> str:
             )
         except ValueError:
             pass
+    cause = getattr(error, "reason", None)  # urllib3's MaxRetryError: the last failure, not the URL
+    if isinstance(cause, BaseException):
+        error = cause
     text = f"{error.__class__.__name__}: {error}"
     return " ".join(text.split())
 
