@@ -66,6 +66,7 @@ class Target:
     words: list[str] = field(default_factory=list)
     sweep: bool = True  # the local backend has nothing to sweep (its resources are processes)
     file: str = "test_crashes.py"  # how the soak's table says to replay it
+    backend: str = ""  # the figures' name, when one cloud has two modes (k8s-claim); else the cloud
 
 
 def clean_up(target: Target, name: str) -> dict[str, Any]:
@@ -96,7 +97,9 @@ def named_kills(target: Target, script: Path, points: dict[str, Point]) -> list[
         killed = tpi_killed_when("run", *words, "--script", str(script), when=arm())
         rows.append({"verb": "run", "kill_at": point, "killed": killed, **clean_up(target, name)})
         print(rows[-1])
-    figures.record("crash", f"{target.cloud} (named requests)", {"rounds": rows, "file": target.file})
+    figures.record(
+        "crash", f"{target.backend or target.cloud} (named requests)", {"rounds": rows, "file": target.file}
+    )
     return rows
 
 
@@ -129,6 +132,6 @@ def kill_rounds(target: Target, script: Path, ci_rounds: int = 2) -> list[dict[s
         row = {"verb": verb, "kill_at": round(point, 2), "killed": killed is None, **clean_up(target, name)}
         rows.append(row)
         print(row)
-    figures.record("crash", target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows,
+    figures.record("crash", target.backend or target.cloud, {"seed": seed, "launch_seconds": round(launch_time, 2), "rounds": rows,
                                            "file": target.file})  # fmt: skip
     return rows

@@ -220,7 +220,7 @@ def made(kubeconfig: Path, kind: str) -> Point:
         api = config.new_client_from_config(str(kubeconfig))
         core, batch = kube.CoreV1Api(api), kube.BatchV1Api(api)
         lister = {"secret": core.list_namespaced_secret, "pod": core.list_namespaced_pod,
-                  "job": batch.list_namespaced_job}[kind]  # fmt: skip
+                  "job": batch.list_namespaced_job, "claim": core.list_namespaced_persistent_volume_claim}[kind]  # fmt: skip
 
         def when() -> bool:
             time.sleep(0.02)
@@ -229,3 +229,39 @@ def made(kubeconfig: Path, kind: str) -> Point:
         return when
 
     return armed
+
+
+def settle(kubeconfig: Path, limit: float = 60) -> None:
+    """Until no pod or claim is terminating: destroy returns once the API server accepted the
+    deletions and the pods ended; a claim goes a moment later (its pvc-protection finalizer)."""
+    from kubernetes import client as kube
+    from kubernetes import config
+
+    api = config.new_client_from_config(str(kubeconfig))
+    core, end = kube.CoreV1Api(api), time.monotonic() + limit
+    try:
+        while time.monotonic() < end and any(
+            item.metadata.deletion_timestamp
+            for item in [*core.list_namespaced_pod("default").items,
+                         *core.list_namespaced_persistent_volume_claim("default").items]
+        ):  # fmt: skip
+            time.sleep(0.3)
+    finally:
+        api.close()
+
+
+@needs_bed
+def test_k8s_claim(k8s: dict[str, Any], script: Path) -> None:  # noqa: F811
+    """No `container`: the remote is a PersistentVolumeClaim served by a transfer pod; neither may
+    outlive destroy and sweep. Named kills: the moment the claim, then the transfer pod, exists."""
+    kubeconfig = k8s["bed"].kubeconfig
+
+    def leftovers() -> list[str]:
+        settle(kubeconfig)
+        return k8s_leftovers(kubeconfig, k8s["bucket"])
+
+    target = Target("k8s", leftovers, file=FILE + " -k k8s_claim", backend="k8s-claim")
+    check(kill_rounds(target, script))
+    kinds = ["claim", "pod", *(["secret", "job"] if os.environ.get("TPI_FAULT_SOAK") else [])]
+    rows = named_kills(target, script, {f"{kind} made": made(kubeconfig, kind) for kind in kinds})
+    assert all(row["killed"] and row["recorded"] for row in rows), rows
