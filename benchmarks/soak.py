@@ -24,14 +24,16 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "RESULTS-soak.md"
 FILES = ["test_spot.py", "test_storage.py", "test_crashes.py", "test_kernel_restarts.py",
          "test_disk_full.py", "test_secrets.py", "test_storage_clouds.py",
-         "test_crashes_clouds.py", "test_k8s_evictions.py"]  # fmt: skip
+         "test_crashes_clouds.py", "test_k8s_evictions.py", "test_storage_claim.py"]  # fmt: skip
 STORAGE_FILES = {
     "local+s3": "test_storage.py",
     "local+gcs": "test_storage_clouds.py",
     "local+az": "test_storage_clouds.py",
+    "k8s-claim": "test_storage_claim.py",
 }
 STORAGE_ERRORS = {"local+s3": "500/503 SlowDown", "local+gcs": "GCS 503/429/500 (JSON)",
-                  "local+az": "Azure 503 ServerBusy/500 InternalError (XML, x-ms-error-code)"}  # fmt: skip
+                  "local+az": "Azure 503 ServerBusy/500 InternalError (XML, x-ms-error-code)",
+                  "k8s-claim": "pod proxy 503/429/500 (Status)"}  # fmt: skip
 
 
 def revision() -> str:
@@ -69,7 +71,7 @@ def row(item: dict[str, Any], seed: int, sizes: str) -> tuple[str, str, str, str
                 str(lost), replay + f"test_spot.py -k {backend}`")  # fmt: skip
     if kind == "storage":
         errors = sum(item["http_errors"].values())
-        which = "" if backend == "local+s3" else f" and {backend.removeprefix('local+')}"
+        which = "" if backend in ("local+s3", "k8s-claim") else f" and {backend.removeprefix('local+')}"
         return (f"storage: {STORAGE_ERRORS[backend]} + resets, stalls, cut connections, latency", backend,
                 f"{errors} HTTP errors ({item['http_errors']}) + TCP toxics on a share of connections",
                 f"all ({item['files']} files whole by sha256, {item['log_lines']} log lines in order)",
