@@ -11,6 +11,7 @@ timeout, so a stalled connection is retried rather than waited on for ever.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from urllib3.util import Retry, Timeout
@@ -42,3 +43,16 @@ def reason(error: BaseException) -> str:
     """A failed connection as one short line: the last cause, without the URL and pool details."""
     cause = getattr(error, "reason", None) or error
     return " ".join(f"{cause.__class__.__name__}: {cause}".split())[:200]
+
+
+def answer_text(data: bytes) -> str:
+    """An error answer's body as one short line: a Kubernetes `Status` by its reason and message
+    (the API server's own, or what it relays), else the body's first 200 characters."""
+    text = data.decode(errors="replace")
+    try:
+        found = json.loads(text)
+    except ValueError:
+        found = None
+    if isinstance(found, dict) and found.get("kind") == "Status":
+        text = f"{found.get('reason', '')}: {found.get('message', '')}"
+    return " ".join(text.split())[:200]

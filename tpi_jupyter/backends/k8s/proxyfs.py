@@ -120,7 +120,7 @@ class ProxyFileSystem(AbstractFileSystem):  # type: ignore[misc]  # fsspec is un
         if response.status == EXISTS:
             raise FileExistsError(path)
         if response.status >= 300:
-            text = " ".join(response.data.decode(errors="replace").split())[:200]
+            text = proxy_retry.answer_text(response.data)
             raise OSError(f"transfer pod: {method} {path}: {response.status} {text}")
         return response
 
