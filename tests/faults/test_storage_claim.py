@@ -246,3 +246,36 @@ def test_a_put_whose_body_is_cut_writes_nothing(server: tuple[Path, str]) -> Non
     assert answer.startswith(b"HTTP/1.0 400") or answer.startswith(b"HTTP/1.1 400"), answer
     assert not (root / "t" / "half.bin").exists()
     assert not [p for p in root.rglob("*") if p.is_file()], "no temporary file left either"
+
+
+@needs_bed
+def test_a_create_resent_after_a_lost_answer_is_its_own_object_and_a_strangers_is_refused(
+    k8s: bed.Bed,  # noqa: F811
+) -> None:
+    """The backend's API calls now retry dropped connections for every method (kubernetes'
+    default: 3 retries, GET only), so a create can reach the API server twice: the second
+    attempt's `409 AlreadyExists` on the task's own object is success, on anyone else's an error."""
+    from kubernetes.client.exceptions import ApiException
+
+    from tpi_jupyter.backends.k8s import job
+    from tpi_jupyter.backends.k8s.config import connect
+
+    here = connect()
+    assert here.api.rest_client.pool_manager.connection_pool_kw["retries"] is proxy_retry.API_POLICY
+    api = job.Api(here.api, "default")
+
+    def secret(name: str, task: str) -> dict[str, Any]:
+        return {"apiVersion": "v1", "kind": "Secret", "stringData": {"a": "b"},
+                "metadata": {"name": name, "labels": {"tpi-task": task}}}  # fmt: skip
+
+    try:
+        job.create_secret(api, secret("tpi-twice", "tpi-twice"))
+        job.create_secret(api, secret("tpi-twice", "tpi-twice"))  # as a resent create meets it
+        api.core.create_namespaced_secret("default", secret("tpi-stranger", "someone-else"))
+        with pytest.raises(ApiException) as raised:
+            job.create_secret(api, secret("tpi-stranger", "tpi-stranger"))
+        assert raised.value.status == 409
+    finally:
+        for name in ("tpi-twice", "tpi-stranger"):
+            api.core.delete_namespaced_secret(name, "default")
+        here.api.close()

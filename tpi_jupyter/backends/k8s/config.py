@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
+from .proxy_retry import API_POLICY
 
 NAMESPACE_ENV = "TPI_K8S_NAMESPACE"
 CONTEXT_ENV = "TPI_K8S_CONTEXT"  # a kubeconfig context other than the current one
@@ -83,10 +84,12 @@ def connect(context: str = "", namespace: str = "") -> Cluster:
 
     path = _kubeconfig_path()
     namespace = namespace or os.environ.get(NAMESPACE_ENV, "")
+    settings = client.Configuration()
+    settings.retries = API_POLICY  # dropped connections and 429/503/504 (kubernetes' default: 3, GET only)
     if path is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
+        config.load_incluster_config(client_configuration=settings)
         own = (SERVICE_ACCOUNT_DIR / "namespace").read_text().strip()
-        return Cluster(client.ApiClient(), namespace or own, _service_account(own), "in-cluster")
+        return Cluster(client.ApiClient(settings), namespace or own, _service_account(own), "in-cluster")
     if path is None:
         raise ConfigError(
             "k8s: no kubeconfig (KUBECONFIG unset and ~/.kube/config missing) and not in a pod; "
@@ -99,7 +102,7 @@ def connect(context: str = "", namespace: str = "") -> Cluster:
         if found is None:
             names = ", ".join(item["name"] for item in contexts)
             raise ConfigError(f"k8s: context {chosen!r} is not in {path}; accepted: {names}")
-        api = config.new_client_from_config(config_file=path, context=chosen)
+        api = config.new_client_from_config(config_file=path, context=chosen, client_configuration=settings)
     except ConfigException as error:
         raise ConfigError(f"k8s: kubeconfig {path}: {' '.join(str(error).split())}") from None
     details = found.get("context") or {}

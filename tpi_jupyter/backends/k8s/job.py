@@ -57,8 +57,20 @@ def describe(error: BaseException) -> str:
     return " ".join(text.split())
 
 
+def create_once(create: Callable[[], object], read: Callable[[], Any], manifest: dict[str, Any]) -> None:
+    """A create that the client's retry policy may send twice (its answer was lost on the way):
+    `409 AlreadyExists` on an object labelled with this task is that earlier attempt's."""
+    try:
+        create()
+    except Exception as error:
+        if getattr(error, "status", None) != 409 or not ours(read(), manifest["metadata"]["labels"][TASK]):
+            raise
+
+
 def create_secret(api: Api, manifest: dict[str, Any]) -> None:
-    api.core.create_namespaced_secret(api.namespace, manifest)
+    name, ns = manifest["metadata"]["name"], api.namespace
+    create_once(lambda: api.core.create_namespaced_secret(ns, manifest),
+                lambda: api.core.read_namespaced_secret(name, ns), manifest)  # fmt: skip
 
 
 def set_environment(api: Api, name: str, values: dict[str, str]) -> None:
@@ -67,7 +79,9 @@ def set_environment(api: Api, name: str, values: dict[str, str]) -> None:
 
 
 def create_job(api: Api, manifest: dict[str, Any]) -> None:
-    api.batch.create_namespaced_job(api.namespace, manifest)
+    name, ns = manifest["metadata"]["name"], api.namespace
+    create_once(lambda: api.batch.create_namespaced_job(ns, manifest),
+                lambda: api.batch.read_namespaced_job(name, ns), manifest)  # fmt: skip
 
 
 def set_suspended(api: Api, name: str, suspended: bool) -> None:
@@ -75,11 +89,15 @@ def set_suspended(api: Api, name: str, suspended: bool) -> None:
 
 
 def create_claim(api: Api, manifest: dict[str, Any]) -> None:
-    api.core.create_namespaced_persistent_volume_claim(api.namespace, manifest)
+    name, ns = manifest["metadata"]["name"], api.namespace
+    create_once(lambda: api.core.create_namespaced_persistent_volume_claim(ns, manifest),
+                lambda: api.core.read_namespaced_persistent_volume_claim(name, ns), manifest)  # fmt: skip
 
 
 def create_pod(api: Api, manifest: dict[str, Any]) -> None:
-    api.core.create_namespaced_pod(api.namespace, manifest)
+    name, ns = manifest["metadata"]["name"], api.namespace
+    create_once(lambda: api.core.create_namespaced_pod(ns, manifest),
+                lambda: api.core.read_namespaced_pod(name, ns), manifest)  # fmt: skip
 
 
 def pod_phase(api: Api, name: str) -> str:

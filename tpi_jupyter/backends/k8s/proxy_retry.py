@@ -1,4 +1,5 @@
-"""How the client retries a request to the transfer pod through the API server's pod proxy.
+"""How the client retries requests to the cluster: to the transfer pod through the API
+server's pod proxy (`POLICY`), and the backend's own API calls (`API_POLICY`).
 
 The path crosses two hops (client -> API server -> pod), and either can drop a connection or
 answer 429/5xx (the API server's priority and fairness, a pod that is restarting, a proxy
@@ -25,6 +26,11 @@ POLICY = Retry(
     respect_retry_after_header=True,
 )  # fmt: skip
 CREATE_POLICY = POLICY.new(read=0, status=0, other=0)
+# Every method: a create resent after a lost answer meets its own object (job.create_once); the
+# status codes are those the API server sends for work it did not do. Shorter (about 1.5 s): the
+# callers poll or report, and an API server that is down fails `tpi run` within seconds.
+API_POLICY = POLICY.new(total=4, backoff_factor=0.1, allowed_methods=None,
+                        status_forcelist=frozenset({429, 503, 504}))  # fmt: skip
 
 
 def policy(exclusive: bool, patient: bool = True) -> Retry | bool:

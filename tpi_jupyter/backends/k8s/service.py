@@ -12,7 +12,7 @@ from typing import Any
 
 from ...spec import TaskSpec
 from ..kit.tags import TASK
-from .job import Api, not_found, ours
+from .job import Api, create_once, not_found, ours
 from .manifests import ROLE
 
 
@@ -39,7 +39,9 @@ def attach(job: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def create(api: Api, manifest_: dict[str, Any]) -> None:
-    api.core.create_namespaced_service(api.namespace, manifest_)
+    name, ns = manifest_["metadata"]["name"], api.namespace
+    create_once(lambda: api.core.create_namespaced_service(ns, manifest_),
+                lambda: api.core.read_namespaced_service(name, ns), manifest_)  # fmt: skip
 
 
 def delete(api: Api, name: str, task_id: str) -> None:
