@@ -20,7 +20,7 @@ from ...spec import TaskSpec
 from ..base import GroupState, Machine
 from ..kit.multinode import refuse_placement
 from ..kit.tags import TASK
-from .job import ALIVE_PHASES, Api, not_found, pods
+from .job import ALIVE_PHASES, Api, create_once, not_found, pods
 from .job import _pod_events as pod_events
 from .manifests import _MACHINE, INDEX
 
@@ -133,7 +133,14 @@ def _objects(api: Api) -> Any:
 
 
 def create(api: Api, manifest_: dict[str, Any]) -> None:
-    _objects(api).create_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL, manifest_)
+    objects, name = _objects(api), manifest_["metadata"]["name"]
+
+    def read_back() -> Any:  # shaped as the client's objects, for job.ours
+        found = objects.get_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL, name)
+        return SimpleNamespace(metadata=SimpleNamespace(labels=found["metadata"].get("labels")))
+
+    create_once(lambda: objects.create_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL, manifest_),
+                read_back, manifest_)  # fmt: skip
 
 
 def set_suspended(api: Api, name: str, suspended: bool) -> None:
