@@ -57,20 +57,23 @@ def describe(error: BaseException) -> str:
     return " ".join(text.split())
 
 
-def create_once(create: Callable[[], object], read: Callable[[], Any], manifest: dict[str, Any]) -> None:
-    """A create that the client's retry policy may send twice (its answer was lost on the way):
-    `409 AlreadyExists` on an object labelled with this task is that earlier attempt's."""
+def create_once(create: Callable[[str, Any], object], read: Callable[[str, str], Any], namespace: str,
+                manifest: dict[str, Any]) -> None:  # fmt: skip
+    """`create(namespace, manifest)`, which the client's retry policy may send twice (its answer
+    lost on the way): `409 AlreadyExists` on an object labelled with this task is that earlier
+    attempt's, read back with `read(name, namespace)`."""
     try:
-        create()
+        create(namespace, manifest)
     except Exception as error:
-        if getattr(error, "status", None) != 409 or not ours(read(), manifest["metadata"]["labels"][TASK]):
+        meta = manifest["metadata"]
+        if getattr(error, "status", None) != 409 or not ours(
+            read(meta["name"], namespace), meta["labels"][TASK]
+        ):
             raise
 
 
 def create_secret(api: Api, manifest: dict[str, Any]) -> None:
-    name, ns = manifest["metadata"]["name"], api.namespace
-    create_once(lambda: api.core.create_namespaced_secret(ns, manifest),
-                lambda: api.core.read_namespaced_secret(name, ns), manifest)  # fmt: skip
+    create_once(api.core.create_namespaced_secret, api.core.read_namespaced_secret, api.namespace, manifest)
 
 
 def set_environment(api: Api, name: str, values: dict[str, str]) -> None:
@@ -79,9 +82,7 @@ def set_environment(api: Api, name: str, values: dict[str, str]) -> None:
 
 
 def create_job(api: Api, manifest: dict[str, Any]) -> None:
-    name, ns = manifest["metadata"]["name"], api.namespace
-    create_once(lambda: api.batch.create_namespaced_job(ns, manifest),
-                lambda: api.batch.read_namespaced_job(name, ns), manifest)  # fmt: skip
+    create_once(api.batch.create_namespaced_job, api.batch.read_namespaced_job, api.namespace, manifest)
 
 
 def set_suspended(api: Api, name: str, suspended: bool) -> None:
@@ -89,15 +90,13 @@ def set_suspended(api: Api, name: str, suspended: bool) -> None:
 
 
 def create_claim(api: Api, manifest: dict[str, Any]) -> None:
-    name, ns = manifest["metadata"]["name"], api.namespace
-    create_once(lambda: api.core.create_namespaced_persistent_volume_claim(ns, manifest),
-                lambda: api.core.read_namespaced_persistent_volume_claim(name, ns), manifest)  # fmt: skip
+    core = api.core
+    create_once(core.create_namespaced_persistent_volume_claim, core.read_namespaced_persistent_volume_claim,
+                api.namespace, manifest)  # fmt: skip
 
 
 def create_pod(api: Api, manifest: dict[str, Any]) -> None:
-    name, ns = manifest["metadata"]["name"], api.namespace
-    create_once(lambda: api.core.create_namespaced_pod(ns, manifest),
-                lambda: api.core.read_namespaced_pod(name, ns), manifest)  # fmt: skip
+    create_once(api.core.create_namespaced_pod, api.core.read_namespaced_pod, api.namespace, manifest)
 
 
 def pod_phase(api: Api, name: str) -> str:

@@ -133,14 +133,14 @@ def _objects(api: Api) -> Any:
 
 
 def create(api: Api, manifest_: dict[str, Any]) -> None:
-    objects, name = _objects(api), manifest_["metadata"]["name"]
+    objects = _objects(api)
 
-    def read_back() -> Any:  # shaped as the client's objects, for job.ours
-        found = objects.get_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL, name)
+    def read_back(name: str, namespace: str) -> Any:  # shaped as the client's objects, for job.ours
+        found = objects.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
         return SimpleNamespace(metadata=SimpleNamespace(labels=found["metadata"].get("labels")))
 
-    create_once(lambda: objects.create_namespaced_custom_object(GROUP, VERSION, api.namespace, PLURAL, manifest_),
-                read_back, manifest_)  # fmt: skip
+    create_once(lambda namespace, body: objects.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body),
+                read_back, api.namespace, manifest_)  # fmt: skip
 
 
 def set_suspended(api: Api, name: str, suspended: bool) -> None:

@@ -39,9 +39,9 @@ def attach(job: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def create(api: Api, manifest_: dict[str, Any]) -> None:
-    name, ns = manifest_["metadata"]["name"], api.namespace
-    create_once(lambda: api.core.create_namespaced_service(ns, manifest_),
-                lambda: api.core.read_namespaced_service(name, ns), manifest_)  # fmt: skip
+    create_once(
+        api.core.create_namespaced_service, api.core.read_namespaced_service, api.namespace, manifest_
+    )
 
 
 def delete(api: Api, name: str, task_id: str) -> None:
