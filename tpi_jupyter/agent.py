@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import layout
 from .agent_watch import Check, Watch, shutting_down, stop_requested
@@ -152,8 +152,10 @@ class LogStream:
         local_copy: Path,
         interval: float,
         secrets: tuple[str, ...] | list[str] = (),
+        echo: TextIO | None = None,
     ):
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
+        self.echo = echo  # the machine's own console too (a pod's log), masked as the remote copy
         self.secrets = mask_values(secrets)
         self._pending: list[bytes] = []
         self._chunks = 0  # chunks flushed so far: the next chunk's number
@@ -173,6 +175,10 @@ class LogStream:
         stamped = f"{layout.timestamp()} {text.rstrip(chr(10))}\n".encode("utf-8", "replace")
         with self._lock:
             self._pending.append(stamped)
+            if self.echo is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.echo.write(stamped.decode("utf-8", "replace"))
+                    self.echo.flush()
         if time.monotonic() - self._flushed_at >= self.interval:
             self._wake.set()
 
@@ -303,6 +309,7 @@ class Agent:
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
         self.cloud = ""  # the cloud whose machine hooks apply (`--release`), "" locally
+        self.echo: TextIO | None = None  # where the log is also written as it comes (a pod's stdout)
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -383,7 +390,7 @@ class Agent:
         deadline = float(self.task["deadline"])
         secrets = [self.values[name] for name in self.task.get("masked", []) if name in self.values]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             timing.log_interval, secrets)  # fmt: skip
+                             timing.log_interval, secrets, self.echo)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
                               timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
