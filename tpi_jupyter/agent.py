@@ -356,7 +356,7 @@ class Agent:
         self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
-    def push(self, settle: float = 0.0, torn: tuple[int, int] | None = None) -> bool:
+    def push(self, settle: float = 0.0, torn: tuple[int, int] | None = None, defer: bool = True) -> bool:
         """Sync the work directory back; files it cannot sync are skipped and logged once each.
 
         The pushes while the script runs settle (see sync.upload); the final one takes everything
@@ -374,6 +374,7 @@ class Agent:
             exclude=self.exclude,
             manifest=self.manifest,
             settle=settle,
+            defer=defer,
             torn=torn,
         )
         if result.held:
@@ -453,6 +454,9 @@ class Agent:
                 break
             if self.interrupted.is_set():
                 self.log.line("[tpi] the cloud is taking this machine; syncing back, the rank respawns")
+                # While the script still runs: a file it rewrites often is then fresh in the remote,
+                # not as old as the last interval's copy, which the push after the kill keeps.
+                self._push_quietly(defer=False)
                 self._kill_script()
                 result = "interrupted"
                 break
@@ -525,10 +529,10 @@ class Agent:
         self._stop_outcome = {"reason": f"stopped: rank {failed} failed", "stopped_by": failed}
         return f"rank {failed} failed; policy: a failed rank stops the others"
 
-    def _push_quietly(self) -> bool:
+    def _push_quietly(self, defer: bool = True) -> bool:
         """One push while the script runs; whether it deferred a file that was still being written."""
         try:
-            return self.push(settle=SETTLE)
+            return self.push(settle=SETTLE, defer=defer)
         except Exception as error:  # try again at the next interval; the final push is strict
             self.log.line(f"[tpi] sync back failed, will retry: {error}")
             return False

@@ -504,6 +504,7 @@ def upload(
     writer: str | None = None,
     engine: str | Engine | None = None,
     settle: float = 0.0,
+    defer: bool = True,
     torn: tuple[int, int] | None = None,
 ) -> SyncResult:
     """Send new and changed files from local_root to remote_root.
@@ -516,8 +517,9 @@ def upload(
 
     `settle` (seconds, with a manifest: the pushes of a running script) leaves a file written
     less than that long ago for the next round, once: a script rewriting a file (`tee` truncates,
-    then writes) must not have its half-written state mirrored. A file that changed while it was
-    sent is sent again within the round (RESENDS times), after it has stood still for REST: the
+    then writes) must not have its half-written state mirrored. The next round (or this one, with
+    `defer=False`: the push just before a script is stopped) takes it once it has stood still for
+    REST. A file that changed while it was sent is sent again within the round (RESENDS times): the
     remote is left with a copy read whole. `torn` (nanosecond mtimes, open at both ends) leaves the
     files last written inside it as the remote has them, in the result's `held`: the last push
     after a script was killed then, halfway through a write (a file the remote has no copy of, or
@@ -562,7 +564,7 @@ def upload(
             result.held.append(relpath)
             continue
         if manifest is not None and local.mtime_ns > young:
-            if relpath not in manifest.deferred:
+            if defer and relpath not in manifest.deferred:
                 result.deferred.append(relpath)
                 continue
             restless.append(relpath)
