@@ -159,8 +159,9 @@ class Group:
 class ContractServer:
     """The server and the group player; `env()` is what clients and machines need to reach it."""
 
-    def __init__(self, storage_url: str, machines: Path, credentials_file: Path):
+    def __init__(self, storage_url: str, machines: Path, credentials_file: Path, pubsub: str = ""):
         self.storage_url, self.machines, self.credentials_file = storage_url, machines, credentials_file
+        self.pubsub = pubsub  # pstest's host:port: map runs' queues, and what sweep lists
         self.calls: list[tuple[str, str, Any]] = []  # (method, path, body)
         self.templates: dict[str, dict[str, Any]] = {}
         self.firewalls: dict[str, dict[str, Any]] = {}
@@ -192,7 +193,8 @@ class ContractServer:
                 "TPI_GCP_CRM_ENDPOINT": self.url, "TPI_GCP_STORAGE_IAM_ENDPOINT": self.url,
                 "GOOGLE_CLOUD_PROJECT": PROJECT,
                 "GOOGLE_APPLICATION_CREDENTIALS": str(self.credentials_file),
-                "STORAGE_EMULATOR_HOST": self.storage_url}  # fmt: skip
+                "STORAGE_EMULATOR_HOST": self.storage_url,
+                **({"PUBSUB_EMULATOR_HOST": self.pubsub} if self.pubsub else {})}  # fmt: skip
 
     def close(self) -> None:
         self._stop.set()

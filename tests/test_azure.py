@@ -302,6 +302,30 @@ def test_spot_eviction_resumes_on_a_new_instance(arm: ContractServer, workdir: P
     assert arm.tagged(task.id) == []
 
 
+def test_an_evicted_rank_resumes_from_the_push_made_on_the_notice(
+    arm: ContractServer, workdir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The epoch file is rewritten every 0.2 s, so the push after the kill keeps the last
+    interval's copy of it (it may be torn); the push made on the notice, while the script still
+    runs, leaves a fresh one: the respawn starts a few epochs back, not up to an interval's worth."""
+    from .faults.spot import SCRIPT, rank_epochs, setback, synced_epoch
+
+    slow = Timing(log_interval=0.25, heartbeat_interval=1, sync_interval=6)
+    monkeypatch.setattr(AzureBackend, "capabilities", replace(AzureBackend.capabilities, timing=slow))
+    go = tmp_path / "go"
+    go.write_text("")
+    task = start(["workdir=.", "spot=0", "name=az-fresh", f"environment=GO_FILE={go}"], SCRIPT)
+    wait_for(lambda: synced_epoch(task, 0) > 0, timeout=90, interval=0.1)
+    time.sleep(4)  # the remote's copy is now ~20 epochs old; the next interval's push is ~2 s away
+    task.preempt(0)
+    wait_for(lambda: len(rank_epochs(task).get(0, {}).get(1, [])) > 2, timeout=90, interval=0.3)
+    boots = rank_epochs(task)[0]
+    go.write_text(str(max(max(epochs, default=0) for epochs in boots.values()) + 3))
+    assert task.wait(timeout=90) == "succeeded"
+    assert setback(rank_epochs(task)[0]) <= 5, rank_epochs(task)[0]
+    task.destroy()
+
+
 def test_the_users_container_gets_a_prefix_and_the_machines_a_data_role_on_it_only(
     arm: ContractServer, workdir: Path
 ) -> None:

@@ -39,10 +39,12 @@ def gcs_url() -> Iterator[str]:
 @pytest.fixture(scope="module")
 def contract(gcs_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ContractServer]:
     base = tmp_path_factory.mktemp("gcp")
-    server = ContractServer(gcs_url, base / "machines", base / "adc.json")
+    pubsub = emulators.pstest()  # sweep lists Pub/Sub topics: never the real service from a test
+    server = ContractServer(gcs_url, base / "machines", base / "adc.json", next(pubsub))
     credentials_file(base / "adc.json", f"{server.url}/token")
     yield server
     server.close()
+    pubsub.close()
 
 
 @pytest.fixture
@@ -402,6 +404,35 @@ def test_sweep_finds_and_deletes_a_forgotten_task(gcp: ContractServer, workdir: 
     assert lines[0].startswith(f"deleted {task.id}")
     assert ours(gcp, task.id) == []
     assert sweep(backend, [], region=None, everyone=False, delete=False) == []
+
+
+def test_sweep_finds_a_map_runs_queue_by_its_label(gcp: ContractServer, workdir: Path) -> None:
+    """A map run's Pub/Sub topics and subscription carry the task's label: when the registry
+    forgets the run, sweep finds the queue with the task's other resources and deletes it."""
+    from google.cloud import pubsub_v1
+
+    from tpi_jupyter.backends.kit.sweep import sweep
+    from tpi_jupyter.fanout.pubsub import PubSubQueue, labelled_queues
+
+    task = start(["name=gcp-map-sweep", "spot=0"], "#!/bin/bash\nsleep 600\n")
+    queue = PubSubQueue.for_task(task.id, task.record["remote"], "us-west1")
+    queue.create()
+    name = queue.address.name
+    assert labelled_queues(PROJECT) == {name: task.id}
+    subscription = queue.subscriber.get_subscription(request={"subscription": queue.subscription})
+    assert dict(subscription.labels) == {"tpi-task": task.id}
+    state.delete(task.id)  # the client forgot it
+    backend = GcpBackend()
+    lines = sweep(backend, [], region=None, everyone=False, delete=False)
+    assert len(lines) == 1 and f"Pub/Sub queue {name}" in lines[0] and "instance template" in lines[0]
+    assert sweep(backend, [], region=None, everyone=False, delete=True)[0].startswith(f"deleted {task.id}")
+    topics = pubsub_v1.PublisherClient().list_topics(request={"project": f"projects/{PROJECT}"})
+    assert [topic.name for topic in topics] == []
+    subscriptions = pubsub_v1.SubscriberClient().list_subscriptions(
+        request={"project": f"projects/{PROJECT}"}
+    )
+    assert [found.name for found in subscriptions] == []
+    assert ours(gcp, task.id) == []
 
 
 def test_state_round_trips_and_dry_run_plan_names_every_resource(gcp: ContractServer) -> None:

@@ -272,8 +272,17 @@ def test_parallelism_three_every_rank_log_and_status_survive(k8s: dict[str, Any]
     assert finish(task) == "succeeded", task.tail_text()
     snapshot = task.read(fresh=True)
     assert [(r.rank, r.state, r.code) for r in snapshot.ranks] == [(i, "succeeded", 0) for i in range(3)]
+    api = api_of(task)
+    pods = api.core.list_namespaced_pod(api.namespace, label_selector=f"tpi-task={task.id}").items
+    consoles = {  # what `kubectl logs` shows: the script's lines too, as the remote log has them
+        int(pod.metadata.annotations[manifests.INDEX_ANNOTATION]): api.core.read_namespaced_pod_log(
+            pod.metadata.name, api.namespace, _preload_content=False
+        ).data.decode()
+        for pod in pods
+    }
     for rank in range(3):
         assert f"hello from rank {rank} of 3" in log_of(task, rank)
+        assert f"hello from rank {rank} of 3" in consoles[rank]
     task.destroy()
     assert labelled(api_of(task), task.id) == []
 

@@ -6,13 +6,17 @@ Correctness only: speed is measured by benchmarks/sync_bench.py, never asserted 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import shutil
 import stat
 import subprocess
 import sys
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -647,6 +651,94 @@ def test_the_last_push_after_a_kill_keeps_the_synced_copy_of_a_file_torn_by_it(t
     )
     assert result.held == ["epoch.txt"] and sorted(result.files) == ["done.txt", "new.txt", "trap.txt"]
     assert remote.cat("epoch.txt") == b"41\n" and remote.cat("done.txt") == b"written long before the kill"
+
+
+class Tearing(sync_engines.LocalEngine):
+    """Sends a file caught between `tee`'s truncation and its write: the first `tears` puts
+    empty the source, send it, then write it whole again (the write that lands after the read)."""
+
+    def __init__(self, fs: fsspec.AbstractFileSystem, tears: int) -> None:
+        super().__init__(fs)
+        self.tears = tears
+
+    def put(
+        self, jobs: list[Transfer], done: sync_engines.Done, skip: sync_engines.Skip | None = None
+    ) -> None:
+        for job in jobs:
+            if not self.tears:
+                super().put([job], done, skip)
+                continue
+            self.tears -= 1
+            whole = Path(job.src).read_bytes()
+            Path(job.src).write_bytes(b"")
+            super().put([job], done, skip)
+            Path(job.src).write_bytes(whole)
+
+
+def local_remote(tmp_path: Path) -> Remote:
+    (tmp_path / "remote").mkdir()
+    return Remote(fsspec.filesystem("file"), str(tmp_path / "remote" / "data"))
+
+
+def test_a_file_torn_as_it_was_sent_is_sent_again_in_the_same_round(tmp_path: Path) -> None:
+    source, remote = tmp_path / "src", local_remote(tmp_path)
+    manifest = Manifest(tmp_path / "manifest.json")
+    write(source, "epoch.txt", "41\n")
+    os.utime(source / "epoch.txt", ns=(1_000_000_000, 1_000_000_000))
+    result = upload(str(source), remote.fs, remote.root, manifest=manifest, engine=Tearing(remote.fs, 1))
+    assert result.files == ["epoch.txt"] and remote.cat("epoch.txt") == b"41\n"
+    assert manifest.unchanged("epoch.txt", sync._restat(sync.LocalFile(str(source / "epoch.txt"), 0, 0, 0)))
+    assert not manifest.unsure
+
+
+def test_a_copy_torn_on_every_send_is_not_kept_by_the_last_push(tmp_path: Path) -> None:
+    """Only a copy read whole is held at the kill: a torn one is replaced by what the file holds."""
+    source, remote = tmp_path / "src", local_remote(tmp_path)
+    manifest = Manifest(tmp_path / "manifest.json")
+    write(source, "epoch.txt", "40\n")
+    up(source, remote, manifest=manifest)
+    write(source, "epoch.txt", "41\n")
+    upload(
+        str(source), remote.fs, remote.root, manifest=manifest, engine=Tearing(remote.fs, 1 + sync.RESENDS)
+    )
+    assert remote.cat("epoch.txt") == b"" and manifest.unsure == {"epoch.txt"}
+    killed = os.stat(source / "epoch.txt").st_mtime_ns
+    result = upload(
+        str(source), remote.fs, remote.root, manifest=manifest, torn=(killed - 10**8, killed + 10**8)
+    )
+    assert result.held == [] and result.files == ["epoch.txt"] and remote.cat("epoch.txt") == b"41\n"
+    assert not manifest.unsure
+
+
+def test_settling_pushes_never_leave_a_rewritten_file_torn_on_the_remote(tmp_path: Path) -> None:
+    """A script rewriting its epoch file as `echo N | tee` does (truncate, a pause, write) while
+    the pushes of a running script go on: after every push the remote holds a whole epoch."""
+    source, remote = tmp_path / "src", local_remote(tmp_path)
+    manifest = Manifest(tmp_path / "manifest.json")
+    write(source, "epoch.txt", "0\n")
+    stop = threading.Event()
+
+    def rewrite() -> None:
+        for epoch in itertools.count(1):
+            with open(source / "epoch.txt", "wb") as file:  # truncated here
+                time.sleep(0.03)
+                file.write(f"{epoch}\n".encode())
+            if stop.wait(0.1):
+                return
+
+    writer = threading.Thread(target=rewrite)
+    writer.start()
+    seen, sent, pause = [], 0, random.Random(18)
+    try:
+        for _ in range(40):
+            sent += len(upload(str(source), remote.fs, remote.root, manifest=manifest, settle=0.2).files)
+            seen.append(remote.cat("epoch.txt") if remote.fs.exists(f"{remote.root}/epoch.txt") else None)
+            time.sleep(pause.uniform(0.0, 0.13))  # not in step with the writer
+    finally:
+        stop.set()
+        writer.join()
+    assert sent >= 15, "the rewritten file syncs every other round"
+    assert b"" not in seen, f"a torn epoch file reached the remote: {seen}"
 
 
 def test_a_file_changed_while_sent_is_not_recorded_as_synced(tmp_path: Path) -> None:

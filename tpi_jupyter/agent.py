@@ -25,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from . import layout
 from .agent_watch import Check, Watch, shutting_down, stop_requested
@@ -152,8 +152,10 @@ class LogStream:
         local_copy: Path,
         interval: float,
         secrets: tuple[str, ...] | list[str] = (),
+        echo: TextIO | None = None,
     ):
         self.remote, self.key, self.local_copy, self.interval = remote, key, local_copy, interval
+        self.echo = echo  # the machine's own console too (a pod's log), masked as the remote copy
         self.secrets = mask_values(secrets)
         self._pending: list[bytes] = []
         self._chunks = 0  # chunks flushed so far: the next chunk's number
@@ -173,6 +175,10 @@ class LogStream:
         stamped = f"{layout.timestamp()} {text.rstrip(chr(10))}\n".encode("utf-8", "replace")
         with self._lock:
             self._pending.append(stamped)
+            if self.echo is not None:
+                with contextlib.suppress(OSError, ValueError):
+                    self.echo.write(stamped.decode("utf-8", "replace"))
+                    self.echo.flush()
         if time.monotonic() - self._flushed_at >= self.interval:
             self._wake.set()
 
@@ -303,6 +309,7 @@ class Agent:
         self._next_control = 0.0
         self._stop_outcome: dict[str, Any] = {}
         self.cloud = ""  # the cloud whose machine hooks apply (`--release`), "" locally
+        self.echo: TextIO | None = None  # where the log is also written as it comes (a pod's stdout)
 
     def interrupt(self, reason: str) -> None:
         self.interruption = self.interruption or reason
@@ -349,7 +356,7 @@ class Agent:
         self.manifest = sync.local_manifest(self.work, self.exclude, str(self.private / "manifest.json"))
         self.manifest.writer = self.manifest.written.writer = f"rank{self.rank}-boot{self.boot}"
 
-    def push(self, settle: float = 0.0, torn: tuple[int, int] | None = None) -> bool:
+    def push(self, settle: float = 0.0, torn: tuple[int, int] | None = None, defer: bool = True) -> bool:
         """Sync the work directory back; files it cannot sync are skipped and logged once each.
 
         The pushes while the script runs settle (see sync.upload); the final one takes everything
@@ -367,6 +374,7 @@ class Agent:
             exclude=self.exclude,
             manifest=self.manifest,
             settle=settle,
+            defer=defer,
             torn=torn,
         )
         if result.held:
@@ -383,7 +391,7 @@ class Agent:
         deadline = float(self.task["deadline"])
         secrets = [self.values[name] for name in self.task.get("masked", []) if name in self.values]
         self.log = LogStream(self.remote, layout.log(self.rank, self.boot), self.private / "log",
-                             timing.log_interval, secrets)  # fmt: skip
+                             timing.log_interval, secrets, self.echo)  # fmt: skip
         heartbeat = Heartbeat(self.remote, layout.heartbeat(self.rank, self.boot),
                               timing.heartbeat_interval)  # fmt: skip
         heartbeat.start()
@@ -446,6 +454,9 @@ class Agent:
                 break
             if self.interrupted.is_set():
                 self.log.line("[tpi] the cloud is taking this machine; syncing back, the rank respawns")
+                # While the script still runs: a file it rewrites often is then fresh in the remote,
+                # not as old as the last interval's copy, which the push after the kill keeps.
+                self._push_quietly(defer=False)
                 self._kill_script()
                 result = "interrupted"
                 break
@@ -518,10 +529,10 @@ class Agent:
         self._stop_outcome = {"reason": f"stopped: rank {failed} failed", "stopped_by": failed}
         return f"rank {failed} failed; policy: a failed rank stops the others"
 
-    def _push_quietly(self) -> bool:
+    def _push_quietly(self, defer: bool = True) -> bool:
         """One push while the script runs; whether it deferred a file that was still being written."""
         try:
-            return self.push(settle=SETTLE)
+            return self.push(settle=SETTLE, defer=defer)
         except Exception as error:  # try again at the next interval; the final push is strict
             self.log.line(f"[tpi] sync back failed, will retry: {error}")
             return False

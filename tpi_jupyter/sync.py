@@ -88,6 +88,9 @@ log = logging.getLogger(__name__)
 IGNORE_FILE = ".tpiignore"
 CLIENT_WRITER = "client"
 CHECKPOINT_SECONDS = 2.0
+REST = 0.05  # seconds a young file must stand still before it is read: `tee` writes right after it truncates
+REST_WAIT = 1.0  # seconds, at most, a push waits for that
+RESENDS = 3  # a file changed while it was sent is sent again, this many times, within the round
 
 __all__ = [
     "IGNORE_FILE", "WORKERS", "Excluder", "LocalFile", "Manifest", "Progress", "ProgressCallback",
@@ -309,6 +312,7 @@ class Manifest:
                 elif isinstance(body, dict):  # the first format: entries only
                     self.entries = {k: [int(x) for x in v] for k, v in body.items()}
         self.deferred: set[str] = set()  # files a settling push left for later (in memory only)
+        self.unsure: set[str] = set()  # files whose remote copy may be torn: changed as they were read
         self._lock = threading.Lock()
 
     def unchanged(self, relpath: str, local: LocalFile) -> bool:
@@ -455,6 +459,36 @@ def _changed_since(local: LocalFile) -> bool:
     return (now.st_size, now.st_mtime_ns) != (local.size, local.mtime_ns)
 
 
+def _restat(local: LocalFile) -> LocalFile | None:
+    try:
+        now = os.stat(local.path)
+    except OSError:
+        return None
+    return LocalFile(local.path, now.st_size, now.st_mtime_ns, now.st_mode)
+
+
+def _job(relpath: str, local: LocalFile, remote_root: str) -> Transfer:
+    return Transfer(relpath, local.path, f"{remote_root}/{relpath}", local.size, local.mode, local.mtime_ns)
+
+
+def _let_rest(files: dict[str, LocalFile], young: list[str], wait: float) -> None:
+    """Until each young file has stood still for REST (or `wait` is over): a file rewritten every
+    epoch is caught between `tee`'s truncation and its write only if read at once. The stats in
+    `files` are brought up to date."""
+    deadline = time.monotonic() + wait
+    pending = set(young)
+    while pending:
+        for relpath in sorted(pending):
+            fresh = _restat(files[relpath])
+            if fresh is None or time.time_ns() - fresh.mtime_ns >= REST * 1e9:
+                pending.discard(relpath)  # a file gone is reported by the transfer
+            if fresh is not None:
+                files[relpath] = fresh
+        if not pending or time.monotonic() >= deadline:
+            return
+        time.sleep(REST / 2)
+
+
 def upload(
     local_root: str | os.PathLike[str],
     fs: fsspec.AbstractFileSystem,
@@ -470,6 +504,7 @@ def upload(
     writer: str | None = None,
     engine: str | Engine | None = None,
     settle: float = 0.0,
+    defer: bool = True,
     torn: tuple[int, int] | None = None,
 ) -> SyncResult:
     """Send new and changed files from local_root to remote_root.
@@ -482,11 +517,13 @@ def upload(
 
     `settle` (seconds, with a manifest: the pushes of a running script) leaves a file written
     less than that long ago for the next round, once: a script rewriting a file (`tee` truncates,
-    then writes) must not have its half-written state mirrored. A file that changed while it was
-    sent is not recorded as synced, so the next round sends it again. `torn` (nanosecond mtimes,
-    open at both ends) leaves the files last written inside it as the remote has them, in the
-    result's `held`: the last push after a script was killed then, halfway through a write (a file
-    the remote has no copy of goes as it is: something beats nothing).
+    then writes) must not have its half-written state mirrored. The next round (or this one, with
+    `defer=False`: the push just before a script is stopped) takes it once it has stood still for
+    REST. A file that changed while it was sent is sent again within the round (RESENDS times): the
+    remote is left with a copy read whole. `torn` (nanosecond mtimes, open at both ends) leaves the
+    files last written inside it as the remote has them, in the result's `held`: the last push
+    after a script was killed then, halfway through a write (a file the remote has no copy of, or
+    only a copy that changed as it was read, goes as it is: something beats nothing).
     """
     remote_root = remote_root.rstrip("/")
     mover = engine if isinstance(engine, Engine) else select_engine(fs, engine, workers)
@@ -515,22 +552,27 @@ def upload(
     if listing is not None:  # in mirror mode the listing is the truth about existence
         known = {relpath: entry for relpath, entry in known.items() if relpath in listing}
 
-    jobs: list[Transfer] = []
+    unsure = manifest.unsure if manifest is not None else set()
     young = time.time_ns() - int(settle * 1e9)
+    restless: list[str] = []  # young files taken on their second round
     for relpath, local in sorted(files.items()):
         if known.get(relpath) == [local.size, local.mtime_ns]:
             result.skipped += 1
             continue
-        if torn is not None and relpath in known and torn[0] < local.mtime_ns < torn[1]:
+        synced_whole = relpath in known and relpath not in unsure
+        if torn is not None and synced_whole and torn[0] < local.mtime_ns < torn[1]:
             result.held.append(relpath)
             continue
-        if manifest is not None and local.mtime_ns > young and relpath not in manifest.deferred:
-            result.deferred.append(relpath)
-            continue
+        if manifest is not None and local.mtime_ns > young:
+            if defer and relpath not in manifest.deferred:
+                result.deferred.append(relpath)
+                continue
+            restless.append(relpath)
         result.files.append(relpath)
-        result.bytes += local.size
-        jobs.append(Transfer(relpath, local.path, f"{remote_root}/{relpath}", local.size,
-                             local.mode, local.mtime_ns))  # fmt: skip
+    if restless and not dry_run:
+        _let_rest(files, restless, min(settle, REST_WAIT))
+    jobs = [_job(relpath, files[relpath], remote_root) for relpath in result.files]
+    result.bytes = sum(job.size for job in jobs)
     doomed = []
     if listing is not None:
         doomed = sorted(
@@ -543,11 +585,15 @@ def upload(
         return result
 
     by_path = {job.relpath: files[job.relpath] for job in jobs}
+    changed: set[str] = set()  # sent while being written: the remote copy may be torn
 
     def on_done(job: Transfer) -> None:
         local = by_path[job.relpath]
         record.files[job.relpath] = [local.size, local.mtime_ns, local.mode, time.time_ns()]
-        if manifest is not None and not _changed_since(local):
+        if _changed_since(local):
+            changed.add(job.relpath)
+        elif manifest is not None:
+            changed.discard(job.relpath)
             manifest.entries[job.relpath] = [local.size, local.mtime_ns]
 
     def checkpoint() -> None:
@@ -560,9 +606,19 @@ def upload(
     run = _Run(jobs, progress, on_done, checkpoint, _unreadable)
     if jobs:
         run.run(mover.put, jobs)
+    for _ in range(RESENDS if manifest is not None else 0):
+        again = sorted(changed - run.skipped.keys())
+        if not again:
+            break
+        _let_rest(by_path, again, REST_WAIT)
+        retry = [_job(relpath, by_path[relpath], remote_root) for relpath in again]
+        resend = _Run(retry, None, on_done, checkpoint, _unreadable)
+        resend.run(mover.put, retry)
+        run.skipped.update(resend.skipped)
+    unsure.difference_update(result.files)
+    unsure.update(changed)
     for relpath, why in sorted(run.skipped.items()):
         result.files.remove(relpath)
-        result.bytes -= by_path[relpath].size
         result.warnings.append(f"skipped {relpath}: {why}")
         log.warning("%s", result.warnings[-1])
     for directory in empty_dirs:
@@ -578,6 +634,7 @@ def upload(
     if jobs or doomed or dirs_changed:
         checkpoint()
     result.dirs = sorted(empty_dirs)
+    result.bytes = sum(by_path[relpath].size for relpath in result.files)
     return result
 
 

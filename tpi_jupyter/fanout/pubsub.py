@@ -17,6 +17,7 @@ from collections.abc import Iterable
 from concurrent import futures
 from typing import Any
 
+from ..backends.kit.tags import TASK
 from .cloudqueue import Address, Bodies, queue_name
 from .queue import Depth, Message
 
@@ -78,13 +79,16 @@ class PubSubQueue:
     def create(self) -> None:
         from google.api_core import exceptions
 
+        # The task's label lets `tpi sweep gcp` find a queue whose task the registry forgot.
+        labels = {TASK: self.address.task_id} if self.address.task_id else {}
         for topic in (self.topic, self.dead_topic):
             with contextlib.suppress(exceptions.AlreadyExists):
-                self.publisher.create_topic(name=topic)
+                self.publisher.create_topic(request={"name": topic, "labels": labels})
         request = {
             "name": self.subscription, "topic": self.topic, "ack_deadline_seconds": ACK_DEADLINE,
             "dead_letter_policy": {"dead_letter_topic": self.dead_topic,
                                    "max_delivery_attempts": DEAD_LETTER_ATTEMPTS},
+            "labels": labels,
         }  # fmt: skip
         with contextlib.suppress(exceptions.AlreadyExists):
             self.subscriber.create_subscription(request=request)
@@ -160,11 +164,32 @@ class PubSubQueue:
         return subscription_depth(self.address.place, self.address.name)
 
     def delete(self) -> None:
-        from google.api_core import exceptions
-
-        with contextlib.suppress(exceptions.NotFound):
-            self.subscriber.delete_subscription(request={"subscription": self.subscription})
-        for topic in (self.topic, self.dead_topic):
-            with contextlib.suppress(exceptions.NotFound):
-                self.publisher.delete_topic(request={"topic": topic})
+        delete_names(self.address.place, self.address.name, self.publisher, self.subscriber)
         self.bodies.forget_all()
+
+
+def delete_names(project: str, name: str, publisher: Any = None, subscriber: Any = None) -> None:
+    """A run's subscription and both topics, by name; what is missing counts as deleted."""
+    import google.cloud.pubsub_v1 as pubsub_v1
+    from google.api_core import exceptions
+
+    with contextlib.suppress(exceptions.NotFound):
+        (subscriber or pubsub_v1.SubscriberClient()).delete_subscription(
+            request={"subscription": f"projects/{project}/subscriptions/{name}"}
+        )
+    publisher = publisher or pubsub_v1.PublisherClient()
+    for topic in (name, f"{name}-dead"):
+        with contextlib.suppress(exceptions.NotFound):
+            publisher.delete_topic(request={"topic": f"projects/{project}/topics/{topic}"})
+
+
+def labelled_queues(project: str) -> dict[str, str]:
+    """Queue name -> task id of the runs' topics in the project (their task label)."""
+    import google.cloud.pubsub_v1 as pubsub_v1
+
+    found = {}
+    for topic in pubsub_v1.PublisherClient().list_topics(request={"project": f"projects/{project}"}):
+        name = topic.name.rsplit("/", 1)[-1]
+        if TASK in topic.labels and not name.endswith("-dead"):
+            found[name] = topic.labels[TASK]
+    return found

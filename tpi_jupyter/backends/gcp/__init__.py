@@ -26,6 +26,7 @@ from typing import Any
 
 from ... import layout, ranks
 from ...agent_watch import STOP_KEY
+from ...fanout.pubsub import delete_names as delete_queue_names
 from ...spec import TaskSpec
 from ...sync import filesystem
 from ..base import Capabilities, GroupState, Timing, pricing_text
@@ -202,6 +203,7 @@ class GcpBackend:
             ("firewall rule", lambda: network.delete_firewall(self.clients, state)),
             ("firewall rule for the task's own machines", lambda: cluster.delete_rule(self.clients, state)),
             ("service account", lambda: identity.delete_account(self.clients, state)),
+            ("Pub/Sub queue", lambda: _delete_queue(state)),
             ("bucket", lambda: storage.delete_storage(state)),
         ]
         for label, action in actions:
@@ -231,6 +233,12 @@ class GcpBackend:
     def delete_orphan(self, orphan: Orphan) -> None:
         known = {item.name for item in fields(GcpState)}
         self._delete(GcpState(**{k: v for k, v in orphan.handle.items() if k in known}), orphan.task_id)
+
+
+def _delete_queue(state: GcpState) -> None:
+    """Only sweep knows a queue: a run's own destroy deletes it by its record (fanout/run.py)."""
+    if state.queue:
+        delete_queue_names(state.project, state.queue)
 
 
 def network_line(base: str) -> str:

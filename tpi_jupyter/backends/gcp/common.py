@@ -47,6 +47,7 @@ class GcpState:
     ranks_firewall: str = ""  # multi-node tasks: traffic between the task's own machines
     ssh_from: str = ""  # the range it allows
     group: str = ""
+    queue: str = ""  # a map run's Pub/Sub topics and subscription, when found by sweep
     stopped: bool = False
 
     @property

@@ -1,5 +1,5 @@
-"""What forgotten tasks left: instance templates and buckets labelled `tpi-task`, the groups
-and service accounts named after them. Groups carry no labels in GCP: a group is found by its
+"""What forgotten tasks left: instance templates, buckets and map runs' Pub/Sub topics labelled
+`tpi-task`, the groups and service accounts named after them. Groups carry no labels in GCP: a group is found by its
 template's name (the same `tpi-<short id>`), in any zone, through aggregatedList."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ...fanout.pubsub import labelled_queues
 from ..kit.sweep import Orphan
 from ..kit.tags import CREATOR, TASK
 from .common import Clients
@@ -59,6 +60,9 @@ def orphans(clients: Clients, region: str | None) -> list[Orphan]:
         if email.startswith(f"{item.name}@"):
             entry.resources["service account"] = email
             entry.handle.update(service_account=email, service_account_created=True)
+    for name, task_id in labelled_queues(project).items():
+        entry = orphan(task_id, "", name)
+        entry.resources["Pub/Sub queue"] = entry.handle["queue"] = name
     by_name = {entry.handle["name"]: entry for entry in by_task.values()}
     for bucket in _buckets(project):
         found = dict(bucket.get("labels") or {})

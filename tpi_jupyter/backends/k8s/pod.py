@@ -73,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code(json.loads(remote.read_text(layout.status(rank))))
     agent = Agent(args.remote, rank, next_boot(remote, rank), args.machine_dir)
     agent.command = machine.script_command  # the image may hold only /bin/sh
+    agent.echo = sys.stdout  # `kubectl logs` shows the script's output, not only the agent's
     signal.signal(signal.SIGTERM, lambda *_: agent.interrupt("the pod is being terminated"))
     try:
         agent.prepare()
