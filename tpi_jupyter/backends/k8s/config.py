@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from ... import __version__
-from .proxy_retry import API_POLICY
 
 NAMESPACE_ENV = "TPI_K8S_NAMESPACE"
 CONTEXT_ENV = "TPI_K8S_CONTEXT"  # a kubeconfig context other than the current one
@@ -81,6 +80,9 @@ def connect(context: str = "", namespace: str = "") -> Cluster:
     """The cluster of the kubeconfig's context (or the pod's own), and the task's namespace."""
     from kubernetes import client, config
     from kubernetes.config.config_exception import ConfigException
+
+    # Here, not at the top: the transfer pod imports this package from a runtime without urllib3.
+    from .proxy_retry import API_POLICY
 
     path = _kubeconfig_path()
     namespace = namespace or os.environ.get(NAMESPACE_ENV, "")
