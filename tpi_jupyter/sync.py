@@ -450,21 +450,18 @@ def _any_failure(job: Transfer, error: Exception) -> str:
 # ---------------------------------------------------------------- public API
 
 
-def _changed_since(local: LocalFile) -> bool:
-    """Whether a file was written while it was sent (or is gone): then it is not synced yet."""
-    try:
-        now = os.stat(local.path)
-    except OSError:
-        return True
-    return (now.st_size, now.st_mtime_ns) != (local.size, local.mtime_ns)
-
-
 def _restat(local: LocalFile) -> LocalFile | None:
     try:
         now = os.stat(local.path)
     except OSError:
         return None
     return LocalFile(local.path, now.st_size, now.st_mtime_ns, now.st_mode)
+
+
+def _changed_since(local: LocalFile) -> bool:
+    """Whether a file was written while it was sent (or is gone): then it is not synced yet."""
+    now = _restat(local)
+    return now is None or (now.size, now.mtime_ns) != (local.size, local.mtime_ns)
 
 
 def _job(relpath: str, local: LocalFile, remote_root: str) -> Transfer:
@@ -590,9 +587,11 @@ def upload(
     def on_done(job: Transfer) -> None:
         local = by_path[job.relpath]
         record.files[job.relpath] = [local.size, local.mtime_ns, local.mode, time.time_ns()]
+        if manifest is None:  # a client upload: no round to resend in, nothing to record
+            return
         if _changed_since(local):
             changed.add(job.relpath)
-        elif manifest is not None:
+        else:
             changed.discard(job.relpath)
             manifest.entries[job.relpath] = [local.size, local.mtime_ns]
 
